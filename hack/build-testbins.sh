@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds etcd and kube-apiserver from the Go module proxy into
+# $CACHE_DIR/bin/<component>-<version>/, skipping whatever is already built.
+#
+# k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces the k8s.io/*
+# staging modules with local paths. A small wrapper module requires it and
+# replaces each staging module with its published v0.Y.Z tag instead.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+build_etcd() {
+  local out="$CACHE_DIR/bin/etcd-$ETCD_VERSION"
+  if [ -x "$out/etcd" ]; then log "etcd $ETCD_VERSION cached"; return; fi
+  log "building etcd $ETCD_VERSION (first time only)"
+  local mod="$CACHE_DIR/src/etcd-$ETCD_VERSION"
+  rm -rf "$mod"; mkdir -p "$mod" "$out.tmp"
+  (
+    cd "$mod"
+    go mod init levee.dev/testbins/etcd >/dev/null 2>&1
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" "go.etcd.io/etcd/etcdctl/v3@$ETCD_VERSION" >/dev/null
+    go build -trimpath -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3
+    go build -trimpath -o "$out.tmp/etcdctl" go.etcd.io/etcd/etcdctl/v3
+  )
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+build_kube() {
+  local out="$CACHE_DIR/bin/kube-$KUBE_VERSION"
+  if [ -x "$out/kube-apiserver" ]; then log "kube-apiserver $KUBE_VERSION cached"; return; fi
+  log "building kube-apiserver $KUBE_VERSION (first time only; 10-20 minutes on 2 cores)"
+  local mod="$CACHE_DIR/src/kube-$KUBE_VERSION"
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  local staging_version="v0.${KUBE_VERSION#v1.}"
+  rm -rf "$mod"; mkdir -p "$mod" "$out.tmp"
+  (
+    cd "$mod"
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    # Every `k8s.io/NAME => ./staging/...` replace in kubernetes' go.mod.
+    local staging
+    staging=$(grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u)
+    [ -n "$staging" ] || die "found no staging modules in $gomod"
+    {
+      echo "module levee.dev/testbins/kube"
+      echo
+      echo "go $(awk '/^go /{print $2; exit}' "$gomod")"
+      echo
+      echo "require k8s.io/kubernetes $KUBE_VERSION"
+      echo
+      echo "replace ("
+      for m in $staging; do echo "	$m => $m $staging_version"; done
+      echo ")"
+    } >go.mod
+    log "$(echo "$staging" | wc -l) staging modules replaced with $staging_version"
+    go mod tidy >/dev/null 2>&1 || true
+    cat >tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+GO
+    go mod tidy -e >/dev/null 2>&1 || true
+    local ld=""
+    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld="$ld -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    done
+    go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  )
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
+mkdir -p "$CACHE_DIR/bin"
+build_etcd
+build_kube
+"$CACHE_DIR/bin/kube-$KUBE_VERSION/kube-apiserver" --version
+"$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" --version | head -1

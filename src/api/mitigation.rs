@@ -1,0 +1,148 @@
+//! `Mitigation`: one active edge rule, written by the operator or by a person.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::impl_policy_status;
+
+/// One edge rule: which traffic it matches, what it does, why, and when it lapses.
+/// Every edge watches these and enforces them.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "levee.dev",
+    version = "v1alpha1",
+    kind = "Mitigation",
+    namespaced,
+    doc = "One edge rule (rate limit or block) with a match, an expiry and evidence.",
+    status = "MitigationStatus",
+    shortname = "lmit",
+    category = "levee",
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.action != 'RateLimit' || has(self.rateLimit)").message("spec.rateLimit is required when action is RateLimit"))]
+pub struct MitigationSpec {
+    /// Edge pool that enforces this rule.
+    #[schemars(length(min = 1, max = 63))]
+    pub edge_pool: String,
+    /// TrafficGuard that created it; empty for rules written by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
+    /// Which traffic the rule applies to.
+    #[serde(rename = "match")]
+    pub match_: MatchSpec,
+    /// `RateLimit` or `Block`.
+    pub action: MitigationAction,
+    /// The limit, when action is `RateLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// When the rule lapses. Every mitigation has one.
+    pub expires_at: Time,
+    /// Why, in one sentence.
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
+    /// The numbers behind the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    /// How many times this source has been mitigated before (drives TTL escalation).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub offence: i32,
+}
+
+/// What traffic a rule matches. Exactly one field is set.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.ip), has(self.prefix), has(self.asn), has(self.country), has(self.apiKey), has(self.trafficClass)].exists_one(x, x)").message("spec.match: exactly one of ip, prefix, asn, country, apiKey, trafficClass must be set"))]
+pub struct MatchSpec {
+    /// One client IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("spec.match.ip must be an IP address"))]
+    pub ip: Option<String>,
+    /// A CIDR prefix such as `203.0.113.0/24`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("spec.match.prefix must be a CIDR such as 203.0.113.0/24"))]
+    pub prefix: Option<String>,
+    /// An autonomous system number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295u64))]
+    pub asn: Option<i64>,
+    /// An ISO 3166-1 alpha-2 country code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[A-Z]{2}$"))]
+    pub country: Option<String>,
+    /// An API key value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub api_key: Option<String>,
+    /// A traffic class (priority shedding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub traffic_class: Option<String>,
+}
+
+/// What a rule does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MitigationAction {
+    /// Admit at most `rateLimit` requests; answer the rest 429 with `Retry-After`.
+    RateLimit,
+    /// Answer every request 403.
+    Block,
+}
+
+/// A token-bucket limit.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.requestsPerSecond > 0.0").message("spec.rateLimit.requestsPerSecond must be greater than 0"))]
+pub struct RateLimit {
+    /// Sustained requests per second admitted.
+    pub requests_per_second: f64,
+    /// Requests admitted at once above the sustained rate.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: i32,
+}
+
+fn default_burst() -> i32 {
+    10
+}
+
+/// The numbers behind a mitigation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// Detector that fired, e.g. `single-source` or `distributed-surge`.
+    pub detector: String,
+    /// Observed rate (requests/s).
+    pub observed_rate: f64,
+    /// Baseline rate (requests/s).
+    pub baseline_rate: f64,
+    /// Robust score (deviations from baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// A few example sources seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub sample_sources: Vec<String>,
+}
+
+/// What the edges report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MitigationStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions: `Ready`, `Invalid`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+impl_policy_status!(MitigationStatus);

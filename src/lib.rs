@@ -1,0 +1,8 @@
+//! levee: a self-healing control plane and traffic guardian for Kubernetes.
+//!
+//! The binary (`src/main.rs`) only parses the command line; everything it runs lives here.
+
+pub mod api;
+pub mod cli;
+pub mod operator;
+pub mod server;

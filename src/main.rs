@@ -1,0 +1,78 @@
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// levee: scales ahead of demand, guards the edge, and brings services back from zero.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LEVEE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the cluster in KUBECONFIG (or in-cluster config).
+    Run {
+        /// Address for /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "LEVEE_LISTEN")]
+        listen: SocketAddr,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "LEVEE_NAMESPACE")]
+        namespace: Option<String>,
+    },
+    /// Write the CRDs generated from the code (or check or apply them).
+    Crd {
+        /// Directory the CRD files are written to.
+        #[arg(long, default_value = "crds")]
+        dir: PathBuf,
+        /// Fail if the files in --dir differ from the code, instead of writing them.
+        #[arg(long, conflicts_with = "apply")]
+        check: bool,
+        /// Install or update the CRDs in the cluster (server-side apply).
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { listen, namespace } => levee::operator::run(levee::operator::RunConfig { listen, namespace }).await,
+            Command::Crd { dir, check: true, .. } => levee::cli::check_crds(&dir),
+            Command::Crd { apply: true, .. } => levee::cli::apply_crds().await,
+            Command::Crd { dir, .. } => levee::cli::write_crds(&dir),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

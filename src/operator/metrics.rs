@@ -1,0 +1,56 @@
+//! Operator metrics: reconcile runs, failures and durations per kind.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub kind: String,
+    pub error: String,
+}
+
+/// Reconcile metrics, registered once and shared by every controller.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    pub runs: Family<KindLabels, Counter>,
+    pub failures: Family<FailureLabels, Counter>,
+    pub duration: Family<KindLabels, Histogram>,
+    /// Policies whose last reconcile found them invalid, per kind.
+    pub invalid: Family<KindLabels, Counter>,
+}
+
+impl ReconcileMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            runs: Family::default(),
+            failures: Family::default(),
+            // 1 ms .. ~4 s: a reconcile is a few apiserver round trips.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13))
+            }),
+            invalid: Family::default(),
+        };
+        registry.register("levee_reconcile_runs", "Reconciles started", m.runs.clone());
+        registry.register("levee_reconcile_failures", "Reconciles that failed, by error", m.failures.clone());
+        registry.register_with_unit(
+            "levee_reconcile_duration",
+            "Time spent in one reconcile",
+            prometheus_client::registry::Unit::Seconds,
+            m.duration.clone(),
+        );
+        registry.register("levee_policy_invalid", "Reconciles that found the policy invalid", m.invalid.clone());
+        m
+    }
+
+    pub fn kind(kind: &str) -> KindLabels {
+        KindLabels { kind: kind.to_owned() }
+    }
+}

@@ -1,0 +1,124 @@
+//! `levee run`: the operator. Watches every policy kind, judges each policy and reports in
+//! status, and serves health and metrics.
+
+pub mod conditions;
+pub mod controller;
+pub mod metrics;
+pub mod policy;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client,
+    core::DeserializeGuard,
+    runtime::wait::{await_condition, conditions::is_crd_established},
+};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, BootstrapPolicy, Mitigation, ScalingPolicy, TrafficGuard},
+    server::{self, Health},
+};
+use controller::Context;
+use policy::Policy;
+
+/// Settings of `levee run`.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub listen: SocketAddr,
+    /// Watch only this namespace; all namespaces when unset.
+    pub namespace: Option<String>,
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+///
+/// # Errors
+/// When no Kubernetes configuration can be found or the listen address cannot be bound.
+/// Apiserver errors after start-up are retried, never fatal.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes configuration: set KUBECONFIG, or run in a cluster")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let mut registry = Registry::with_prefix("levee");
+    let metrics = metrics::ReconcileMetrics::register(&mut registry);
+    let health = Health::default();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    let server = tokio::spawn(server::serve(listener, server::router(Arc::new(registry), health.clone()), shutdown.clone()));
+
+    tokio::select! {
+        () = wait_for_crds(client.clone()) => {}
+        () = shutdown.cancelled() => return finish(server).await,
+    }
+    let ctx = Arc::new(Context { client: client.clone(), metrics });
+    health.set_ready(true);
+    info!(namespace = config.namespace.as_deref().unwrap_or("<all>"), "watching ScalingPolicy, TrafficGuard, Mitigation, BootstrapPolicy");
+    let ns = config.namespace.as_deref();
+    tokio::join!(
+        controller::run(guarded_api::<ScalingPolicy>(&client, ns), ctx.clone(), shutdown.clone()),
+        controller::run(guarded_api::<TrafficGuard>(&client, ns), ctx.clone(), shutdown.clone()),
+        controller::run(guarded_api::<Mitigation>(&client, ns), ctx.clone(), shutdown.clone()),
+        controller::run(guarded_api::<BootstrapPolicy>(&client, ns), ctx.clone(), shutdown.clone()),
+    );
+    health.set_ready(false);
+    finish(server).await
+}
+
+async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+    server.await.context("server task panicked")?.context("server failed")?;
+    info!("shut down cleanly");
+    Ok(())
+}
+
+fn guarded_api<K: Policy>(client: &Client, ns: Option<&str>) -> Api<DeserializeGuard<K>> {
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Waits until every levee CRD is Established, saying which are missing while it waits.
+async fn wait_for_crds(client: Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    for crd in api::crds() {
+        let name = crd.metadata.name.unwrap_or_default();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), await_condition(crds.clone(), &name, is_crd_established())).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => warn!(crd = %name, error = %e, "cannot watch CRD; retrying"),
+                Err(_) => warn!(crd = %name, "CRD not established yet; install it with `levee crd --apply` or `kubectl apply -f crds/`"),
+            }
+        }
+        info!(crd = %name, "CRD established");
+    }
+}
+
+/// Cancels `token` on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        () = term => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,49 @@
+//! What the operator needs of every policy kind, so one controller handles them all.
+
+use std::fmt::Debug;
+
+use kube::{Resource, core::NamespaceResourceScope};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::api::{
+    BootstrapPolicy, Mitigation, PolicyStatus, ScalingPolicy, SecretKeyRef, TrafficGuard,
+    validate::{FieldError, Validate},
+};
+
+/// A levee policy kind: a namespaced custom resource with a validated spec and a status
+/// carrying standard conditions.
+pub trait Policy:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The current status, if any has been written.
+    fn policy_status(&self) -> Option<&dyn PolicyStatus>;
+    /// Semantic checks of the spec (see [`crate::api::validate`]).
+    fn validate_spec(&self) -> Vec<FieldError>;
+    /// Secrets the spec refers to.
+    fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)>;
+}
+
+macro_rules! impl_policy {
+    ($($kind:ty),*) => {$(
+        impl Policy for $kind {
+            fn policy_status(&self) -> Option<&dyn PolicyStatus> {
+                self.status.as_ref().map(|s| s as &dyn PolicyStatus)
+            }
+            fn validate_spec(&self) -> Vec<FieldError> {
+                self.spec.validate()
+            }
+            fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)> {
+                self.spec.secret_refs()
+            }
+        }
+    )*};
+}
+
+impl_policy!(ScalingPolicy, TrafficGuard, Mitigation, BootstrapPolicy);
