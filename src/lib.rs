@@ -6,3 +6,4 @@ pub mod api;
 pub mod cli;
 pub mod operator;
 pub mod server;
+pub mod signals;

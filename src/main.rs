@@ -62,7 +62,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { listen, namespace } => levee::operator::run(levee::operator::RunConfig { listen, namespace }).await,
+            Command::Run { listen, namespace } => {
+                levee::operator::run(levee::operator::RunConfig { listen, namespace }).await
+            }
             Command::Crd { dir, check: true, .. } => levee::cli::check_crds(&dir),
             Command::Crd { apply: true, .. } => levee::cli::apply_crds().await,
             Command::Crd { dir, .. } => levee::cli::write_crds(&dir),

@@ -84,10 +84,7 @@ impl Validate for ScalingPolicySpec {
         }
         let has_role = |role| self.signals.iter().any(|s| s.role == role);
         if has_role(SignalRole::ReplicaLag) && self.capacity.max_replica_lag.is_none() {
-            errors.push(FieldError::new(
-                "spec.capacity.maxReplicaLag",
-                "required when a signal has role ReplicaLag",
-            ));
+            errors.push(FieldError::new("spec.capacity.maxReplicaLag", "required when a signal has role ReplicaLag"));
         }
         if !has_role(SignalRole::ArrivalRate) && !has_role(SignalRole::Backlog) && !has_role(SignalRole::ReplicaLag) {
             errors.push(FieldError::new("spec.signals", "at least one signal is required"));
@@ -184,11 +181,16 @@ impl Validate for BootstrapPolicySpec {
         for (i, s) in self.stages.iter().enumerate() {
             for (j, d) in s.depends_on.iter().enumerate() {
                 if !index.contains_key(d.as_str()) {
-                    errors.push(FieldError::new(format!("spec.stages[{i}].dependsOn[{j}]"), format!("no stage named {d:?}")));
+                    errors.push(FieldError::new(
+                        format!("spec.stages[{i}].dependsOn[{j}]"),
+                        format!("no stage named {d:?}"),
+                    ));
                 }
             }
         }
-        if let Some(cycle) = find_cycle(&self.stages.iter().map(|s| (s.name.as_str(), &s.depends_on)).collect::<Vec<_>>()) {
+        if let Some(cycle) =
+            find_cycle(&self.stages.iter().map(|s| (s.name.as_str(), &s.depends_on)).collect::<Vec<_>>())
+        {
             errors.push(FieldError::new("spec.stages", format!("dependency cycle: {}", cycle.join(" -> "))));
         }
         let mut seen: HashMap<(String, &str), &str> = HashMap::new();
@@ -246,9 +248,8 @@ fn find_cycle(nodes: &[(&str, &Vec<String>)]) -> Option<Vec<String>> {
         marks[i] = Mark::Done;
         None
     }
-    (0..nodes.len()).find_map(|i| {
-        if marks[i] == Mark::New { visit(i, nodes, &index, &mut marks, &mut Vec::new()) } else { None }
-    })
+    (0..nodes.len())
+        .find_map(|i| if marks[i] == Mark::New { visit(i, nodes, &index, &mut marks, &mut Vec::new()) } else { None })
 }
 
 #[cfg(test)]

@@ -20,11 +20,8 @@ pub struct Wanted {
 /// # Guarantees
 /// The result is sorted by type, so applying the same inputs twice yields the same patch.
 pub fn merge(existing: &[Condition], wanted: &[Wanted], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
-    let mut out: Vec<Condition> = existing
-        .iter()
-        .filter(|c| !wanted.iter().any(|w| w.type_ == c.type_))
-        .cloned()
-        .collect();
+    let mut out: Vec<Condition> =
+        existing.iter().filter(|c| !wanted.iter().any(|w| w.type_ == c.type_)).cloned().collect();
     for w in wanted {
         let status = if w.status { "True" } else { "False" };
         let previous = existing.iter().find(|c| c.type_ == w.type_);

@@ -34,7 +34,7 @@ pub const FIELD_MANAGER: &str = "levee";
 /// How often a valid policy is looked at again without a change (catches Secrets deleted later).
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
 /// How soon a policy waiting for a Secret is looked at again.
-const SECRET_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+const SECRET_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Back-off after a failed reconcile (an apiserver error; the spec is not at fault).
 const ERROR_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -66,14 +66,23 @@ impl Error {
 enum Verdict {
     Valid,
     /// `reason` is CamelCase for machines; `message` names each offending field.
-    Invalid { reason: &'static str, message: String, retry: bool },
+    Invalid {
+        reason: &'static str,
+        message: String,
+        retry: bool,
+    },
 }
 
 impl Verdict {
     fn conditions(&self) -> Vec<Wanted> {
         match self {
             Verdict::Valid => vec![
-                Wanted { type_: condition::READY, status: true, reason: "Valid".into(), message: "policy is valid".into() },
+                Wanted {
+                    type_: condition::READY,
+                    status: true,
+                    reason: "Valid".into(),
+                    message: "policy is valid".into(),
+                },
                 Wanted { type_: condition::INVALID, status: false, reason: "Valid".into(), message: String::new() },
             ],
             Verdict::Invalid { reason, message, .. } => vec![
@@ -124,11 +133,7 @@ async fn judge<K: Policy>(obj: &K, client: &Client, ns: &str) -> Result<Verdict,
 async fn raw_conditions<K: Policy>(client: &Client, ns: &str, name: &str) -> Result<Vec<Condition>, Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));
     let obj = api.get_status(name).await?;
-    Ok(obj
-        .data
-        .pointer("/status/conditions")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default())
+    Ok(obj.data.pointer("/status/conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default())
 }
 
 #[instrument(skip_all, fields(kind = %K::kind(&()), name = %guard.name_any(), namespace = guard.namespace().as_deref().unwrap_or("")))]

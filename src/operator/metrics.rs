@@ -38,15 +38,15 @@ impl ReconcileMetrics {
             }),
             invalid: Family::default(),
         };
-        registry.register("levee_reconcile_runs", "Reconciles started", m.runs.clone());
-        registry.register("levee_reconcile_failures", "Reconciles that failed, by error", m.failures.clone());
+        registry.register("reconcile_runs", "Reconciles started", m.runs.clone());
+        registry.register("reconcile_failures", "Reconciles that failed, by error", m.failures.clone());
         registry.register_with_unit(
-            "levee_reconcile_duration",
+            "reconcile_duration",
             "Time spent in one reconcile",
             prometheus_client::registry::Unit::Seconds,
             m.duration.clone(),
         );
-        registry.register("levee_policy_invalid", "Reconciles that found the policy invalid", m.invalid.clone());
+        registry.register("policy_invalid", "Reconciles that found the policy invalid", m.invalid.clone());
         m
     }
 

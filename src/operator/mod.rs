@@ -41,9 +41,8 @@ pub struct RunConfig {
 /// When no Kubernetes configuration can be found or the listen address cannot be bound.
 /// Apiserver errors after start-up are retried, never fatal.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes configuration: set KUBECONFIG, or run in a cluster")?;
+    let client =
+        Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG, or run in a cluster")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
@@ -54,7 +53,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
-    let server = tokio::spawn(server::serve(listener, server::router(Arc::new(registry), health.clone()), shutdown.clone()));
+    let server =
+        tokio::spawn(server::serve(listener, server::router(Arc::new(registry), health.clone()), shutdown.clone()));
 
     tokio::select! {
         () = wait_for_crds(client.clone()) => {}
@@ -62,7 +62,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     }
     let ctx = Arc::new(Context { client: client.clone(), metrics });
     health.set_ready(true);
-    info!(namespace = config.namespace.as_deref().unwrap_or("<all>"), "watching ScalingPolicy, TrafficGuard, Mitigation, BootstrapPolicy");
+    info!(
+        namespace = config.namespace.as_deref().unwrap_or("<all>"),
+        "watching ScalingPolicy, TrafficGuard, Mitigation, BootstrapPolicy"
+    );
     let ns = config.namespace.as_deref();
     tokio::join!(
         controller::run(guarded_api::<ScalingPolicy>(&client, ns), ctx.clone(), shutdown.clone()),
@@ -93,10 +96,17 @@ async fn wait_for_crds(client: Client) {
     for crd in api::crds() {
         let name = crd.metadata.name.unwrap_or_default();
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), await_condition(crds.clone(), &name, is_crd_established())).await {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                await_condition(crds.clone(), &name, is_crd_established()),
+            )
+            .await
+            {
                 Ok(Ok(_)) => break,
                 Ok(Err(e)) => warn!(crd = %name, error = %e, "cannot watch CRD; retrying"),
-                Err(_) => warn!(crd = %name, "CRD not established yet; install it with `levee crd --apply` or `kubectl apply -f crds/`"),
+                Err(_) => {
+                    warn!(crd = %name, "CRD not established yet; install it with `levee crd --apply` or `kubectl apply -f crds/`")
+                }
             }
         }
         info!(crd = %name, "CRD established");

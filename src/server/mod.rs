@@ -101,7 +101,7 @@ mod tests {
         m.runs.get_or_create(&crate::operator::metrics::ReconcileMetrics::kind("ScalingPolicy")).inc();
         let (status, body) = get(router(Arc::new(registry), Health::default()), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("levee_reconcile_runs_total{kind=\"ScalingPolicy\"} 1"), "{body}");
+        assert!(body.lines().any(|l| l == "levee_reconcile_runs_total{kind=\"ScalingPolicy\"} 1"), "{body}");
         assert!(body.ends_with("# EOF\n"));
     }
 }
