@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod engine;
 pub mod operator;
 pub mod server;
 pub mod signals;

@@ -1,0 +1,221 @@
+//! Arrival-rate forecasting: a set of online models fed one bucket at a time, the one with the
+//! lowest recent error at the planning horizon chosen per series, and a band drawn from that
+//! model's own recent errors.
+//!
+//! A trend model is useful after a few buckets; a daily seasonal model once a day of history
+//! exists, a weekly one after a week. Nothing here reads a clock: time is what callers pass.
+
+mod errors;
+pub mod holt_winters;
+
+use errors::ErrorTracker;
+use holt_winters::{HoltWinters, Params};
+
+use crate::api::scaling_policy::Seasonality;
+
+const DAY: f64 = 86_400.0;
+/// A model needs this many scored forecasts before it can be chosen over the trend model.
+const MIN_SCORED: usize = 12;
+
+/// A forecast for one future moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forecast {
+    /// Point forecast (units/s).
+    pub value: f64,
+    /// The (1 − q) quantile.
+    pub lower: f64,
+    /// The q quantile: what the planner provisions for.
+    pub upper: f64,
+    /// Seconds ahead of the last observation.
+    pub horizon_secs: f64,
+    /// Which model made it.
+    pub model: &'static str,
+}
+
+struct Candidate {
+    name: &'static str,
+    model: HoltWinters,
+    errors: ErrorTracker,
+}
+
+/// Settings of a [`Forecaster`].
+#[derive(Clone, Copy, Debug)]
+pub struct ForecastConfig {
+    /// Bucket width in seconds; observations are averaged per bucket.
+    pub step_secs: f64,
+    /// The horizon errors are tracked at (the planning lead time), in seconds.
+    pub horizon_secs: f64,
+    /// Band quantile in (0, 1).
+    pub quantile: f64,
+    pub seasonality: Seasonality,
+}
+
+/// Online forecaster for one series.
+pub struct Forecaster {
+    cfg: ForecastConfig,
+    horizon: usize,
+    candidates: Vec<Candidate>,
+    /// Index of the bucket being filled, and its running sum and count.
+    open: Option<(i64, f64, u32)>,
+    last_value: Option<f64>,
+    buckets_closed: usize,
+}
+
+impl Forecaster {
+    pub fn new(cfg: ForecastConfig) -> Self {
+        let step = cfg.step_secs.max(1.0);
+        let horizon = ((cfg.horizon_secs / step).ceil() as usize).max(1);
+        let mut candidates = vec![Candidate {
+            name: "trend",
+            model: HoltWinters::new(Params { alpha: 0.5, beta: 0.1, gamma: 0.0, phi: 0.9 }, 0),
+            errors: ErrorTracker::default(),
+        }];
+        let day = (DAY / step).round() as usize;
+        if matches!(cfg.seasonality, Seasonality::Daily | Seasonality::Weekly | Seasonality::Auto) && day >= 2 {
+            for (name, alpha) in [("holt-winters-daily", 0.2), ("holt-winters-daily-fast", 0.5)] {
+                candidates.push(Candidate {
+                    name,
+                    model: HoltWinters::new(Params { alpha, beta: 0.01, gamma: 0.15, phi: 0.9 }, day),
+                    errors: ErrorTracker::default(),
+                });
+            }
+        }
+        if matches!(cfg.seasonality, Seasonality::Weekly | Seasonality::Auto) && day >= 2 {
+            candidates.push(Candidate {
+                name: "holt-winters-weekly",
+                model: HoltWinters::new(Params { alpha: 0.2, beta: 0.01, gamma: 0.3, phi: 0.9 }, day * 7),
+                errors: ErrorTracker::default(),
+            });
+        }
+        Self { cfg: ForecastConfig { step_secs: step, ..cfg }, horizon, candidates, open: None, last_value: None, buckets_closed: 0 }
+    }
+
+    pub fn config(&self) -> &ForecastConfig {
+        &self.cfg
+    }
+
+    /// Buckets of history seen so far.
+    pub fn history_buckets(&self) -> usize {
+        self.buckets_closed
+    }
+
+    /// Feeds one observation of the rate at time `t` (seconds). Observations must not go
+    /// back in time; one that does is ignored.
+    pub fn observe(&mut self, t: f64, rate: f64) {
+        if !rate.is_finite() {
+            return;
+        }
+        let idx = (t / self.cfg.step_secs).floor() as i64;
+        match self.open {
+            None => self.open = Some((idx, rate, 1)),
+            Some((open, sum, n)) if idx == open => self.open = Some((open, sum + rate, n + 1)),
+            Some((open, sum, n)) if idx > open => {
+                self.close(sum / f64::from(n));
+                // Buckets with no observation at all carry the last value forward, so that
+                // seasonal positions stay aligned with the clock.
+                let gap = (idx - open - 1).min(self.candidates.iter().map(|c| c.model.period()).max().unwrap_or(0) as i64);
+                for _ in 0..gap {
+                    self.close(sum / f64::from(n));
+                }
+                self.open = Some((idx, rate, 1));
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn close(&mut self, y: f64) {
+        self.buckets_closed += 1;
+        self.last_value = Some(y);
+        for c in &mut self.candidates {
+            c.model.update(y);
+            let next = c.model.ready().then(|| c.model.forecast(self.horizon));
+            c.errors.record(self.horizon, y, next);
+        }
+    }
+
+    /// The model currently trusted most: the lowest recent error at the horizon among models
+    /// with enough scored forecasts, else the trend model once it is ready.
+    fn best(&self) -> Option<&Candidate> {
+        let scored = self
+            .candidates
+            .iter()
+            .filter(|c| c.model.ready() && c.errors.samples() >= MIN_SCORED)
+            .min_by(|a, b| a.errors.mae().unwrap_or(f64::MAX).total_cmp(&b.errors.mae().unwrap_or(f64::MAX)));
+        scored.or_else(|| self.candidates.iter().find(|c| c.model.ready()))
+    }
+
+    /// Forecast of the rate `ahead_secs` after time `now`, or `None` without enough history.
+    pub fn forecast(&self, now: f64, ahead_secs: f64) -> Option<Forecast> {
+        let best = self.best()?;
+        let (open, _, _) = self.open?;
+        // Buckets from the last closed one to the one containing now + ahead.
+        let target = ((now + ahead_secs) / self.cfg.step_secs).floor() as i64;
+        let h = (target - (open - 1)).max(1) as usize;
+        let value = best.model.forecast(h).max(0.0);
+        // Errors were measured at the tracked horizon; widen or narrow like a random walk.
+        let scale = (h as f64 / self.horizon as f64).sqrt();
+        let q = self.cfg.quantile;
+        let upper = (value + best.errors.quantile(q) * scale).max(value);
+        let lower = (value + best.errors.quantile(1.0 - q) * scale).clamp(0.0, value);
+        Some(Forecast { value, lower, upper, horizon_secs: ahead_secs, model: best.name })
+    }
+
+    /// The value of the last closed bucket.
+    pub fn last(&self) -> Option<f64> {
+        self.last_value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(seasonality: Seasonality) -> ForecastConfig {
+        ForecastConfig { step_secs: 300.0, horizon_secs: 900.0, quantile: 0.9, seasonality }
+    }
+
+    fn daily(t: f64) -> f64 {
+        100.0 + 60.0 * (t * std::f64::consts::TAU / DAY).sin()
+    }
+
+    #[test]
+    fn no_forecast_without_history() {
+        let f = Forecaster::new(cfg(Seasonality::Auto));
+        assert!(f.forecast(0.0, 900.0).is_none());
+    }
+
+    #[test]
+    fn trend_model_serves_early_then_seasonal_wins() {
+        let mut f = Forecaster::new(cfg(Seasonality::Auto));
+        let mut t = 0.0;
+        while t < 3600.0 {
+            f.observe(t, daily(t));
+            t += 60.0;
+        }
+        assert_eq!(f.forecast(t, 900.0).unwrap().model, "trend");
+        while t < 4.0 * DAY {
+            f.observe(t, daily(t));
+            t += 60.0;
+        }
+        let fc = f.forecast(t, 900.0).unwrap();
+        assert!(fc.model.starts_with("holt-winters"), "{fc:?}");
+        let want = daily(t + 900.0);
+        assert!((fc.value - want).abs() / want < 0.05, "{fc:?} vs {want}");
+        assert!(fc.lower <= fc.value && fc.value <= fc.upper);
+    }
+
+    #[test]
+    fn band_widens_with_noise() {
+        let mut quiet = Forecaster::new(cfg(Seasonality::None));
+        let mut noisy = Forecaster::new(cfg(Seasonality::None));
+        for i in 0..500 {
+            let t = i as f64 * 300.0;
+            quiet.observe(t, 100.0);
+            noisy.observe(t, if i % 2 == 0 { 70.0 } else { 130.0 });
+        }
+        let t = 500.0 * 300.0;
+        let (q, n) = (quiet.forecast(t, 900.0).unwrap(), noisy.forecast(t, 900.0).unwrap());
+        assert!(q.upper - q.lower < 1.0, "{q:?}");
+        assert!(n.upper - n.lower > 20.0, "{n:?}");
+    }
+}

@@ -1,0 +1,7 @@
+//! The pure core: a deterministic function of (policy, history, now) → plan. No I/O, no clock
+//! reads, no unseeded randomness. Every decision carries a reason and a sentence.
+
+pub mod capacity;
+pub mod forecast;
+pub mod lead_time;
+pub mod scaling;
