@@ -9,7 +9,10 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use crate::api;
+use crate::{
+    api::{self, Duration, scaling_policy::Seasonality},
+    replay::{backtest, trace::Trace},
+};
 
 /// `levee crd`: writes every CRD to `dir`, one file per kind.
 pub fn write_crds(dir: &Path) -> anyhow::Result<()> {
@@ -52,5 +55,53 @@ pub async fn apply_crds() -> anyhow::Result<()> {
             .with_context(|| format!("cannot apply CRD {name}"))?;
         println!("applied {name}");
     }
+    Ok(())
+}
+
+/// A progress line on stderr for long work, only when stderr is a terminal.
+pub fn progress(label: &'static str) -> impl FnMut(f64) {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let mut last = -1i64;
+    move |fraction: f64| {
+        let pct = (fraction * 100.0) as i64;
+        if tty && pct != last {
+            last = pct;
+            eprint!("\r{label}: {pct:3}%");
+            if pct >= 100 {
+                eprintln!();
+            }
+        }
+    }
+}
+
+/// `levee backtest`.
+pub fn backtest(path: &Path, horizon: Duration, step: Duration, quantile: f64, warmup: Duration, json: bool) -> anyhow::Result<()> {
+    if !(quantile > 0.0 && quantile < 1.0) {
+        bail!("--quantile must be in (0, 1), got {quantile}");
+    }
+    if step.as_secs_f64() <= 0.0 || horizon.as_secs_f64() <= 0.0 {
+        bail!("--step and --horizon must be positive");
+    }
+    let trace = Trace::load(path)?;
+    let cfg = backtest::BacktestConfig {
+        horizon_secs: horizon.as_secs_f64(),
+        step_secs: step.as_secs_f64(),
+        quantile,
+        warmup_secs: warmup.as_secs_f64(),
+        seasonality: Seasonality::Auto,
+    };
+    let report = backtest::run(&trace, cfg, progress("backtest"))
+        .with_context(|| format!("{} is too short to score: it needs more than {warmup} plus {horizon} of data", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("backtest of {} ({} buckets of {}s, horizon {}s)", path.display(), report.points, report.step_secs, report.horizon_secs);
+    println!("  MAPE      {:6.2} %   (over {} non-zero actuals; median APE {:.2} %)", report.mape, report.points - report.zero_actuals, report.mdape);
+    println!("  MASE      {:6.3}     (vs. the same bucket one day earlier; < 1 beats it)", report.mase);
+    println!("  coverage  {:6.1} %   inside the band (nominal {:.0} %); {:.1} % at or below its upper edge", report.coverage * 100.0, report.nominal_coverage * 100.0, report.upper_coverage * 100.0);
+    let models: Vec<String> = report.models.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    println!("  models    {}", models.join(", "));
     Ok(())
 }

@@ -6,5 +6,6 @@ pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod operator;
+pub mod replay;
 pub mod server;
 pub mod signals;

@@ -31,6 +31,27 @@ enum Command {
         #[arg(long, env = "LEVEE_NAMESPACE")]
         namespace: Option<String>,
     },
+    /// Score the forecaster on a recorded `timestamp,count` CSV (rolling origin).
+    Backtest {
+        /// The trace, e.g. ../shared/data/traces/nasa_http_1995_07_1min.csv.
+        #[arg(long)]
+        trace: PathBuf,
+        /// How far ahead to forecast.
+        #[arg(long, default_value = "15m")]
+        horizon: levee::api::Duration,
+        /// Bucket width the series is averaged over.
+        #[arg(long, default_value = "5m")]
+        step: levee::api::Duration,
+        /// Band quantile in (0, 1).
+        #[arg(long, default_value_t = 0.9)]
+        quantile: f64,
+        /// History before scoring starts (at least one day, for the seasonal-naive baseline).
+        #[arg(long, default_value = "24h")]
+        warmup: levee::api::Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the CRDs generated from the code (or check or apply them).
     Crd {
         /// Directory the CRD files are written to.
@@ -64,6 +85,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { listen, namespace } => {
                 levee::operator::run(levee::operator::RunConfig { listen, namespace }).await
+            }
+            Command::Backtest { trace, horizon, step, quantile, warmup, json } => {
+                levee::cli::backtest(&trace, horizon, step, quantile, warmup, json)
             }
             Command::Crd { dir, check: true, .. } => levee::cli::check_crds(&dir),
             Command::Crd { apply: true, .. } => levee::cli::apply_crds().await,

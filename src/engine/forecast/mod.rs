@@ -2,6 +2,10 @@
 //! lowest recent error at the planning horizon chosen per series, and a band drawn from that
 //! model's own recent errors.
 //!
+//! Models work on ln(1 + y/s), with s fixed from the first bucket: web traffic varies by
+//! multiples between night and day, and on that scale errors are relative, the daily cycle
+//! is closer to additive, and a band's width follows the level.
+//!
 //! A trend model is useful after a few buckets; a daily seasonal model once a day of history
 //! exists, a weekly one after a week. Nothing here reads a clock: time is what callers pass.
 
@@ -57,8 +61,12 @@ pub struct Forecaster {
     candidates: Vec<Candidate>,
     /// Index of the bucket being filled, and its running sum and count.
     open: Option<(i64, f64, u32)>,
+    /// Index of the last bucket the models consumed.
+    last_closed: Option<i64>,
     last_value: Option<f64>,
     buckets_closed: usize,
+    /// The scale s of the log transform, set by the first bucket.
+    scale: Option<f64>,
 }
 
 impl Forecaster {
@@ -87,7 +95,7 @@ impl Forecaster {
                 errors: ErrorTracker::default(),
             });
         }
-        Self { cfg: ForecastConfig { step_secs: step, ..cfg }, horizon, candidates, open: None, last_value: None, buckets_closed: 0 }
+        Self { cfg: ForecastConfig { step_secs: step, ..cfg }, horizon, candidates, open: None, last_closed: None, last_value: None, buckets_closed: 0, scale: None }
     }
 
     pub fn config(&self) -> &ForecastConfig {
@@ -107,29 +115,44 @@ impl Forecaster {
         }
         let idx = (t / self.cfg.step_secs).floor() as i64;
         match self.open {
-            None => self.open = Some((idx, rate, 1)),
             Some((open, sum, n)) if idx == open => self.open = Some((open, sum + rate, n + 1)),
-            Some((open, sum, n)) if idx > open => {
-                self.close(sum / f64::from(n));
-                // Buckets with no observation at all carry the last value forward, so that
-                // seasonal positions stay aligned with the clock.
-                let gap = (idx - open - 1).min(self.candidates.iter().map(|c| c.model.period()).max().unwrap_or(0) as i64);
-                for _ in 0..gap {
-                    self.close(sum / f64::from(n));
+            Some((open, _, _)) if idx < open => {}
+            _ if self.last_closed.is_some_and(|c| idx <= c) => {}
+            _ => {
+                self.flush();
+                if let (Some(last), Some(y)) = (self.last_closed, self.last_value) {
+                    // Buckets with no observation carry the last value forward, so that
+                    // seasonal positions stay aligned with the clock.
+                    let longest = self.candidates.iter().map(|c| c.model.period()).max().unwrap_or(0) as i64;
+                    for i in (last + 1..idx).take(longest as usize) {
+                        self.close(i, y);
+                    }
                 }
                 self.open = Some((idx, rate, 1));
             }
-            Some(_) => {}
         }
     }
 
-    fn close(&mut self, y: f64) {
+    /// Closes the bucket being filled now, instead of when the next bucket's first
+    /// observation arrives. For replays, where buckets arrive whole.
+    pub fn flush(&mut self) {
+        if let Some((idx, sum, n)) = self.open.take() {
+            self.close(idx, sum / f64::from(n));
+        }
+    }
+
+    fn close(&mut self, idx: i64, y: f64) {
         self.buckets_closed += 1;
+        self.last_closed = Some(idx);
         self.last_value = Some(y);
+        // 5% of the first level: small enough that the transform is logarithmic across the
+        // range seen in practice, large enough that an idle bucket is not minus infinity.
+        let s = *self.scale.get_or_insert((y * 0.05).max(1e-3));
+        let z = (y.max(0.0) / s).ln_1p();
         for c in &mut self.candidates {
-            c.model.update(y);
+            c.model.update(z);
             let next = c.model.ready().then(|| c.model.forecast(self.horizon));
-            c.errors.record(self.horizon, y, next);
+            c.errors.record(self.horizon, z, next);
         }
     }
 
@@ -147,16 +170,19 @@ impl Forecaster {
     /// Forecast of the rate `ahead_secs` after time `now`, or `None` without enough history.
     pub fn forecast(&self, now: f64, ahead_secs: f64) -> Option<Forecast> {
         let best = self.best()?;
-        let (open, _, _) = self.open?;
+        let last = self.last_closed?;
         // Buckets from the last closed one to the one containing now + ahead.
         let target = ((now + ahead_secs) / self.cfg.step_secs).floor() as i64;
-        let h = (target - (open - 1)).max(1) as usize;
-        let value = best.model.forecast(h).max(0.0);
+        let h = (target - last).max(1) as usize;
+        let s = self.scale?;
+        let back = |z: f64| (s * z.exp_m1()).max(0.0);
+        let z = best.model.forecast(h);
         // Errors were measured at the tracked horizon; widen or narrow like a random walk.
-        let scale = (h as f64 / self.horizon as f64).sqrt();
+        let widen = (h as f64 / self.horizon as f64).sqrt();
         let q = self.cfg.quantile;
-        let upper = (value + best.errors.quantile(q) * scale).max(value);
-        let lower = (value + best.errors.quantile(1.0 - q) * scale).clamp(0.0, value);
+        let value = back(z);
+        let upper = back(z + best.errors.quantile(q) * widen).max(value);
+        let lower = back(z + best.errors.quantile(1.0 - q) * widen).min(value);
         Some(Forecast { value, lower, upper, horizon_secs: ahead_secs, model: best.name })
     }
 

@@ -1,0 +1,4 @@
+//! Replays of recorded series: trace loading and forecast backtests.
+
+pub mod backtest;
+pub mod trace;

@@ -1,0 +1,289 @@
+//! Scenarios: the simulated platform's shape and the traffic it faces, as YAML files.
+//! Built-in scenarios live in `src/sim/scenarios/`; any file in the same format can be given.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::api::{Duration, ScalingPolicySpec};
+
+/// A complete scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    /// What the scenario reproduces, in a sentence or two.
+    #[serde(default)]
+    pub description: String,
+    pub duration: Duration,
+    /// Simulation step.
+    #[serde(default = "one_second")]
+    pub step: Duration,
+    /// Seed for arrival noise; a run is a function of the scenario and the seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Wall-clock label of t = 0 (e.g. `21:00`), used in timelines.
+    #[serde(default)]
+    pub clock_start: Option<String>,
+    pub arrivals: Arrivals,
+    pub api: ApiService,
+    #[serde(default)]
+    pub workers: Option<Workers>,
+    #[serde(default)]
+    pub database: Option<Database>,
+    pub slo: Slo,
+    /// The policies levee runs with.
+    pub policies: Policies,
+    /// Whether levee's BootstrapPolicy protections (staged boot from zero, death-spiral
+    /// protection) apply in the levee run.
+    #[serde(default)]
+    pub bootstrap_policy: bool,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// The arrival process.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Arrivals {
+    /// Baseline requests per second.
+    #[serde(default)]
+    pub base: f64,
+    /// Amplitude of a daily cycle as a fraction of `base`.
+    #[serde(default)]
+    pub daily_amplitude: f64,
+    /// A `timestamp,count` trace that replaces `base` and the daily cycle.
+    #[serde(default)]
+    pub trace: Option<String>,
+    /// Multiplies the trace's rates (to put a small trace in front of a bigger service).
+    #[serde(default = "one")]
+    pub trace_scale: f64,
+    /// Add Poisson noise.
+    #[serde(default = "yes")]
+    pub poisson: bool,
+    /// Surges on top of the baseline.
+    #[serde(default)]
+    pub surges: Vec<Surge>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+
+/// A surge: ramps from the baseline to `multiplier` × baseline, holds, and stops at `end`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Surge {
+    pub start: Duration,
+    pub ramp: Duration,
+    pub multiplier: f64,
+    pub end: Duration,
+    /// Requests of the surge that reach the database (cache-busting); 1 = all.
+    #[serde(default = "one")]
+    pub uncached_fraction: f64,
+}
+
+/// The API frontends.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiService {
+    /// Requests per second one instance serves.
+    pub capacity_per_replica: f64,
+    /// Time from scale request to ready.
+    pub startup: Duration,
+    pub initial_replicas: i64,
+    /// A request waiting longer than this fails (504).
+    pub request_timeout: Duration,
+    /// Health checks: an instance whose requests take longer than `timeout` for `failures`
+    /// checks in a row is killed and replaced.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Until this time, instances booting while none is live fail to boot (the incident's
+    /// untested cold start).
+    #[serde(default)]
+    pub cold_start_broken_until: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
+}
+
+/// Background workers draining a queue of records each request creates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workers {
+    /// Records per second one worker writes (if the primary keeps up).
+    pub capacity_per_replica: f64,
+    pub startup: Duration,
+    pub initial_replicas: i64,
+    /// Records each served request creates.
+    pub records_per_request: f64,
+}
+
+/// A primary and its read replicas.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Database {
+    /// Writes per second the primary sustains.
+    pub primary_write_capacity: f64,
+    /// Reads per second one replica serves.
+    pub replica_read_capacity: f64,
+    pub initial_replicas: i64,
+    /// Reads each uncached request makes.
+    pub reads_per_request: f64,
+    /// Time to create a replica while the primary is idle.
+    pub replica_provision: Duration,
+    /// Provisioning takes (1 + this × primary utilisation) times longer on a busy primary.
+    #[serde(default = "default_hot_slowdown")]
+    pub hot_primary_slowdown: f64,
+}
+
+fn default_hot_slowdown() -> f64 {
+    4.0
+}
+
+/// What counts as a bad minute.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Slo {
+    /// Mean latency above this violates the SLO.
+    pub latency: Duration,
+    /// A failed fraction above this violates the SLO.
+    pub error_ratio: f64,
+}
+
+/// levee's policies for the scaled targets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policies {
+    pub api: ScalingPolicySpec,
+    #[serde(default)]
+    pub workers: Option<ScalingPolicySpec>,
+    #[serde(default)]
+    pub replicas: Option<ScalingPolicySpec>,
+}
+
+/// Built-in scenarios: (name, YAML).
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("incident", include_str!("scenarios/incident.yaml")),
+    ("nasa", include_str!("scenarios/nasa.yaml")),
+    ("diurnal", include_str!("scenarios/diurnal.yaml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("no built-in scenario {0:?} and no such file (built-in: incident, nasa, diurnal)")]
+    Unknown(String),
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("scenario {name}: {message}")]
+    Invalid { name: String, message: String },
+}
+
+impl Scenario {
+    /// A built-in scenario by name, or a scenario file by path.
+    ///
+    /// # Errors
+    /// Unknown name, unreadable file, or YAML that does not describe a scenario (with the
+    /// parser's line and column).
+    pub fn load(name_or_path: &str) -> Result<Self, ScenarioError> {
+        if let Some((_, yaml)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::parse(name_or_path, yaml);
+        }
+        let path = Path::new(name_or_path);
+        if !path.exists() {
+            return Err(ScenarioError::Unknown(name_or_path.to_owned()));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Io { path: name_or_path.to_owned(), source })?;
+        Self::parse(name_or_path, &text)
+    }
+
+    pub fn parse(name: &str, yaml: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = serde_saphyr::from_str(yaml)
+            .map_err(|e| ScenarioError::Invalid { name: name.to_owned(), message: e.to_string() })?;
+        s.check().map_err(|message| ScenarioError::Invalid { name: name.to_owned(), message })?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        use crate::api::validate::{Validate, summarize};
+        if self.step.as_secs_f64() <= 0.0 || self.duration.as_secs_f64() <= 0.0 {
+            return Err("step and duration must be positive".into());
+        }
+        if self.api.capacity_per_replica <= 0.0 {
+            return Err("api.capacityPerReplica must be positive".into());
+        }
+        for (which, p) in [("api", Some(&self.policies.api)), ("workers", self.policies.workers.as_ref()), ("replicas", self.policies.replicas.as_ref())] {
+            if let Some(p) = p {
+                let errors = p.validate();
+                if !errors.is_empty() {
+                    return Err(format!("policies.{which}: {}", summarize(&errors)));
+                }
+                if p.bounds.min_replicas > p.bounds.max_replicas {
+                    return Err(format!("policies.{which}.bounds: minReplicas above maxReplicas"));
+                }
+            }
+        }
+        if self.policies.workers.is_some() && self.workers.is_none() {
+            return Err("policies.workers given but the scenario has no workers".into());
+        }
+        if self.policies.replicas.is_some() && self.database.is_none() {
+            return Err("policies.replicas given but the scenario has no database".into());
+        }
+        Ok(())
+    }
+
+    /// Formats `t` seconds after the start as a clock time, if the scenario has one.
+    pub fn clock(&self, t: f64) -> String {
+        let offset = self
+            .clock_start
+            .as_deref()
+            .and_then(|c| c.split_once(':'))
+            .and_then(|(h, m)| Some(h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60));
+        let total = t as i64 + offset.unwrap_or(0);
+        let (h, m, s) = ((total / 3600) % 24, (total / 60) % 60, total % 60);
+        match offset {
+            Some(_) => format!("{h:02}:{m:02}:{s:02}"),
+            None => format!("+{}:{m:02}:{s:02}", total / 3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_parse() {
+        for (name, _) in BUILTIN {
+            Scenario::load(name).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_and_bad_scenarios_are_clear_errors() {
+        let e = Scenario::load("no-such-scenario").unwrap_err();
+        assert!(e.to_string().contains("built-in: incident"), "{e}");
+        let e = Scenario::parse("x", "name: x\nduration: forever\n").unwrap_err();
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn clock_labels() {
+        let mut s = Scenario::load("incident").unwrap();
+        s.clock_start = Some("21:00".into());
+        assert_eq!(s.clock(62.0 * 60.0), "22:02:00");
+        s.clock_start = None;
+        assert_eq!(s.clock(3725.0), "+1:02:05");
+    }
+}
