@@ -1,6 +1,6 @@
 //! Command implementations that are more than a call into a module.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -12,6 +12,7 @@ use kube::{
 use crate::{
     api::{self, Duration, scaling_policy::Seasonality},
     replay::{backtest, trace::Trace},
+    sim::{self, controllers::Kind, report, scenario::Scenario},
 };
 
 /// `levee crd`: writes every CRD to `dir`, one file per kind.
@@ -76,7 +77,14 @@ pub fn progress(label: &'static str) -> impl FnMut(f64) {
 }
 
 /// `levee backtest`.
-pub fn backtest(path: &Path, horizon: Duration, step: Duration, quantile: f64, warmup: Duration, json: bool) -> anyhow::Result<()> {
+pub fn backtest(
+    path: &Path,
+    horizon: Duration,
+    step: Duration,
+    quantile: f64,
+    warmup: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
     if !(quantile > 0.0 && quantile < 1.0) {
         bail!("--quantile must be in (0, 1), got {quantile}");
     }
@@ -91,17 +99,103 @@ pub fn backtest(path: &Path, horizon: Duration, step: Duration, quantile: f64, w
         warmup_secs: warmup.as_secs_f64(),
         seasonality: Seasonality::Auto,
     };
-    let report = backtest::run(&trace, cfg, progress("backtest"))
-        .with_context(|| format!("{} is too short to score: it needs more than {warmup} plus {horizon} of data", path.display()))?;
+    let report = backtest::run(&trace, cfg, progress("backtest")).with_context(|| {
+        format!("{} is too short to score: it needs more than {warmup} plus {horizon} of data", path.display())
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("backtest of {} ({} buckets of {}s, horizon {}s)", path.display(), report.points, report.step_secs, report.horizon_secs);
-    println!("  MAPE      {:6.2} %   (over {} non-zero actuals; median APE {:.2} %)", report.mape, report.points - report.zero_actuals, report.mdape);
+    println!(
+        "backtest of {} ({} buckets of {}s, horizon {}s)",
+        path.display(),
+        report.points,
+        report.step_secs,
+        report.horizon_secs
+    );
+    println!(
+        "  MAPE      {:6.2} %   (over {} non-zero actuals; median APE {:.2} %)",
+        report.mape,
+        report.points - report.zero_actuals,
+        report.mdape
+    );
     println!("  MASE      {:6.3}     (vs. the same bucket one day earlier; < 1 beats it)", report.mase);
-    println!("  coverage  {:6.1} %   inside the band (nominal {:.0} %); {:.1} % at or below its upper edge", report.coverage * 100.0, report.nominal_coverage * 100.0, report.upper_coverage * 100.0);
+    println!(
+        "  coverage  {:6.1} %   inside the band (nominal {:.0} %); {:.1} % at or below its upper edge",
+        report.coverage * 100.0,
+        report.nominal_coverage * 100.0,
+        report.upper_coverage * 100.0
+    );
     let models: Vec<String> = report.models.iter().map(|(m, n)| format!("{m} {n}")).collect();
     println!("  models    {}", models.join(", "));
+    Ok(())
+}
+
+/// Arguments of `levee simulate`.
+pub struct SimulateArgs {
+    pub scenario: Option<String>,
+    pub trace: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub step: Option<Duration>,
+    pub controllers: Vec<Kind>,
+    pub json: bool,
+    pub report: Option<PathBuf>,
+    pub timeline: usize,
+}
+
+/// `levee simulate`.
+pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let name = args.scenario.as_deref().unwrap_or(if args.trace.is_some() { "nasa" } else { "incident" });
+    let mut scenario = Scenario::load(name)?;
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    if let Some(step) = args.step {
+        if step.as_secs_f64() <= 0.0 {
+            bail!("--step must be positive");
+        }
+        scenario.step = step;
+    }
+    let trace_path = args.trace.clone().or_else(|| scenario.arrivals.trace.as_ref().map(PathBuf::from));
+    let trace = match &trace_path {
+        Some(p) => {
+            let t = Trace::load(p).with_context(|| {
+                format!("scenario {name} replays {}; run from the project root or pass --trace", p.display())
+            })?;
+            if args.trace.is_some() {
+                // A trace given on the command line sets the length of the run.
+                scenario.duration = Duration(std::time::Duration::from_secs_f64(t.duration()));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    if args.controllers.is_empty() {
+        bail!("--controllers needs at least one of none, hpa, keda, levee");
+    }
+    let started = std::time::Instant::now();
+    let runs = sim::run(&scenario, trace.as_ref(), &args.controllers, progress("simulate"));
+    let elapsed = started.elapsed();
+    let path = args.report.unwrap_or_else(|| PathBuf::from(format!("levee-simulate-{}.html", scenario.name)));
+    std::fs::write(&path, report::html(&scenario, &runs))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if args.json {
+        println!("{}", report::json(&scenario, &runs)?);
+        return Ok(());
+    }
+    println!("scenario {}: {}", scenario.name, scenario.description);
+    if let Some(p) = &trace_path {
+        println!("arrivals: {}", p.display());
+    }
+    println!();
+    print!("{}", report::table(&runs));
+    if let Some(levee) = runs.iter().find(|r| r.summary.controller == "levee") {
+        println!("\nlevee's decisions:");
+        print!("{}", report::timeline(&scenario, levee, args.timeline));
+        if let Some(l) = levee.learned_lead_time {
+            println!("learned API lead time: {l:.0}s");
+        }
+    }
+    println!("\nreport: {}   ({} controllers simulated in {:.1}s)", path.display(), runs.len(), elapsed.as_secs_f64());
     Ok(())
 }

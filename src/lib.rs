@@ -9,3 +9,4 @@ pub mod operator;
 pub mod replay;
 pub mod server;
 pub mod signals;
+pub mod sim;

@@ -31,6 +31,34 @@ enum Command {
         #[arg(long, env = "LEVEE_NAMESPACE")]
         namespace: Option<String>,
     },
+    /// Replay a scenario in a simulated platform and compare autoscalers (no cluster needed).
+    Simulate {
+        /// A built-in scenario (incident, nasa, diurnal) or a scenario file. Default: incident,
+        /// or nasa when --trace is given.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// A `timestamp,count` CSV replayed as the arrival process (replaces the scenario's).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Seed for arrival noise (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Simulation step (default: the scenario's).
+        #[arg(long)]
+        step: Option<levee::api::Duration>,
+        /// Controllers to compare.
+        #[arg(long, value_delimiter = ',', default_value = "none,hpa,keda,levee")]
+        controllers: Vec<levee::sim::controllers::Kind>,
+        /// Print the summary as JSON instead of the table and timeline.
+        #[arg(long)]
+        json: bool,
+        /// Where to write the HTML report (default: levee-simulate-<scenario>.html).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Decisions shown in the printed timeline.
+        #[arg(long, default_value_t = 25)]
+        timeline: usize,
+    },
     /// Score the forecaster on a recorded `timestamp,count` CSV (rolling origin).
     Backtest {
         /// The trace, e.g. ../shared/data/traces/nasa_http_1995_07_1min.csv.
@@ -85,6 +113,18 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { listen, namespace } => {
                 levee::operator::run(levee::operator::RunConfig { listen, namespace }).await
+            }
+            Command::Simulate { scenario, trace, seed, step, controllers, json, report, timeline } => {
+                levee::cli::simulate(levee::cli::SimulateArgs {
+                    scenario,
+                    trace,
+                    seed,
+                    step,
+                    controllers,
+                    json,
+                    report,
+                    timeline,
+                })
             }
             Command::Backtest { trace, horizon, step, quantile, warmup, json } => {
                 levee::cli::backtest(&trace, horizon, step, quantile, warmup, json)

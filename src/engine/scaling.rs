@@ -13,7 +13,7 @@ use super::{
     forecast::{Forecast, ForecastConfig, Forecaster},
     lead_time::LeadTime,
 };
-use crate::api::scaling_policy::{ScalingPolicySpec, SignalLossAction, SignalRole};
+use crate::api::scaling_policy::{CapacityModel, ScalingPolicySpec, SignalLossAction, SignalRole};
 
 /// One reading of one signal, as the shell saw it.
 #[derive(Clone, Debug, PartialEq)]
@@ -191,7 +191,12 @@ impl Planner {
         if demand_signals {
             d.reactive = Some(replicas_for(cap, d.arrival_rate.unwrap_or(0.0), d.backlog.unwrap_or(0.0)));
             d.forecast = self.forecaster.forecast(now, lead_secs);
-            d.predictive = d.forecast.as_ref().map(|f| replicas_for(cap, f.upper, 0.0));
+            // The expected demand gets the policy's headroom; the band's upper edge only has
+            // to fit in raw capacity. Applying both to the upper edge would count the same
+            // uncertainty twice.
+            let full = CapacityModel { target_utilization: 1.0, ..cap.clone() };
+            d.predictive =
+                d.forecast.as_ref().map(|f| replicas_for(cap, f.value, 0.0).max(replicas_for(&full, f.upper, 0.0)));
         }
         let lag_need = d.lag_secs.zip(cap.max_replica_lag).map(|(lag, max)| {
             let max = max.as_secs_f64();
@@ -210,6 +215,11 @@ impl Planner {
 
         // Scale-down stabilisation: never below the highest recommendation in the window.
         let window = b.scale_down_stabilization.as_secs_f64();
+        if self.recommendations.is_empty() && self.last_direction == 0 {
+            // A planner that just started (or restarted) has no history: the current size
+            // counts as a recommendation, so it waits a full window before scaling down.
+            self.recommendations.push_back((now, current));
+        }
         self.recommendations.push_back((now, raw));
         while self.recommendations.front().is_some_and(|&(t, _)| t < now - window) {
             self.recommendations.pop_front();
@@ -277,7 +287,8 @@ impl Planner {
     }
 
     fn fail_static(&mut self, mut d: Decision, lost: &[&str]) -> Decision {
-        let what = if lost.is_empty() { "no signals configured".to_owned() } else { format!("lost {}", lost.join(", ")) };
+        let what =
+            if lost.is_empty() { "no signals configured".to_owned() } else { format!("lost {}", lost.join(", ")) };
         match (self.spec.on_signal_loss.action, self.spec.on_signal_loss.fallback_replicas) {
             (SignalLossAction::Fallback, Some(f)) if i64::from(f) > d.from => {
                 d.to = i64::from(f);
@@ -300,7 +311,10 @@ impl Planner {
         };
         let mut parts = Vec::new();
         if let (Some(a), Some(r)) = (d.arrival_rate, d.reactive) {
-            parts.push(format!("now {a:.1}/s{} needs {r}", d.backlog.map(|b| format!(" + backlog {b:.0}")).unwrap_or_default()));
+            parts.push(format!(
+                "now {a:.1}/s{} needs {r}",
+                d.backlog.map(|b| format!(" + backlog {b:.0}")).unwrap_or_default()
+            ));
         } else if let (Some(b), Some(r)) = (d.backlog, d.reactive) {
             parts.push(format!("backlog {b:.0} needs {r}"));
         }
@@ -318,10 +332,9 @@ impl Planner {
             parts.push(format!("replica lag {l:.1}s (max {max})"));
         }
         match d.reason {
-            Reason::StabilizationHold => parts.push(format!(
-                "holding: the last {} recommended more",
-                self.spec.bounds.scale_down_stabilization
-            )),
+            Reason::StabilizationHold => {
+                parts.push(format!("holding: the last {} recommended more", self.spec.bounds.scale_down_stabilization))
+            }
             Reason::ReversalBudgetHold => parts.push(format!(
                 "holding: {} reversals already within {}",
                 self.spec.bounds.max_reversals, self.spec.bounds.reversal_window

@@ -63,7 +63,8 @@ impl Trace {
                 continue;
             }
             let err = |message: String| TraceError::Parse { path: name.to_owned(), line: i + 1, message };
-            let (t, c) = line.split_once(',').ok_or_else(|| err(format!("expected `timestamp,count`, got {line:?}")))?;
+            let (t, c) =
+                line.split_once(',').ok_or_else(|| err(format!("expected `timestamp,count`, got {line:?}")))?;
             let t = parse_time(t).ok_or_else(|| err(format!("timestamp {t:?} is not RFC 3339 or epoch seconds")))?;
             let c: f64 = c.trim().parse().map_err(|_| err(format!("count {c:?} is not a number")))?;
             if !c.is_finite() || c < 0.0 {
@@ -118,7 +119,8 @@ mod tests {
 
     #[test]
     fn parses_offsets_naive_and_epoch() {
-        let t = Trace::parse("t", "timestamp,count\n1995-07-01T00:00:00-04:00,60\n1995-07-01T00:01:00-04:00,120\n").unwrap();
+        let t = Trace::parse("t", "timestamp,count\n1995-07-01T00:00:00-04:00,60\n1995-07-01T00:01:00-04:00,120\n")
+            .unwrap();
         assert_eq!(t.interval, 60.0);
         assert_eq!(t.rates, vec![1.0, 2.0]);
         let t = Trace::parse("t", "2023-11-16T18:17:03,1\n2023-11-16T18:17:04,7\n").unwrap();

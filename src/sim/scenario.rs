@@ -83,9 +83,6 @@ pub struct Surge {
     pub ramp: Duration,
     pub multiplier: f64,
     pub end: Duration,
-    /// Requests of the surge that reach the database (cache-busting); 1 = all.
-    #[serde(default = "one")]
-    pub uncached_fraction: f64,
 }
 
 /// The API frontends.
@@ -223,7 +220,11 @@ impl Scenario {
         if self.api.capacity_per_replica <= 0.0 {
             return Err("api.capacityPerReplica must be positive".into());
         }
-        for (which, p) in [("api", Some(&self.policies.api)), ("workers", self.policies.workers.as_ref()), ("replicas", self.policies.replicas.as_ref())] {
+        for (which, p) in [
+            ("api", Some(&self.policies.api)),
+            ("workers", self.policies.workers.as_ref()),
+            ("replicas", self.policies.replicas.as_ref()),
+        ] {
             if let Some(p) = p {
                 let errors = p.validate();
                 if !errors.is_empty() {

@@ -43,7 +43,7 @@ impl HoltWinters {
 
     /// Whether the model has enough history to forecast.
     pub fn ready(&self) -> bool {
-        if self.period == 0 { self.seen >= 2 } else { self.seen >= self.period + 1 }
+        if self.period == 0 { self.seen >= 2 } else { self.seen > self.period }
     }
 
     /// Feeds the value of the bucket just closed.
@@ -82,11 +82,8 @@ impl HoltWinters {
     pub fn forecast(&self, h: usize) -> f64 {
         let phi = self.params.phi;
         // Σ_{i=1..h} φ^i: the damped trend's total contribution over the horizon.
-        let damp: f64 = if (phi - 1.0).abs() < f64::EPSILON {
-            h as f64
-        } else {
-            phi * (1.0 - phi.powi(h as i32)) / (1.0 - phi)
-        };
+        let damp: f64 =
+            if (phi - 1.0).abs() < f64::EPSILON { h as f64 } else { phi * (1.0 - phi.powi(h as i32)) / (1.0 - phi) };
         let seasonal = if self.period > 0 { self.season[(self.seen - 1 + h) % self.period] } else { 0.0 };
         self.level + damp * self.trend + seasonal
     }

@@ -95,7 +95,16 @@ impl Forecaster {
                 errors: ErrorTracker::default(),
             });
         }
-        Self { cfg: ForecastConfig { step_secs: step, ..cfg }, horizon, candidates, open: None, last_closed: None, last_value: None, buckets_closed: 0, scale: None }
+        Self {
+            cfg: ForecastConfig { step_secs: step, ..cfg },
+            horizon,
+            candidates,
+            open: None,
+            last_closed: None,
+            last_value: None,
+            buckets_closed: 0,
+            scale: None,
+        }
     }
 
     pub fn config(&self) -> &ForecastConfig {

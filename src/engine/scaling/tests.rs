@@ -125,7 +125,12 @@ fn lag_adds_one_replica_at_a_time() {
         now,
         current,
         ready,
-        signals: vec![SignalReading { name: "lag".into(), role: SignalRole::ReplicaLag, value: Some(v), age_secs: 0.0 }],
+        signals: vec![SignalReading {
+            name: "lag".into(),
+            role: SignalRole::ReplicaLag,
+            value: Some(v),
+            age_secs: 0.0,
+        }],
     };
     let d = p.plan(&lag(0.0, 2, 2, 45.0));
     assert_eq!((d.to, d.reason), (3, Reason::LagScaleUp));
