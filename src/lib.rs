@@ -2,6 +2,7 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line; everything it runs lives here.
 
+pub mod actuators;
 pub mod api;
 pub mod cli;
 pub mod engine;

@@ -30,6 +30,15 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "LEVEE_NAMESPACE")]
         namespace: Option<String>,
+        /// How often each ScalingPolicy is planned.
+        #[arg(long, default_value = "5s", env = "LEVEE_TICK")]
+        tick: levee::api::Duration,
+        /// Prometheus for signals that do not name one.
+        #[arg(long, env = "LEVEE_PROMETHEUS_URL")]
+        prometheus_url: Option<String>,
+        /// AWS endpoint override (for an emulator such as moto).
+        #[arg(long, env = "LEVEE_AWS_ENDPOINT")]
+        aws_endpoint: Option<String>,
     },
     /// Replay a scenario in a simulated platform and compare autoscalers (no cluster needed).
     Simulate {
@@ -111,8 +120,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { listen, namespace } => {
-                levee::operator::run(levee::operator::RunConfig { listen, namespace }).await
+            Command::Run { listen, namespace, tick, prometheus_url, aws_endpoint } => {
+                let scaler = levee::operator::scaling::ScalerConfig { tick: tick.0, prometheus_url, aws_endpoint };
+                levee::operator::run(levee::operator::RunConfig { listen, namespace, scaler }).await
             }
             Command::Simulate { scenario, trace, seed, step, controllers, json, report, timeline } => {
                 levee::cli::simulate(levee::cli::SimulateArgs {

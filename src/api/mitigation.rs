@@ -140,8 +140,9 @@ pub struct MitigationStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions: `Ready`, `Invalid`.
+    /// Standard conditions: `Ready`, `Invalid` (and `SignalsAvailable` on ScalingPolicy).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

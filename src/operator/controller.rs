@@ -15,7 +15,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{Controller, WatchStreamExt, controller::Action, predicates, reflector, watcher},
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,7 @@ const ERROR_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Context {
     pub client: Client,
     pub metrics: ReconcileMetrics,
+    pub scaler: super::scaling::Scaler,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no namespace")]
     NoNamespace,
+    #[error("scaling: {0}")]
+    Scale(#[from] super::scaling::ScaleError),
 }
 
 impl Error {
@@ -57,6 +60,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "no_namespace",
+            Error::Scale(_) => "scale",
         }
     }
 }
@@ -189,6 +193,11 @@ async fn reconcile_inner<K: Policy>(guard: &DeserializeGuard<K>, ctx: &Context) 
             Verdict::Invalid { reason, message, .. } => warn!(reason, message, "policy is invalid"),
         }
     }
+    if let (Verdict::Valid, Ok(obj)) = (&verdict, &guard.0)
+        && let Some(again) = obj.act(ctx).await?
+    {
+        return Ok(Action::requeue(again));
+    }
     Ok(verdict.next())
 }
 
@@ -206,7 +215,15 @@ fn error_policy<K: Policy>(guard: Arc<DeserializeGuard<K>>, error: &Error, ctx: 
 /// A malformed object does not stop the watch: it is reconciled as `Malformed` and its
 /// `Invalid` condition carries the deserialization error.
 pub async fn run<K: Policy>(api: Api<DeserializeGuard<K>>, ctx: Arc<Context>, shutdown: CancellationToken) {
-    Controller::new(api, watcher::Config::default())
+    // Only spec changes (a new generation) trigger a reconcile: the operator's own status
+    // writes must not, or every status write would start another tick at once.
+    let (reader, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(changes, reader)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|res| async move {

@@ -5,6 +5,7 @@ pub mod conditions;
 pub mod controller;
 pub mod metrics;
 pub mod policy;
+pub mod scaling;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -33,6 +34,7 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     /// Watch only this namespace; all namespaces when unset.
     pub namespace: Option<String>,
+    pub scaler: scaling::ScalerConfig,
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -60,7 +62,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         () = wait_for_crds(client.clone()) => {}
         () = shutdown.cancelled() => return finish(server).await,
     }
-    let ctx = Arc::new(Context { client: client.clone(), metrics });
+    let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone());
+    let ctx = Arc::new(Context { client: client.clone(), metrics, scaler });
     health.set_ready(true);
     info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),

@@ -5,6 +5,9 @@ use std::fmt::Debug;
 use kube::{Resource, core::NamespaceResourceScope};
 use serde::{Serialize, de::DeserializeOwned};
 
+use std::time::Duration;
+
+use super::controller::{Context, Error};
 use crate::api::{
     BootstrapPolicy, Mitigation, PolicyStatus, ScalingPolicy, SecretKeyRef, TrafficGuard,
     validate::{FieldError, Validate},
@@ -28,6 +31,10 @@ pub trait Policy:
     fn validate_spec(&self) -> Vec<FieldError>;
     /// Secrets the spec refers to.
     fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)>;
+    /// Acts on a valid policy; returns how soon to act again. Most kinds are only judged.
+    fn act(&self, _ctx: &Context) -> impl Future<Output = Result<Option<Duration>, Error>> + Send {
+        async { Ok(None) }
+    }
 }
 
 macro_rules! impl_policy {
@@ -46,4 +53,20 @@ macro_rules! impl_policy {
     )*};
 }
 
-impl_policy!(ScalingPolicy, TrafficGuard, Mitigation, BootstrapPolicy);
+impl_policy!(TrafficGuard, Mitigation, BootstrapPolicy);
+
+impl Policy for ScalingPolicy {
+    fn policy_status(&self) -> Option<&dyn PolicyStatus> {
+        self.status.as_ref().map(|s| s as &dyn PolicyStatus)
+    }
+    fn validate_spec(&self) -> Vec<FieldError> {
+        self.spec.validate()
+    }
+    fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)> {
+        self.spec.secret_refs()
+    }
+    async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
+        ctx.scaler.tick(&ctx.client, self).await?;
+        Ok(Some(ctx.scaler.tick_interval()))
+    }
+}

@@ -121,9 +121,15 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &[]).await
+    }
+
+    /// Starts `levee run` with extra arguments (e.g. `--tick 1s`).
+    pub async fn start_with(namespace: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_levee"))
             .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--namespace", namespace])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -1,0 +1,89 @@
+//! Deployments and StatefulSets, through the scale subresource.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::{ActuatorError, Size};
+
+/// Which workload kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+/// A Deployment or StatefulSet in a namespace.
+#[derive(Clone)]
+pub struct Workload {
+    client: Client,
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+fn api_error(target: &str, e: kube::Error) -> ActuatorError {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => ActuatorError::NotFound { target: target.to_owned() },
+        other => ActuatorError::Api { target: target.to_owned(), detail: other.to_string() },
+    }
+}
+
+impl Workload {
+    pub fn new(client: Client, kind: WorkloadKind, namespace: &str, name: &str) -> Self {
+        Self { client, kind, namespace: namespace.to_owned(), name: name.to_owned() }
+    }
+
+    fn label(&self) -> String {
+        format!("{:?} {}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// Desired replicas (spec) and ready replicas (status).
+    pub async fn size(&self) -> Result<Size, ActuatorError> {
+        let target = self.label();
+        let (desired, ready) = match self.kind {
+            WorkloadKind::Deployment => {
+                let d = Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+                    .get(&self.name)
+                    .await
+                    .map_err(|e| api_error(&target, e))?;
+                (d.spec.and_then(|s| s.replicas).unwrap_or(1), d.status.and_then(|s| s.ready_replicas).unwrap_or(0))
+            }
+            WorkloadKind::StatefulSet => {
+                let s = Api::<StatefulSet>::namespaced(self.client.clone(), &self.namespace)
+                    .get(&self.name)
+                    .await
+                    .map_err(|e| api_error(&target, e))?;
+                (s.spec.and_then(|s| s.replicas).unwrap_or(1), s.status.and_then(|s| s.ready_replicas).unwrap_or(0))
+            }
+        };
+        Ok(Size { desired: i64::from(desired), ready: i64::from(ready) })
+    }
+
+    /// Sets `spec.replicas` through the scale subresource (a merge patch of one field).
+    pub async fn scale(&self, replicas: i64) -> Result<(), ActuatorError> {
+        let target = self.label();
+        let replicas = i32::try_from(replicas).map_err(|_| ActuatorError::Api {
+            target: target.clone(),
+            detail: format!("{replicas} replicas is out of range"),
+        })?;
+        let patch = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
+        let pp = PatchParams::default();
+        let res = match self.kind {
+            WorkloadKind::Deployment => {
+                Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+                    .patch_scale(&self.name, &pp, &patch)
+                    .await
+            }
+            WorkloadKind::StatefulSet => {
+                Api::<StatefulSet>::namespaced(self.client.clone(), &self.namespace)
+                    .patch_scale(&self.name, &pp, &patch)
+                    .await
+            }
+        };
+        res.map(|_| ()).map_err(|e| api_error(&target, e))
+    }
+}

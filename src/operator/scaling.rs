@@ -1,0 +1,339 @@
+//! The ScalingPolicy loop: every tick, read the signals and the target, ask the engine for a
+//! decision, act on it (unless `Shadow`), and say what was done in status and Events.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use serde_json::json;
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use super::conditions::{Wanted, merge};
+use crate::{
+    actuators::{
+        ActuatorError, Size,
+        ecs::EcsService,
+        kubernetes::{Workload, WorkloadKind},
+        rds::ReadReplicas,
+    },
+    api::{
+        Mode, ScalingPolicy, SecretKeyRef,
+        scaling_policy::{DecisionStatus, ForecastStatus, Signal, SignalRole},
+    },
+    engine::scaling::{Decision, Planner, Reason, SignalReading, Tick},
+    signals::{SignalError, postgres, prometheus::Prometheus, rabbitmq::RabbitMq},
+};
+
+/// The field manager of the scaler's status fields (the policy controller owns the rest).
+pub const FIELD_MANAGER: &str = "levee-scaler";
+/// Condition saying whether every signal could be read on the last tick.
+pub const SIGNALS_AVAILABLE: &str = "SignalsAvailable";
+
+/// Settings of the scaler.
+#[derive(Clone, Debug)]
+pub struct ScalerConfig {
+    pub tick: Duration,
+    /// Prometheus for signals that name no URL.
+    pub prometheus_url: Option<String>,
+    /// An AWS endpoint override (an emulator in tests).
+    pub aws_endpoint: Option<String>,
+}
+
+/// Planners of every ScalingPolicy, kept across ticks.
+pub struct Scaler {
+    config: ScalerConfig,
+    recorder: Recorder,
+    planners: Mutex<HashMap<String, (i64, Planner)>>,
+    aws: OnceCell<aws_config::SdkConfig>,
+    started: tokio::time::Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Actuator(#[from] ActuatorError),
+}
+
+enum Target {
+    Workload(Workload),
+    Ecs(EcsService),
+    Rds(ReadReplicas),
+}
+
+impl Target {
+    async fn size(&self) -> Result<Size, ActuatorError> {
+        match self {
+            Target::Workload(w) => w.size().await,
+            Target::Ecs(e) => e.size().await,
+            Target::Rds(r) => r.size().await,
+        }
+    }
+
+    async fn scale(&self, n: i64) -> Result<(), ActuatorError> {
+        match self {
+            Target::Workload(w) => w.scale(n).await,
+            Target::Ecs(e) => e.scale(n).await,
+            Target::Rds(r) => r.scale(n).await,
+        }
+    }
+}
+
+impl Scaler {
+    pub fn new(client: Client, config: ScalerConfig) -> Self {
+        let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            config,
+            recorder: Recorder::new(client, reporter),
+            planners: Mutex::new(HashMap::new()),
+            aws: OnceCell::new(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn tick_interval(&self) -> Duration {
+        self.config.tick
+    }
+
+    async fn aws(&self, region: Option<&str>) -> aws_config::SdkConfig {
+        let base = self
+            .aws
+            .get_or_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(url) = &self.config.aws_endpoint {
+                    loader = loader.endpoint_url(url);
+                }
+                loader.load().await
+            })
+            .await
+            .clone();
+        match region {
+            Some(r) => base.into_builder().region(aws_config::Region::new(r.to_owned())).build(),
+            None => base,
+        }
+    }
+
+    async fn target(&self, client: &Client, policy: &ScalingPolicy, ns: &str) -> Target {
+        let t = &policy.spec.target;
+        if let Some(d) = &t.deployment {
+            Target::Workload(Workload::new(client.clone(), WorkloadKind::Deployment, ns, &d.name))
+        } else if let Some(s) = &t.stateful_set {
+            Target::Workload(Workload::new(client.clone(), WorkloadKind::StatefulSet, ns, &s.name))
+        } else if let Some(e) = &t.ecs_service {
+            Target::Ecs(EcsService::new(
+                aws_sdk_ecs::Client::new(&self.aws(e.region.as_deref()).await),
+                &e.cluster,
+                &e.service,
+            ))
+        } else if let Some(r) = &t.rds_read_replicas {
+            let owner = format!("{ns}/{}", policy.name_any());
+            let client = aws_sdk_rds::Client::new(&self.aws(r.region.as_deref()).await);
+            Target::Rds(ReadReplicas::new(client, &r.source_instance, &r.instance_class, &r.replica_prefix, &owner))
+        } else {
+            // Unreachable for objects the apiserver admitted (CEL: exactly one target).
+            Target::Workload(Workload::new(client.clone(), WorkloadKind::Deployment, ns, ""))
+        }
+    }
+
+    /// One tick of one policy.
+    pub async fn tick(&self, client: &Client, policy: &ScalingPolicy) -> Result<(), ScaleError> {
+        let ns = policy.namespace().unwrap_or_default();
+        let name = policy.name_any();
+        let key = format!("{ns}/{name}");
+        let target = self.target(client, policy, &ns).await;
+        let size = target.size().await;
+        let readings = futures::future::join_all(policy.spec.signals.iter().map(|s| self.read(client, &ns, s))).await;
+        let lost: Vec<String> = readings.iter().filter_map(|(_, e)| e.as_ref().map(ToString::to_string)).collect();
+        let signals: Vec<SignalReading> = readings.into_iter().map(|(r, _)| r).collect();
+
+        let size = match size {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(policy = %key, error = %e, "cannot read the target; holding");
+                self.write_status(client, policy, None, None, &lost, Some(&e.to_string())).await?;
+                return Ok(());
+            }
+        };
+        let now = self.started.elapsed().as_secs_f64();
+        let generation = policy.metadata.generation.unwrap_or(0);
+        let decision = {
+            let mut planners = self.planners.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = planners.entry(key.clone()).or_insert_with(|| (generation, Planner::new(&policy.spec)));
+            if entry.0 != generation {
+                *entry = (generation, Planner::new(&policy.spec));
+            }
+            entry.1.plan(&Tick { now, current: size.desired, ready: size.ready, signals })
+        };
+        let learned =
+            self.planners.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(|(_, p)| p.learned_lead_time());
+        if decision.to != decision.from {
+            if policy.spec.mode == Mode::Enforce {
+                target.scale(decision.to).await?;
+                info!(policy = %key, from = decision.from, to = decision.to, reason = decision.reason.as_str(), "{}", decision.message);
+            } else {
+                info!(policy = %key, from = decision.from, to = decision.to, "shadow: {}", decision.message);
+            }
+            self.event(policy, &decision).await;
+        }
+        self.write_status(client, policy, Some(&decision), learned, &lost, None).await?;
+        Ok(())
+    }
+
+    async fn event(&self, policy: &ScalingPolicy, d: &Decision) {
+        let shadow = policy.spec.mode == Mode::Shadow;
+        let ev = Event {
+            type_: if matches!(d.reason, Reason::SignalLossFallback) { EventType::Warning } else { EventType::Normal },
+            reason: d.reason.as_str().into(),
+            note: Some(if shadow { format!("shadow (not applied): {}", d.message) } else { d.message.clone() }),
+            action: if shadow { "WouldScale".into() } else { "Scale".into() },
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &policy.object_ref(&())).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+
+    async fn secret(&self, client: &Client, ns: &str, r: &SecretKeyRef) -> Result<String, SignalError> {
+        let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt(&r.name).await.map_err(|e| {
+            SignalError::BadResponse {
+                source_name: "kubernetes".into(),
+                detail: format!("cannot read Secret {}: {e}", r.name),
+            }
+        })?;
+        let bytes = s.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get(&r.key)).map(|b| b.0.clone());
+        let value = bytes.ok_or_else(|| SignalError::NotFound {
+            source_name: "kubernetes".into(),
+            what: format!("key {:?} of Secret {:?}", r.key, r.name),
+        })?;
+        String::from_utf8(value).map(|v| v.trim().to_owned()).map_err(|_| SignalError::BadResponse {
+            source_name: "kubernetes".into(),
+            detail: format!("key {:?} of Secret {:?} is not UTF-8", r.key, r.name),
+        })
+    }
+
+    /// Reads one signal; a failure is a reading with no value, never a zero.
+    async fn read(&self, client: &Client, ns: &str, s: &Signal) -> (SignalReading, Option<SignalError>) {
+        let value = async {
+            if let Some(p) = &s.prometheus {
+                let url = p.url.as_deref().or(self.config.prometheus_url.as_deref()).ok_or_else(|| {
+                    SignalError::BadResponse {
+                        source_name: "prometheus".into(),
+                        detail: "no URL: set the signal's prometheus.url or run the operator with --prometheus-url"
+                            .into(),
+                    }
+                })?;
+                return Ok(Prometheus::new(url)?.instant(&p.query).await?.value);
+            }
+            if let Some(r) = &s.rabbitmq {
+                let auth = match &r.credentials_secret_ref {
+                    Some(sr) => self.secret(client, ns, sr).await?,
+                    None => "guest:guest".into(),
+                };
+                let (user, pass) = auth.split_once(':').unwrap_or((auth.as_str(), ""));
+                let q = RabbitMq::new(&r.management_url, user, pass)?.queue(&r.vhost, &r.queue).await?;
+                return Ok(match s.role {
+                    SignalRole::ArrivalRate => q.publish_rate,
+                    _ => q.backlog() as f64,
+                });
+            }
+            if let Some(p) = &s.postgres {
+                let conninfo = self.secret(client, ns, &p.connection_secret_ref).await?;
+                return Ok(postgres::replica_lag(&conninfo).await?.seconds);
+            }
+            Err(SignalError::NoData { source_name: "levee".into(), what: format!("signal {} has no source", s.name) })
+        }
+        .await;
+        let (value, err) = match value {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        };
+        (SignalReading { name: s.name.clone(), role: s.role, value, age_secs: 0.0 }, err)
+    }
+
+    async fn write_status(
+        &self,
+        client: &Client,
+        policy: &ScalingPolicy,
+        d: Option<&Decision>,
+        learned: Option<f64>,
+        lost: &[String],
+        target_error: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let existing = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let wanted = Wanted {
+            type_: SIGNALS_AVAILABLE,
+            status: lost.is_empty() && target_error.is_none(),
+            reason: if target_error.is_some() {
+                "TargetUnavailable".into()
+            } else if lost.is_empty() {
+                "AllSignalsRead".into()
+            } else {
+                "SignalLost".into()
+            },
+            message: match target_error {
+                Some(e) => format!("cannot read the target: {e}; holding"),
+                None if lost.is_empty() => String::new(),
+                None => format!("{}; holding, never scaling down on missing data", lost.join("; ")),
+            },
+        };
+        let merged = merge(&existing, &[wanted], policy.metadata.generation, Timestamp::now());
+        let mine: Vec<_> = merged.into_iter().filter(|c| c.type_ == SIGNALS_AVAILABLE).collect();
+        let mut status = json!({ "conditions": mine });
+        if let Some(d) = d {
+            status["currentReplicas"] = json!(d.from);
+            status["desiredReplicas"] = json!(d.to);
+            if let Some(f) = &d.forecast {
+                status["forecast"] = serde_json::to_value(ForecastStatus {
+                    value: f.value,
+                    lower: f.lower,
+                    upper: f.upper,
+                    horizon_seconds: f.horizon_secs,
+                    model: f.model.into(),
+                })
+                .unwrap_or_default();
+            }
+            if let Some(l) = learned {
+                status["learnedLeadTimeSeconds"] = json!(l);
+            }
+            // The last decision moves only when something was (or would have been) done.
+            let last = policy.status.as_ref().and_then(|s| s.last_decision.clone());
+            let decision = match last {
+                Some(last) if d.to == d.from => last,
+                _ => DecisionStatus {
+                    time: Time(Timestamp::now()),
+                    from: d.from as i32,
+                    to: d.to as i32,
+                    reason: d.reason.as_str().into(),
+                    message: if policy.spec.mode == Mode::Shadow {
+                        format!("shadow: {}", d.message)
+                    } else {
+                        d.message.clone()
+                    },
+                },
+            };
+            status["lastDecision"] = serde_json::to_value(decision).unwrap_or_default();
+        } else if let Some(s) = &policy.status {
+            // Keep the fields this manager owns, so a failed read does not erase them.
+            for (k, v) in
+                [("currentReplicas", json!(s.current_replicas)), ("desiredReplicas", json!(s.desired_replicas))]
+            {
+                if !v.is_null() {
+                    status[k] = v;
+                }
+            }
+            if let Some(l) = &s.last_decision {
+                status["lastDecision"] = serde_json::to_value(l).unwrap_or_default();
+            }
+        }
+        let patch = json!({ "apiVersion": ScalingPolicy::api_version(&()), "kind": "ScalingPolicy", "status": status });
+        let api: Api<ScalingPolicy> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
+        api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+        Ok(())
+    }
+}
