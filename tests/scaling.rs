@@ -1,0 +1,385 @@
+//! The ScalingPolicy loop against real components: a Deployment on the apiserver (the test
+//! plays the kubelet), RabbitMQ, PostgreSQL replica lag driving RDS replicas on moto, an ECS
+//! service on moto, and a Prometheus that dies during a peak.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::{Operator, TestNs, env, eventually, free_port};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+};
+use levee::api::ScalingPolicy;
+use serde_json::json;
+
+const TICK: &[&str] = &["--tick", "1s"];
+
+async fn deployment(ns: &TestNs, name: &str, replicas: i32) {
+    ns.create_yaml(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: {name} }}
+spec:
+  replicas: {replicas}
+  selector: {{ matchLabels: {{ app: {name} }} }}
+  template:
+    metadata: {{ labels: {{ app: {name} }} }}
+    spec: {{ containers: [{{ name: app, image: registry.example/app:1 }}] }}
+"#
+    ))
+    .await
+    .expect("create Deployment");
+}
+
+/// Plays the kubelet and the Deployment controller: every pod asked for is ready at once.
+fn kubelet(ns: &TestNs, name: &str) -> tokio::task::JoinHandle<()> {
+    let api: Api<Deployment> = ns.api();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(d) = api.get(&name).await {
+                let want = d.spec.and_then(|s| s.replicas).unwrap_or(0);
+                let status = json!({"status": {"replicas": want, "readyReplicas": want, "availableReplicas": want}});
+                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+async fn replicas(ns: &TestNs, name: &str) -> i32 {
+    ns.api::<Deployment>().get(name).await.unwrap().spec.unwrap().replicas.unwrap()
+}
+
+fn policy(name: &str, target: &str, signals: &str, capacity: &str, bounds: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: levee.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {{ name: {name} }}
+spec:
+  target: {target}
+  signals:
+{signals}
+  capacity: {capacity}
+  bounds: {bounds}
+  forecast: {{ leadTime: 10s, seasonality: None }}
+{extra}
+"#
+    )
+}
+
+fn prom_signal(query: &str) -> String {
+    format!("    - {{ name: load, role: ArrivalRate, prometheus: {{ query: '{query}' }} }}")
+}
+
+async fn set_query(ns: &TestNs, name: &str, query: &str) {
+    let patch = json!({"spec": {"signals": [{"name": "load", "role": "ArrivalRate", "prometheus": {"query": query}}]}});
+    ns.api::<ScalingPolicy>().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_policy_scales_a_real_deployment_up_and_down() {
+    let ns = TestNs::new("scale-deploy").await;
+    deployment(&ns, "api", 1).await;
+    let _kubelet = kubelet(&ns, "api");
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "api",
+        "{ deployment: { name: api } }",
+        &prom_signal("vector(400)"),
+        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 20, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+    // 400/s at 50 per replica is 8.
+    eventually(Duration::from_secs(15), "8 replicas", || replicas(&ns, "api"), |r| *r == 8).await;
+    let p: ScalingPolicy = ns.api().get("api").await.unwrap();
+    let status = p.status.unwrap();
+    assert_eq!(status.desired_replicas, Some(8));
+    let last = status.last_decision.unwrap();
+    assert_eq!((last.from, last.to, last.reason.as_str()), (1, 8, "ScaleUp"));
+    assert!(last.message.contains("now 400.0/s needs 8"), "{}", last.message);
+    let events: Api<Event> = ns.api();
+    let evs = events.list(&ListParams::default()).await.unwrap();
+    assert!(evs.items.iter().any(|e| e.reason.as_deref() == Some("ScaleUp")), "an Event per scaling action");
+
+    set_query(&ns, "api", "vector(100)").await;
+    eventually(Duration::from_secs(15), "2 replicas", || replicas(&ns, "api"), |r| *r == 2).await;
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn shadow_mode_records_without_acting() {
+    let ns = TestNs::new("scale-shadow").await;
+    deployment(&ns, "api", 1).await;
+    let _kubelet = kubelet(&ns, "api");
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "api",
+        "{ deployment: { name: api } }",
+        &prom_signal("vector(400)"),
+        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 20 }",
+        "  mode: Shadow",
+    ))
+    .await
+    .unwrap();
+    let api: Api<ScalingPolicy> = ns.api();
+    let p = eventually(
+        Duration::from_secs(15),
+        "shadow decision",
+        || api.get("api"),
+        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8),
+    )
+    .await
+    .unwrap();
+    assert!(p.status.unwrap().last_decision.unwrap().message.starts_with("shadow:"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replicas(&ns, "api").await, 1, "shadow never scales");
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn a_rabbitmq_backlog_scales_workers_up_and_its_drain_down() {
+    let ns = TestNs::new("scale-rabbit").await;
+    let base = env("LEVEE_RABBITMQ_URL");
+    let (user, pass) = (env("LEVEE_RABBITMQ_USER"), env("LEVEE_RABBITMQ_PASSWORD"));
+    let queue = ns.name.clone();
+    let http = reqwest::Client::new();
+    http.put(format!("{base}/api/queues/%2F/{queue}"))
+        .basic_auth(&user, Some(&pass))
+        .json(&json!({"durable": false}))
+        .send()
+        .await
+        .unwrap();
+    for i in 0..300 {
+        http.post(format!("{base}/api/exchanges/%2F/amq.default/publish"))
+            .basic_auth(&user, Some(&pass))
+            .json(&json!({"properties": {}, "routing_key": queue, "payload": format!("task {i}"), "payload_encoding": "string"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    ns.create_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: rmq }}\nstringData: {{ auth: '{user}:{pass}' }}\n"
+    ))
+    .await
+    .unwrap();
+    deployment(&ns, "worker", 1).await;
+    let _kubelet = kubelet(&ns, "worker");
+    let op = Operator::start_with(&ns.name, TICK).await;
+    let signal = format!(
+        "    - {{ name: backlog, role: Backlog, rabbitmq: {{ managementUrl: '{base}', queue: {queue}, credentialsSecretRef: {{ name: rmq, key: auth }} }} }}"
+    );
+    ns.create_yaml(&policy(
+        "workers",
+        "{ deployment: { name: worker } }",
+        &signal,
+        "{ unitsPerReplica: 5, targetUtilization: 1.0, drainWithin: 10s }",
+        "{ minReplicas: 1, maxReplicas: 10, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+    // 300 messages within 10 s at 5/s per worker: 6 workers.
+    eventually(Duration::from_secs(30), "6 workers", || replicas(&ns, "worker"), |r| *r == 6).await;
+    http.delete(format!("{base}/api/queues/%2F/{queue}/contents")).basic_auth(&user, Some(&pass)).send().await.unwrap();
+    eventually(Duration::from_secs(30), "back to 1 worker", || replicas(&ns, "worker"), |r| *r == 1).await;
+    assert!(op.stop().await);
+    http.delete(format!("{base}/api/queues/%2F/{queue}")).basic_auth(&user, Some(&pass)).send().await.unwrap();
+}
+
+async fn aws() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(env("LEVEE_AWS_ENDPOINT")).load().await
+}
+
+async fn levee_replicas(rds: &aws_sdk_rds::Client, source: &str) -> Vec<String> {
+    let out = rds.describe_db_instances().send().await.unwrap();
+    out.db_instances()
+        .iter()
+        .filter(|i| {
+            i.read_replica_source_db_instance_identifier() == Some(source) && i.db_instance_status() != Some("deleting")
+        })
+        .filter_map(|i| i.db_instance_identifier().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn replica_lag_adds_an_rds_replica_that_is_removed_when_lag_clears() {
+    let ns = TestNs::new("scale-rds").await;
+    let rds = aws_sdk_rds::Client::new(&aws().await);
+    let source = format!("src-{}", std::process::id());
+    rds.create_db_instance()
+        .db_instance_identifier(&source)
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .master_username("levee")
+        .master_user_password("levee-password")
+        .allocated_storage(20)
+        .send()
+        .await
+        .unwrap();
+    let replica = env("LEVEE_PG_REPLICA");
+    ns.create_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: dsn }}\nstringData: {{ dsn: '{replica}' }}\n"
+    ))
+    .await
+    .unwrap();
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "replicas",
+        &format!("{{ rdsReadReplicas: {{ sourceInstance: {source}, instanceClass: db.t3.micro, replicaPrefix: {source}-levee }} }}"),
+        "    - { name: lag, role: ReplicaLag, postgres: { connectionSecretRef: { name: dsn, key: dsn } } }",
+        "{ unitsPerReplica: 1, maxReplicaLag: 2s }",
+        "{ minReplicas: 0, maxReplicas: 3, maxStepUp: 1, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+
+    // Pause replay on the real replica and write on the primary: lag grows past 2 s.
+    let (p, conn) = tokio_postgres::connect(&env("LEVEE_PG_PRIMARY"), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let (r, conn) = tokio_postgres::connect(&replica, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let table = format!("lag_{}", std::process::id());
+    p.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {table} (id serial)")).await.unwrap();
+    r.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
+    let writer = {
+        let table = table.clone();
+        tokio::spawn(async move {
+            for _ in 0..120 {
+                if p.batch_execute(&format!("INSERT INTO {table} DEFAULT VALUES")).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            p
+        })
+    };
+    let added =
+        eventually(Duration::from_secs(30), "a levee replica", || levee_replicas(&rds, &source), |v| !v.is_empty())
+            .await;
+    assert_eq!(added, vec![format!("{source}-levee-1")]);
+    let tags = rds.describe_db_instances().db_instance_identifier(&added[0]).send().await.unwrap();
+    let tagged = tags.db_instances()[0].tag_list().iter().any(|t| t.key() == Some(levee::actuators::rds::OWNER_TAG));
+    assert!(tagged, "levee's replicas carry its tag");
+
+    r.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
+    writer.abort();
+    eventually(Duration::from_secs(30), "replica removed", || levee_replicas(&rds, &source), Vec::is_empty).await;
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn an_ecs_service_follows_its_policy() {
+    let ns = TestNs::new("scale-ecs").await;
+    let ecs = aws_sdk_ecs::Client::new(&aws().await);
+    let cluster = ns.name.clone();
+    ecs.create_cluster().cluster_name(&cluster).send().await.unwrap();
+    let c = aws_sdk_ecs::types::ContainerDefinition::builder().name("web").image("nginx").memory(128).build();
+    ecs.register_task_definition().family("web").container_definitions(c).send().await.unwrap();
+    ecs.create_service()
+        .cluster(&cluster)
+        .service_name("web")
+        .task_definition("web")
+        .desired_count(1)
+        .send()
+        .await
+        .unwrap();
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "web",
+        &format!("{{ ecsService: {{ cluster: {cluster}, service: web }} }}"),
+        &prom_signal("vector(300)"),
+        "{ unitsPerReplica: 100, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 10, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+    let desired = || async {
+        let out = ecs.describe_services().cluster(&cluster).services("web").send().await.unwrap();
+        out.services()[0].desired_count()
+    };
+    eventually(Duration::from_secs(15), "desiredCount 3", desired, |d| *d == 3).await;
+    set_query(&ns, "web", "vector(700)").await;
+    eventually(Duration::from_secs(15), "desiredCount 7", desired, |d| *d == 7).await;
+    assert!(op.stop().await);
+}
+
+/// A Prometheus of this test's own, so that stopping it disturbs no other test.
+fn own_prometheus(port: u16) -> tokio::process::Child {
+    let dir = std::env::temp_dir().join(format!("levee-prom-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("prometheus.yml"), "global: { scrape_interval: 15s }\n").unwrap();
+    tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus is installed by hack/install-deps.sh")
+}
+
+#[tokio::test]
+async fn losing_prometheus_during_a_peak_holds_instead_of_scaling_down() {
+    let ns = TestNs::new("scale-loss").await;
+    let port = free_port();
+    let mut prom = own_prometheus(port);
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(30),
+        "private Prometheus ready",
+        || reqwest::get(format!("{url}/-/ready")),
+        |r| r.as_ref().is_ok_and(|r| r.status().is_success()),
+    )
+    .await
+    .unwrap();
+    deployment(&ns, "api", 1).await;
+    let _kubelet = kubelet(&ns, "api");
+    let op = Operator::start_with(&ns.name, &["--tick", "1s", "--prometheus-url", &url]).await;
+    ns.create_yaml(&policy(
+        "api",
+        "{ deployment: { name: api } }",
+        &prom_signal("vector(500)"),
+        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 20, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(15), "peak: 10 replicas", || replicas(&ns, "api"), |r| *r == 10).await;
+
+    prom.kill().await.unwrap();
+    let api: Api<ScalingPolicy> = ns.api();
+    let p = eventually(
+        Duration::from_secs(15),
+        "SignalsAvailable=False",
+        || api.get("api"),
+        |p| {
+            p.as_ref()
+                .ok()
+                .and_then(|p| p.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "SignalsAvailable" && c.status == "False"))
+        },
+    )
+    .await
+    .unwrap();
+    let cond = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "SignalsAvailable").unwrap();
+    assert_eq!(cond.reason, "SignalLost");
+    assert!(cond.message.contains("prometheus") && cond.message.contains("holding"), "{}", cond.message);
+    // Several ticks later the size is unchanged: missing data is never zero load.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(replicas(&ns, "api").await, 10);
+    assert!(op.stop().await);
+}
