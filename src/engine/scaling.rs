@@ -195,8 +195,11 @@ impl Planner {
             // to fit in raw capacity. Applying both to the upper edge would count the same
             // uncertainty twice.
             let full = CapacityModel { target_utilization: 1.0, ..cap.clone() };
-            d.predictive =
-                d.forecast.as_ref().map(|f| replicas_for(cap, f.value, 0.0).max(replicas_for(&full, f.upper, 0.0)));
+            let backlog = d.backlog.unwrap_or(0.0);
+            d.predictive = d
+                .forecast
+                .as_ref()
+                .map(|f| replicas_for(cap, f.value, backlog).max(replicas_for(&full, f.upper, backlog)));
         }
         let lag_need = d.lag_secs.zip(cap.max_replica_lag).map(|(lag, max)| {
             let max = max.as_secs_f64();
@@ -211,7 +214,14 @@ impl Planner {
         });
         let b = &self.spec.bounds;
         let (min, max) = (i64::from(b.min_replicas), i64::from(b.max_replicas));
-        let raw = [d.reactive, d.predictive, lag_need].into_iter().flatten().max().unwrap_or(current).clamp(min, max);
+        // Capacity asked for now is ready one lead time from now, so once there is a forecast
+        // it decides how much to add; current load only keeps what is already there. Without
+        // a forecast yet, current load decides.
+        let demand = match (d.reactive, d.predictive) {
+            (Some(r), Some(p)) => Some(p.max(r.min(current))),
+            (r, p) => r.or(p),
+        };
+        let raw = [demand, lag_need].into_iter().flatten().max().unwrap_or(current).clamp(min, max);
 
         // Scale-down stabilisation: never below the highest recommendation in the window.
         let window = b.scale_down_stabilization.as_secs_f64();
