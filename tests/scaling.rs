@@ -6,7 +6,7 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{Operator, TestNs, env, eventually, free_port};
+use common::{Operator, TestNs, aws, create_db_instance, env, eventually, free_port};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
 use kube::{
     Api,
@@ -196,10 +196,6 @@ async fn a_rabbitmq_backlog_scales_workers_up_and_its_drain_down() {
     http.delete(format!("{base}/api/queues/%2F/{queue}")).basic_auth(&user, Some(&pass)).send().await.unwrap();
 }
 
-async fn aws() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(env("LEVEE_AWS_ENDPOINT")).load().await
-}
-
 async fn levee_replicas(rds: &aws_sdk_rds::Client, source: &str) -> Vec<String> {
     let out = rds.describe_db_instances().send().await.unwrap();
     out.db_instances()
@@ -216,16 +212,7 @@ async fn replica_lag_adds_an_rds_replica_that_is_removed_when_lag_clears() {
     let ns = TestNs::new("scale-rds").await;
     let rds = aws_sdk_rds::Client::new(&aws().await);
     let source = format!("src-{}", std::process::id());
-    rds.create_db_instance()
-        .db_instance_identifier(&source)
-        .db_instance_class("db.t3.micro")
-        .engine("postgres")
-        .master_username("levee")
-        .master_user_password("levee-password")
-        .allocated_storage(20)
-        .send()
-        .await
-        .unwrap();
+    create_db_instance(&rds, &source).await;
     let replica = env("LEVEE_PG_REPLICA");
     ns.create_yaml(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{ name: dsn }}\nstringData: {{ dsn: '{replica}' }}\n"

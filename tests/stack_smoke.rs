@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{env, eventually};
+use common::{aws, create_db_instance, env, eventually};
 use levee::signals::{SignalError, postgres, prometheus::Prometheus, rabbitmq::RabbitMq};
 
 #[tokio::test]
@@ -123,24 +123,11 @@ async fn postgres_replica_lag_appears_when_replay_is_paused() {
     assert!(err.to_string().contains("is a primary"), "{err}");
 }
 
-async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(env("LEVEE_AWS_ENDPOINT")).load().await
-}
-
 #[tokio::test]
 async fn moto_serves_rds_describe_db_instances() {
-    let rds = aws_sdk_rds::Client::new(&aws_config().await);
+    let rds = aws_sdk_rds::Client::new(&aws().await);
     let id = format!("smoke-db-{}", std::process::id());
-    rds.create_db_instance()
-        .db_instance_identifier(&id)
-        .db_instance_class("db.t3.micro")
-        .engine("postgres")
-        .master_username("levee")
-        .master_user_password("levee-password")
-        .allocated_storage(20)
-        .send()
-        .await
-        .expect("CreateDBInstance");
+    create_db_instance(&rds, &id).await;
     let out = rds.describe_db_instances().db_instance_identifier(&id).send().await.expect("DescribeDBInstances");
     let instances = out.db_instances();
     assert_eq!(instances.len(), 1);
@@ -151,7 +138,7 @@ async fn moto_serves_rds_describe_db_instances() {
 
 #[tokio::test]
 async fn moto_serves_ecs_describe_services() {
-    let ecs = aws_sdk_ecs::Client::new(&aws_config().await);
+    let ecs = aws_sdk_ecs::Client::new(&aws().await);
     let cluster = format!("smoke-{}", std::process::id());
     ecs.create_cluster().cluster_name(&cluster).send().await.expect("CreateCluster");
     let container = aws_sdk_ecs::types::ContainerDefinition::builder().name("web").image("nginx").memory(128).build();

@@ -37,8 +37,9 @@ pub trait Policy:
     }
 }
 
+/// Implements [`Policy`] for a kind; a block after the kind adds or overrides methods.
 macro_rules! impl_policy {
-    ($($kind:ty),*) => {$(
+    ($($kind:ty $({ $($extra:item)* })?),*) => {$(
         impl Policy for $kind {
             fn policy_status(&self) -> Option<&dyn PolicyStatus> {
                 self.status.as_ref().map(|s| s as &dyn PolicyStatus)
@@ -49,24 +50,15 @@ macro_rules! impl_policy {
             fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)> {
                 self.spec.secret_refs()
             }
+            $($($extra)*)?
         }
     )*};
 }
 
-impl_policy!(TrafficGuard, Mitigation, BootstrapPolicy);
-
-impl Policy for ScalingPolicy {
-    fn policy_status(&self) -> Option<&dyn PolicyStatus> {
-        self.status.as_ref().map(|s| s as &dyn PolicyStatus)
-    }
-    fn validate_spec(&self) -> Vec<FieldError> {
-        self.spec.validate()
-    }
-    fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)> {
-        self.spec.secret_refs()
-    }
+impl_policy!(TrafficGuard, Mitigation, BootstrapPolicy, ScalingPolicy {
+    /// A valid ScalingPolicy is planned, and acted on, every tick.
     async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
         ctx.scaler.tick(&ctx.client, self).await?;
         Ok(Some(ctx.scaler.tick_interval()))
     }
-}
+});

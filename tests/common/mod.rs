@@ -229,3 +229,22 @@ pub async fn wait_ready_status<K: Resource<DynamicType = ()>>(
 pub fn from_yaml<T: DeserializeOwned>(yaml: &str) -> T {
     serde_saphyr::from_str(yaml).expect("test YAML parses")
 }
+
+/// The AWS SDK pointed at the stack's moto.
+pub async fn aws() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(env("LEVEE_AWS_ENDPOINT")).load().await
+}
+
+/// Creates a PostgreSQL RDS instance on moto.
+pub async fn create_db_instance(rds: &aws_sdk_rds::Client, id: &str) {
+    rds.create_db_instance()
+        .db_instance_identifier(id)
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .master_username("levee")
+        .master_user_password("levee-password")
+        .allocated_storage(20)
+        .send()
+        .await
+        .expect("CreateDBInstance");
+}
