@@ -100,9 +100,14 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
     .unwrap();
     // 400/s at 50 per replica is 8.
     eventually(Duration::from_secs(15), "8 replicas", || replicas(&ns, "api"), |r| *r == 8).await;
-    let p: ScalingPolicy = ns.api().get("api").await.unwrap();
+    // The status is written right after the scale.
+    let api: Api<ScalingPolicy> = ns.api();
+    let p = eventually(Duration::from_secs(5), "status desiredReplicas 8", || api.get("api"), |p| {
+        p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8)
+    })
+    .await
+    .unwrap();
     let status = p.status.unwrap();
-    assert_eq!(status.desired_replicas, Some(8));
     let last = status.last_decision.unwrap();
     assert_eq!((last.from, last.to, last.reason.as_str()), (1, 8, "ScaleUp"));
     assert!(last.message.contains("now 400.0/s needs 8"), "{}", last.message);
