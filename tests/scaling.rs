@@ -102,9 +102,12 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
     eventually(Duration::from_secs(15), "8 replicas", || replicas(&ns, "api"), |r| *r == 8).await;
     // The status is written right after the scale.
     let api: Api<ScalingPolicy> = ns.api();
-    let p = eventually(Duration::from_secs(5), "status desiredReplicas 8", || api.get("api"), |p| {
-        p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8)
-    })
+    let p = eventually(
+        Duration::from_secs(5),
+        "status desiredReplicas 8",
+        || api.get("api"),
+        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8),
+    )
     .await
     .unwrap();
     let status = p.status.unwrap();
