@@ -11,7 +11,8 @@ use kube::{
 
 use crate::{
     api::{self, Duration, scaling_policy::Seasonality},
-    replay::{backtest, trace::Trace},
+    engine::detect::DetectorConfig,
+    replay::{backtest, nab, trace::Trace},
     sim::{self, controllers::Kind, report, scenario::Scenario},
 };
 
@@ -197,5 +198,42 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         }
     }
     println!("\nreport: {}   ({} controllers simulated in {:.1}s)", path.display(), runs.len(), elapsed.as_secs_f64());
+    Ok(())
+}
+
+/// `levee nab`.
+pub fn nab(
+    data: &Path,
+    windows: &Path,
+    cfg: DetectorConfig,
+    json: bool,
+    detections_out: Option<&Path>,
+) -> anyhow::Result<()> {
+    if !(cfg.alpha > 0.0 && cfg.alpha <= 1.0) || !(cfg.threshold > 0.0) {
+        bail!("--alpha must be in (0, 1] and --threshold positive");
+    }
+    let series = nab::load(data, windows)?;
+    let detections: Vec<Vec<usize>> = series.iter().map(|s| nab::detect(&s.values, cfg)).collect();
+    if let Some(path) = detections_out {
+        let mut csv = String::from("file,timestamp\n");
+        for (s, d) in series.iter().zip(&detections) {
+            for &i in d {
+                csv.push_str(&format!("{},{}\n", s.name, s.timestamps[i]));
+            }
+        }
+        std::fs::write(path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let scores = nab::score(&series, &detections);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&scores)?);
+    } else {
+        println!(
+            "NAB scores over {} files, {} windows, {} detections (null detector 0, perfect 100):",
+            scores.files, scores.windows, scores.detections
+        );
+        println!("  standard           {:6.1}", scores.standard);
+        println!("  reward_low_FP_rate {:6.1}", scores.low_fp);
+        println!("  reward_low_FN_rate {:6.1}", scores.low_fn);
+    }
     Ok(())
 }

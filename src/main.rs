@@ -89,6 +89,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the anomaly detector over NAB-format CSVs and score it with NAB's method.
+    Nab {
+        /// Directory holding the data files named in --windows.
+        #[arg(long, default_value = "../shared/data/nab")]
+        data: PathBuf,
+        /// NAB's windows.json (default: windows.json in --data).
+        #[arg(long)]
+        windows: Option<PathBuf>,
+        /// Print the scores as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write every flagged point as CSV `file,timestamp`.
+        #[arg(long)]
+        detections: Option<PathBuf>,
+        /// Flag at this many robust deviations from the baseline.
+        #[arg(long, default_value_t = levee::engine::detect::DetectorConfig::default().threshold)]
+        threshold: f64,
+        /// Weight of each new point in the baseline.
+        #[arg(long, default_value_t = levee::engine::detect::DetectorConfig::default().alpha)]
+        alpha: f64,
+        /// Points after a flag with no new flag.
+        #[arg(long, default_value_t = levee::engine::detect::DetectorConfig::default().cooldown)]
+        cooldown: usize,
+    },
     /// Write the CRDs generated from the code (or check or apply them).
     Crd {
         /// Directory the CRD files are written to.
@@ -138,6 +162,16 @@ fn main() -> ExitCode {
             }
             Command::Backtest { trace, horizon, step, quantile, warmup, json } => {
                 levee::cli::backtest(&trace, horizon, step, quantile, warmup, json)
+            }
+            Command::Nab { data, windows, json, detections, threshold, alpha, cooldown } => {
+                let windows = windows.unwrap_or_else(|| data.join("windows.json"));
+                let cfg = levee::engine::detect::DetectorConfig {
+                    threshold,
+                    alpha,
+                    cooldown,
+                    ..levee::engine::detect::DetectorConfig::default()
+                };
+                levee::cli::nab(&data, &windows, cfg, json, detections.as_deref())
             }
             Command::Crd { dir, check: true, .. } => levee::cli::check_crds(&dir),
             Command::Crd { apply: true, .. } => levee::cli::apply_crds().await,

@@ -75,3 +75,25 @@ fn crd_check_passes_on_the_committed_files() {
     let out = levee(&["crd", "--check"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn nab_scores_and_writes_checkable_detections() {
+    let out_file = std::env::temp_dir().join(format!("levee-nab-{}.csv", std::process::id()));
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/nab");
+    let out = levee(&["nab", "--data", data, "--json", "--detections", out_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["standard", "low_fp", "low_fn"] {
+        let s = v[key].as_f64().unwrap_or_else(|| panic!("{key}: {v}"));
+        assert!((-200.0..=100.0).contains(&s), "{key} = {s}");
+    }
+    // Better than the null detector on the standard profile.
+    assert!(v["standard"].as_f64().unwrap() > 0.0, "{v}");
+    let csv = std::fs::read_to_string(&out_file).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("file,timestamp"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len() as u64, v["detections"].as_u64().unwrap());
+    assert!(rows.iter().all(|r| r.contains(".csv,") && r.split(',').nth(1).is_some_and(|t| t.len() >= 19)), "{rows:?}");
+    std::fs::remove_file(out_file).ok();
+}

@@ -2,6 +2,7 @@
 //! reads, no unseeded randomness. Every decision carries a reason and a sentence.
 
 pub mod capacity;
+pub mod detect;
 pub mod forecast;
 pub mod lead_time;
 pub mod scaling;
