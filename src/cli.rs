@@ -209,7 +209,8 @@ pub fn nab(
     json: bool,
     detections_out: Option<&Path>,
 ) -> anyhow::Result<()> {
-    if !(cfg.alpha > 0.0 && cfg.alpha <= 1.0) || !(cfg.threshold > 0.0) {
+    let valid = cfg.alpha > 0.0 && cfg.alpha <= 1.0 && cfg.threshold > 0.0;
+    if !valid {
         bail!("--alpha must be in (0, 1] and --threshold positive");
     }
     let series = nab::load(data, windows)?;
