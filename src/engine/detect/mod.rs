@@ -106,12 +106,8 @@ mod tests {
     #[test]
     fn a_spike_is_flagged_and_noise_is_not() {
         let mut d = RobustDetector::new(DetectorConfig::default());
-        let flags: Vec<usize> = (0..1000)
-            .filter_map(|i| {
-                let x = if i == 600 { 400.0 } else { noisy(i) };
-                d.observe(x).anomalous.then_some(i)
-            })
-            .collect();
+        let flags: Vec<usize> =
+            (0..1000).filter(|&i| d.observe(if i == 600 { 400.0 } else { noisy(i) }).anomalous).collect();
         assert_eq!(flags, vec![600]);
     }
 
