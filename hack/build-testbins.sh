@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds etcd and kube-apiserver from the Go module proxy into
+# Builds etcd, kube-apiserver and helm from the Go module proxy into
 # $CACHE_DIR/bin/<component>-<version>/, skipping whatever is already built.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces the k8s.io/*
@@ -69,8 +69,20 @@ GO
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
+# helm renders charts/levee for the end-to-end test of the chart's RBAC.
+build_helm() {
+  local out="$CACHE_DIR/bin/helm-$HELM_VERSION"
+  if [ -x "$out/helm" ]; then log "helm $HELM_VERSION cached"; return; fi
+  log "building helm $HELM_VERSION (first time only)"
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  GOBIN="$out.tmp" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
 mkdir -p "$CACHE_DIR/bin"
 build_etcd
 build_kube
+build_helm
 "$CACHE_DIR/bin/kube-$KUBE_VERSION/kube-apiserver" --version
 "$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" --version | head -1
+"$CACHE_DIR/bin/helm-$HELM_VERSION/helm" version --short

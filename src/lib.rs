@@ -5,6 +5,7 @@
 pub mod actuators;
 pub mod api;
 pub mod cli;
+pub mod edge;
 pub mod engine;
 pub mod operator;
 pub mod replay;

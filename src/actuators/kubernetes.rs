@@ -28,6 +28,10 @@ pub struct Workload {
 fn api_error(target: &str, e: kube::Error) -> ActuatorError {
     match e {
         kube::Error::Api(s) if s.code == 404 => ActuatorError::NotFound { target: target.to_owned() },
+        // The apiserver's own sentence, not the whole Status structure.
+        kube::Error::Api(s) => {
+            ActuatorError::Api { target: target.to_owned(), detail: format!("{} ({})", s.message, s.code) }
+        }
         other => ActuatorError::Api { target: target.to_owned(), detail: other.to_string() },
     }
 }

@@ -126,10 +126,16 @@ impl Operator {
 
     /// Starts `levee run` with extra arguments (e.g. `--tick 1s`).
     pub async fn start_with(namespace: &str, extra: &[&str]) -> Self {
+        Self::start_as(namespace, std::path::Path::new(&env("KUBECONFIG")), extra).await
+    }
+
+    /// Starts `levee run` with its own kubeconfig (another identity than the admin).
+    pub async fn start_as(namespace: &str, kubeconfig: &std::path::Path, extra: &[&str]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_levee"))
             .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--namespace", namespace])
             .args(extra)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

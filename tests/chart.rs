@@ -1,0 +1,129 @@
+//! End to end with the Helm-rendered manifests: the chart's RBAC is enough for `levee run` to
+//! judge policies, read Secrets, scale a Deployment, write status and publish Events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Operator, TestNs, env, eventually};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+};
+use kube::{Api, api::PostParams, config::Kubeconfig};
+
+/// The chart rendered for `ns`, one document per object.
+fn render(ns: &str) -> Vec<String> {
+    let out = std::process::Command::new(env("LEVEE_HELM"))
+        .args(["template", ns, concat!(env!("CARGO_MANIFEST_DIR"), "/charts/levee"), "--namespace", ns])
+        .args(["--set", &format!("watchNamespace={ns}")])
+        .output()
+        .expect("run helm");
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---")
+        .map(str::to_owned)
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .collect()
+}
+
+/// A kubeconfig for the stack's apiserver that authenticates as `token`.
+fn kubeconfig_for(token: &str, path: &std::path::Path) {
+    let admin = Kubeconfig::read_from(env("KUBECONFIG")).unwrap();
+    let cluster = admin.clusters[0].cluster.as_ref().unwrap();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{ cluster: c, user: u }}\ncurrent-context: x\n",
+        cluster.server.as_deref().unwrap(),
+        cluster.certificate_authority.as_deref().unwrap(),
+    );
+    std::fs::write(path, yaml).unwrap();
+}
+
+#[tokio::test]
+async fn the_charts_rbac_is_enough_to_run_the_operator() {
+    let ns = TestNs::new("chart").await;
+    let docs = render(&ns.name);
+    assert!(docs.len() >= 5, "ServiceAccount, ClusterRole, ClusterRoleBinding, Deployment, Service");
+    for doc in &docs {
+        ns.apply_yaml(doc, false).await.unwrap_or_else(|e| panic!("{e}\n{doc}"));
+    }
+
+    // Run the operator as the chart's ServiceAccount.
+    let sa: Api<ServiceAccount> = ns.api();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = sa.create_token_request(&ns.name, &PostParams::default(), &request).await.unwrap();
+    let token = token.status.and_then(|s| s.token).expect("token issued");
+    let kubeconfig = std::env::temp_dir().join(format!("levee-chart-{}.kubeconfig", ns.name));
+    kubeconfig_for(&token, &kubeconfig);
+
+    ns.create_yaml(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: api }
+spec:
+  replicas: 1
+  selector: { matchLabels: { app: api } }
+  template:
+    metadata: { labels: { app: api } }
+    spec: { containers: [{ name: app, image: registry.example/app:1 }] }
+"#,
+    )
+    .await
+    .unwrap();
+    ns.create_yaml("apiVersion: v1\nkind: Secret\nmetadata: { name: rmq }\nstringData: { auth: 'guest:guest' }\n")
+        .await
+        .unwrap();
+    let op = Operator::start_as(&ns.name, &kubeconfig, &["--tick", "1s"]).await;
+    ns.create_yaml(
+        r#"
+apiVersion: levee.dev/v1alpha1
+kind: ScalingPolicy
+metadata: { name: api }
+spec:
+  target: { deployment: { name: api } }
+  signals:
+    - { name: load, role: ArrivalRate, prometheus: { query: 'vector(200)' } }
+    - { name: queue, role: Backlog, rabbitmq: { managementUrl: 'http://127.0.0.1:1', queue: q, credentialsSecretRef: { name: rmq, key: auth } } }
+  capacity: { unitsPerReplica: 50, targetUtilization: 1.0 }
+  bounds: { minReplicas: 1, maxReplicas: 10 }
+  onSignalLoss: { action: Fallback, fallbackReplicas: 4 }
+"#,
+    )
+    .await
+    .unwrap();
+    // The RabbitMQ signal is unreachable on purpose: the fallback (4) applies, which needs
+    // the Secret read, the scale patch, the status write and an Event, all as the chart's
+    // ServiceAccount.
+    let deployments: Api<Deployment> = ns.api();
+    eventually(
+        Duration::from_secs(20),
+        "scaled to the fallback",
+        || deployments.get("api"),
+        |d| d.as_ref().ok().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas) == Some(4),
+    )
+    .await
+    .unwrap();
+    let conds =
+        common::wait_ready_status::<levee::api::ScalingPolicy>(&ns, "api", "True", Duration::from_secs(5)).await;
+    let signals = common::condition(&conds, "SignalsAvailable").expect("scaler wrote its condition");
+    assert_eq!(signals.status, "False");
+    assert!(signals.message.contains("rabbitmq"), "{}", signals.message);
+    assert!(op.stop().await);
+    std::fs::remove_file(kubeconfig).ok();
+    // The ClusterRole and binding are cluster-wide: remove them.
+    for kind in ["ClusterRoleBinding", "ClusterRole"] {
+        let ar = kube::discovery::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            kind,
+        ));
+        let api: Api<kube::api::DynamicObject> = Api::all_with(ns.client.clone(), &ar);
+        api.delete(&ns.name, &Default::default()).await.ok();
+    }
+}
