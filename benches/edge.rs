@@ -24,7 +24,7 @@ fn guard_per_request(c: &mut Criterion) {
             t += 0.0001;
             let key = if i.is_multiple_of(5) { &heavy[i % 10] } else { &keys[i % keys.len()] };
             let estimate = cm.add(key.as_bytes());
-            hh.add(key);
+            hh.offer(key, u64::from(estimate));
             let allowed = breaker.allow(t);
             if allowed {
                 breaker.record(t, t, false);

@@ -8,6 +8,19 @@
 
 use std::collections::VecDeque;
 
+/// The window is kept as this many buckets: constant work per call and constant memory,
+/// whatever the call rate.
+const BUCKETS: usize = 10;
+
+/// Calls, failures and slow calls in one slice of the window.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    index: i64,
+    calls: u32,
+    failures: u32,
+    slow: u32,
+}
+
 /// Settings (the `circuitBreakers[]` of a TrafficGuard).
 #[derive(Clone, Copy, Debug)]
 pub struct BreakerConfig {
@@ -53,8 +66,7 @@ pub enum State {
 pub struct Breaker {
     cfg: BreakerConfig,
     state: State,
-    /// (time, failed, slow) of recent calls.
-    calls: VecDeque<(f64, bool, bool)>,
+    buckets: [Bucket; BUCKETS],
     consecutive: u32,
     probes_in_flight: VecDeque<f64>,
     probe_successes: u32,
@@ -65,7 +77,7 @@ impl Breaker {
         Self {
             cfg,
             state: State::Closed,
-            calls: VecDeque::new(),
+            buckets: [Bucket::default(); BUCKETS],
             consecutive: 0,
             probes_in_flight: VecDeque::new(),
             probe_successes: 0,
@@ -78,7 +90,7 @@ impl Breaker {
 
     fn open(&mut self, now: f64) {
         self.state = State::Open { until: now + self.cfg.open_for_secs };
-        self.calls.clear();
+        self.buckets = [Bucket::default(); BUCKETS];
         self.consecutive = 0;
         self.probes_in_flight.clear();
         self.probe_successes = 0;
@@ -128,22 +140,29 @@ impl Breaker {
                     self.probe_successes += 1;
                     if self.probe_successes >= self.cfg.probes {
                         self.state = State::Closed;
-                        self.calls.clear();
+                        self.buckets = [Bucket::default(); BUCKETS];
                         self.consecutive = 0;
                     }
                 }
             }
             State::Open { .. } => {}
             State::Closed => {
-                self.calls.push_back((now, failed, slow));
-                while self.calls.front().is_some_and(|&(t, _, _)| t < now - self.cfg.window_secs) {
-                    self.calls.pop_front();
+                let width = (self.cfg.window_secs / BUCKETS as f64).max(1e-3);
+                let index = (now / width).floor() as i64;
+                let b = &mut self.buckets[index.rem_euclid(BUCKETS as i64) as usize];
+                if b.index != index {
+                    *b = Bucket { index, ..Bucket::default() };
                 }
+                b.calls += 1;
+                b.failures += u32::from(failed);
+                b.slow += u32::from(slow);
                 self.consecutive = if failed { self.consecutive + 1 } else { 0 };
-                let n = self.calls.len() as f64;
-                let failures = self.calls.iter().filter(|c| c.1).count() as f64;
-                let slows = self.calls.iter().filter(|c| c.2).count() as f64;
-                let judged = self.calls.len() as u32 >= self.cfg.min_calls;
+                let live = self.buckets.iter().filter(|b| b.index > index - BUCKETS as i64 && b.calls > 0);
+                let (calls, failures, slows) =
+                    live.fold((0u32, 0u32, 0u32), |(c, f, s), b| (c + b.calls, f + b.failures, s + b.slow));
+                let n = f64::from(calls);
+                let (failures, slows) = (f64::from(failures), f64::from(slows));
+                let judged = calls >= self.cfg.min_calls;
                 if self.consecutive >= self.cfg.consecutive_failures
                     || (judged && (failures / n >= self.cfg.error_ratio || slows / n >= self.cfg.slow_call_ratio))
                 {

@@ -89,6 +89,8 @@ pub struct HeavyHitters {
     keys: Vec<Box<str>>,
     counts: Vec<u64>,
     index: HashMap<Box<str>, usize>,
+    /// A lower bound of the smallest count, so most offers skip the scan for the minimum.
+    min_hint: u64,
 }
 
 impl HeavyHitters {
@@ -99,11 +101,19 @@ impl HeavyHitters {
             keys: Vec::with_capacity(capacity),
             counts: Vec::with_capacity(capacity),
             index: HashMap::with_capacity(capacity),
+            min_hint: 0,
         }
     }
 
     /// Counts one occurrence of `key`.
     pub fn add(&mut self, key: &str) {
+        self.offer(key, u64::MAX);
+    }
+
+    /// Counts one occurrence of `key`, whose count a sketch estimates at `estimate`. A key not
+    /// yet tracked displaces the lightest one only if its estimate is higher: the long tail of
+    /// one-off sources then costs a lookup, not an allocation and a scan.
+    pub fn offer(&mut self, key: &str, estimate: u64) {
         if let Some(&i) = self.index.get(key) {
             self.counts[i] += 1;
             return;
@@ -114,8 +124,16 @@ impl HeavyHitters {
             self.counts.push(1);
             return;
         }
+        // Counts only grow between decays, so the hint stays a lower bound of the minimum.
+        if estimate <= self.min_hint {
+            return;
+        }
+        let (i, &min) = self.counts.iter().enumerate().min_by_key(|(_, c)| **c).unwrap_or((0, &0));
+        self.min_hint = min;
+        if estimate <= min {
+            return;
+        }
         // Replace the lightest key; the newcomer inherits its count (space-saving).
-        let (i, _) = self.counts.iter().enumerate().min_by_key(|(_, c)| **c).unwrap_or((0, &0));
         let old = std::mem::replace(&mut self.keys[i], key.into());
         self.index.remove(&old);
         self.index.insert(key.into(), i);
@@ -135,6 +153,7 @@ impl HeavyHitters {
         for c in &mut self.counts {
             *c >>= 1;
         }
+        self.min_hint >>= 1;
     }
 }
 
@@ -172,6 +191,22 @@ mod tests {
         assert_eq!(cm.memory_bytes(), before);
         assert_eq!(hh.keys.len(), 1024);
         assert_eq!(hh.index.len(), 1024);
+    }
+
+    #[test]
+    fn one_off_sources_do_not_displace_heavy_ones() {
+        let mut hh = HeavyHitters::new(2);
+        for _ in 0..5 {
+            hh.offer("a", 0);
+            hh.offer("b", 0);
+        }
+        for i in 0..1000 {
+            hh.offer(&format!("once-{i}"), 1);
+        }
+        let top: Vec<&str> = hh.top(2).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(top, vec!["a", "b"]);
+        hh.offer("rising", 9);
+        assert_eq!(hh.top(1)[0].0, "rising", "a key the sketch counts higher gets in");
     }
 
     #[test]
