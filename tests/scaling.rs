@@ -82,22 +82,36 @@ async fn set_query(ns: &TestNs, name: &str, query: &str) {
     ns.api::<ScalingPolicy>().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_policy_scales_a_real_deployment_up_and_down() {
-    let ns = TestNs::new("scale-deploy").await;
+/// A Deployment `api` at one replica, its kubelet, an operator with `args`, and a policy for
+/// it whose Prometheus signal is `query`, at 50 per replica.
+async fn api_under_policy(
+    prefix: &str,
+    args: &[&str],
+    query: &str,
+    bounds: &str,
+    extra: &str,
+) -> (TestNs, Operator, tokio::task::JoinHandle<()>) {
+    let ns = TestNs::new(prefix).await;
     deployment(&ns, "api", 1).await;
-    let _kubelet = kubelet(&ns, "api");
-    let op = Operator::start_with(&ns.name, TICK).await;
+    let kubelet = kubelet(&ns, "api");
+    let op = Operator::start_with(&ns.name, args).await;
     ns.create_yaml(&policy(
         "api",
         "{ deployment: { name: api } }",
-        &prom_signal("vector(400)"),
+        &prom_signal(query),
         "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
-        "{ minReplicas: 1, maxReplicas: 20, scaleDownStabilization: 0s }",
-        "",
+        bounds,
+        extra,
     ))
     .await
     .unwrap();
+    (ns, op, kubelet)
+}
+
+#[tokio::test]
+async fn a_policy_scales_a_real_deployment_up_and_down() {
+    let bounds = "{ minReplicas: 1, maxReplicas: 20, scaleDownStabilization: 0s }";
+    let (ns, op, _kubelet) = api_under_policy("scale-deploy", TICK, "vector(400)", bounds, "").await;
     // 400/s at 50 per replica is 8.
     eventually(Duration::from_secs(15), "8 replicas", || replicas(&ns, "api"), |r| *r == 8).await;
     // The status is written right after the scale.
@@ -125,20 +139,8 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
 
 #[tokio::test]
 async fn shadow_mode_records_without_acting() {
-    let ns = TestNs::new("scale-shadow").await;
-    deployment(&ns, "api", 1).await;
-    let _kubelet = kubelet(&ns, "api");
-    let op = Operator::start_with(&ns.name, TICK).await;
-    ns.create_yaml(&policy(
-        "api",
-        "{ deployment: { name: api } }",
-        &prom_signal("vector(400)"),
-        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
-        "{ minReplicas: 1, maxReplicas: 20 }",
-        "  mode: Shadow",
-    ))
-    .await
-    .unwrap();
+    let bounds = "{ minReplicas: 1, maxReplicas: 20 }";
+    let (ns, op, _kubelet) = api_under_policy("scale-shadow", TICK, "vector(400)", bounds, "  mode: Shadow").await;
     let api: Api<ScalingPolicy> = ns.api();
     let p = eventually(
         Duration::from_secs(15),
@@ -328,7 +330,6 @@ fn own_prometheus(port: u16) -> tokio::process::Child {
 
 #[tokio::test]
 async fn losing_prometheus_during_a_peak_holds_instead_of_scaling_down() {
-    let ns = TestNs::new("scale-loss").await;
     let port = free_port();
     let mut prom = own_prometheus(port);
     let url = format!("http://127.0.0.1:{port}");
@@ -340,19 +341,9 @@ async fn losing_prometheus_during_a_peak_holds_instead_of_scaling_down() {
     )
     .await
     .unwrap();
-    deployment(&ns, "api", 1).await;
-    let _kubelet = kubelet(&ns, "api");
-    let op = Operator::start_with(&ns.name, &["--tick", "1s", "--prometheus-url", &url]).await;
-    ns.create_yaml(&policy(
-        "api",
-        "{ deployment: { name: api } }",
-        &prom_signal("vector(500)"),
-        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
-        "{ minReplicas: 1, maxReplicas: 20, scaleDownStabilization: 0s }",
-        "",
-    ))
-    .await
-    .unwrap();
+    let bounds = "{ minReplicas: 1, maxReplicas: 20, scaleDownStabilization: 0s }";
+    let args = ["--tick", "1s", "--prometheus-url", &url];
+    let (ns, op, _kubelet) = api_under_policy("scale-loss", &args, "vector(500)", bounds, "").await;
     eventually(Duration::from_secs(15), "peak: 10 replicas", || replicas(&ns, "api"), |r| *r == 10).await;
 
     prom.kill().await.unwrap();

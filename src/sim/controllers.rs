@@ -203,34 +203,22 @@ impl Controller {
     fn hpa(&mut self, sc: &Scenario, s: &Step, w: &Window, now: f64) -> Desired {
         // CPU utilisation of ready pods: work done over what they could do (never above 100%).
         let util = |done: f64, cap: f64| if cap > 0.0 { (done / cap).min(1.0) } else { 1.0 };
-        let target = |p: &ScalingPolicySpec| p.capacity.target_utilization;
-        let p = &sc.policies.api;
-        let (min, max) = bounds(p);
-        let api =
-            self.hpa[0].desired(now, s.api_total, s.api_ready, util(w.served, w.api_capacity) / target(p), min, max);
-        let workers = sc.policies.workers.as_ref().map(|p| {
+        let mut target = |i: usize, p: &ScalingPolicySpec, total: i64, ready: i64, util: f64| {
             let (min, max) = bounds(p);
-            self.hpa[1].desired(
-                now,
-                s.workers_total,
-                s.workers_ready,
-                util(w.writes, w.worker_capacity) / target(p),
-                min,
-                max,
-            )
-        });
+            self.hpa[i].desired(now, total, ready, util / p.capacity.target_utilization, min, max)
+        };
+        let api = target(0, &sc.policies.api, s.api_total, s.api_ready, util(w.served, w.api_capacity));
+        let workers = sc
+            .policies
+            .workers
+            .as_ref()
+            .map(|p| target(1, p, s.workers_total, s.workers_ready, util(w.writes, w.worker_capacity)));
         // RDS replicas by target tracking on replica CPU, the same algorithm.
-        let replicas = sc.policies.replicas.as_ref().map(|p| {
-            let (min, max) = bounds(p);
-            self.hpa[2].desired(
-                now,
-                s.replicas_total,
-                s.replicas_ready,
-                util(w.reads, w.read_capacity) / target(p),
-                min,
-                max,
-            )
-        });
+        let replicas = sc
+            .policies
+            .replicas
+            .as_ref()
+            .map(|p| target(2, p, s.replicas_total, s.replicas_ready, util(w.reads, w.read_capacity)));
         Desired { api: Some(api), workers, replicas }
     }
 
