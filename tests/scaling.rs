@@ -369,3 +369,30 @@ async fn losing_prometheus_during_a_peak_holds_instead_of_scaling_down() {
     assert_eq!(replicas(&ns, "api").await, 10);
     assert!(op.stop().await);
 }
+
+#[tokio::test]
+async fn a_missing_target_is_reported_in_status() {
+    let ns = TestNs::new("scale-missing").await;
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "ghost",
+        "{ deployment: { name: nowhere } }",
+        &prom_signal("vector(100)"),
+        "{ unitsPerReplica: 50 }",
+        "{ minReplicas: 1, maxReplicas: 5 }",
+        "",
+    ))
+    .await
+    .unwrap();
+    let conds = eventually(
+        Duration::from_secs(10),
+        "TargetReachable=False",
+        || common::conditions::<ScalingPolicy>(&ns, "ghost"),
+        |c| common::condition(c, "TargetReachable").is_some_and(|c| c.status == "False"),
+    )
+    .await;
+    let c = common::condition(&conds, "TargetReachable").unwrap();
+    assert!(c.message.contains("nowhere") && c.message.contains("not found"), "{}", c.message);
+    assert_eq!(common::condition(&conds, "Ready").unwrap().status, "True", "the policy itself is valid");
+    assert!(op.stop().await);
+}

@@ -33,6 +33,8 @@ use crate::{
 pub const FIELD_MANAGER: &str = "levee-scaler";
 /// Condition saying whether every signal could be read on the last tick.
 pub const SIGNALS_AVAILABLE: &str = "SignalsAvailable";
+/// Condition saying whether the target could be read and scaled on the last tick.
+pub const TARGET_REACHABLE: &str = "TargetReachable";
 
 /// Settings of the scaler.
 #[derive(Clone, Debug)]
@@ -156,7 +158,8 @@ impl Scaler {
             Ok(s) => s,
             Err(e) => {
                 warn!(policy = %key, error = %e, "cannot read the target; holding");
-                self.write_status(client, policy, None, None, &lost, Some(&e.to_string())).await?;
+                self.write_status(client, policy, None, None, &lost, Some(&format!("cannot read the target: {e}")))
+                    .await?;
                 return Ok(());
             }
         };
@@ -174,7 +177,11 @@ impl Scaler {
             self.planners.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(|(_, p)| p.learned_lead_time());
         if decision.to != decision.from {
             if policy.spec.mode == Mode::Enforce {
-                target.scale(decision.to).await?;
+                if let Err(e) = target.scale(decision.to).await {
+                    let why = format!("cannot scale to {}: {e}", decision.to);
+                    self.write_status(client, policy, None, learned, &lost, Some(&why)).await?;
+                    return Err(e.into());
+                }
                 info!(policy = %key, from = decision.from, to = decision.to, reason = decision.reason.as_str(), "{}", decision.message);
             } else {
                 info!(policy = %key, from = decision.from, to = decision.to, "shadow: {}", decision.message);
@@ -266,24 +273,27 @@ impl Scaler {
         target_error: Option<&str>,
     ) -> Result<(), kube::Error> {
         let existing = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-        let wanted = Wanted {
-            type_: SIGNALS_AVAILABLE,
-            status: lost.is_empty() && target_error.is_none(),
-            reason: if target_error.is_some() {
-                "TargetUnavailable".into()
-            } else if lost.is_empty() {
-                "AllSignalsRead".into()
-            } else {
-                "SignalLost".into()
+        let wanted = [
+            Wanted {
+                type_: SIGNALS_AVAILABLE,
+                status: lost.is_empty(),
+                reason: if lost.is_empty() { "AllSignalsRead".into() } else { "SignalLost".into() },
+                message: if lost.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}; holding, never scaling down on missing data", lost.join("; "))
+                },
             },
-            message: match target_error {
-                Some(e) => format!("cannot read the target: {e}; holding"),
-                None if lost.is_empty() => String::new(),
-                None => format!("{}; holding, never scaling down on missing data", lost.join("; ")),
+            Wanted {
+                type_: TARGET_REACHABLE,
+                status: target_error.is_none(),
+                reason: if target_error.is_none() { "TargetReachable".into() } else { "TargetError".into() },
+                message: target_error.unwrap_or_default().to_owned(),
             },
-        };
-        let merged = merge(&existing, &[wanted], policy.metadata.generation, Timestamp::now());
-        let mine: Vec<_> = merged.into_iter().filter(|c| c.type_ == SIGNALS_AVAILABLE).collect();
+        ];
+        let merged = merge(&existing, &wanted, policy.metadata.generation, Timestamp::now());
+        let mine: Vec<_> =
+            merged.into_iter().filter(|c| c.type_ == SIGNALS_AVAILABLE || c.type_ == TARGET_REACHABLE).collect();
         let mut status = json!({ "conditions": mine });
         if let Some(d) = d {
             status["currentReplicas"] = json!(d.from);
