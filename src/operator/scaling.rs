@@ -31,6 +31,9 @@ use crate::{
 
 /// The field manager of the scaler's status fields (the policy controller owns the rest).
 pub const FIELD_MANAGER: &str = "levee-scaler";
+/// A planner not ticked for this many ticks belongs to a policy that is gone or invalid.
+const FORGET_AFTER_TICKS: f64 = 60.0;
+
 /// Condition saying whether every signal could be read on the last tick.
 pub const SIGNALS_AVAILABLE: &str = "SignalsAvailable";
 /// Condition saying whether the target could be read and scaled on the last tick.
@@ -50,7 +53,8 @@ pub struct ScalerConfig {
 pub struct Scaler {
     config: ScalerConfig,
     recorder: Recorder,
-    planners: Mutex<HashMap<String, (i64, Planner)>>,
+    /// Per policy: the generation planned for, when it last ticked, and its planner.
+    planners: Mutex<HashMap<String, (i64, f64, Planner)>>,
     aws: OnceCell<aws_config::SdkConfig>,
     started: tokio::time::Instant,
 }
@@ -165,16 +169,20 @@ impl Scaler {
         };
         let now = self.started.elapsed().as_secs_f64();
         let generation = policy.metadata.generation.unwrap_or(0);
-        let decision = {
+        let (decision, learned) = {
             let mut planners = self.planners.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = planners.entry(key.clone()).or_insert_with(|| (generation, Planner::new(&policy.spec)));
+            // Planners of policies that stopped ticking (deleted, or invalid) are dropped.
+            let stale = FORGET_AFTER_TICKS * self.config.tick.as_secs_f64();
+            planners.retain(|_, (_, last, _)| now - *last < stale);
+            let entry = planners.entry(key.clone()).or_insert_with(|| (generation, now, Planner::new(&policy.spec)));
             if entry.0 != generation {
-                *entry = (generation, Planner::new(&policy.spec));
+                // A new spec gets a new planner: bounds, capacity and forecast settings changed.
+                *entry = (generation, now, Planner::new(&policy.spec));
             }
-            entry.1.plan(&Tick { now, current: size.desired, ready: size.ready, signals })
+            entry.1 = now;
+            let d = entry.2.plan(&Tick { now, current: size.desired, ready: size.ready, signals });
+            (d, entry.2.learned_lead_time())
         };
-        let learned =
-            self.planners.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(|(_, p)| p.learned_lead_time());
         if decision.to != decision.from {
             if policy.spec.mode == Mode::Enforce {
                 if let Err(e) = target.scale(decision.to).await {
