@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Operator, TestNs, condition, conditions, wait_ready_status};
+use common::{Operator, TestNs, condition, conditions, policy, prom_signal, wait_ready_status};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
@@ -14,20 +14,13 @@ use kube::{
 use levee::api::{BootstrapPolicy, ScalingPolicy, TrafficGuard};
 
 fn scaling(name: &str, query: &str) -> String {
-    format!(
-        r#"
-apiVersion: levee.dev/v1alpha1
-kind: ScalingPolicy
-metadata: {{ name: {name} }}
-spec:
-  target: {{ deployment: {{ name: api }} }}
-  signals:
-    - name: rps
-      role: ArrivalRate
-      prometheus: {{ query: '{query}' }}
-  capacity: {{ unitsPerReplica: 50 }}
-  bounds: {{ minReplicas: 2, maxReplicas: 20 }}
-"#
+    policy(
+        name,
+        "{ deployment: { name: api } }",
+        &prom_signal(query),
+        "{ unitsPerReplica: 50 }",
+        "{ minReplicas: 2, maxReplicas: 20 }",
+        "",
     )
 }
 
@@ -36,7 +29,7 @@ const BAD_QUERY: &str = "sum(rate(http_requests_total[1m]";
 
 async fn set_query(ns: &TestNs, name: &str, query: &str) {
     let api: Api<ScalingPolicy> = ns.api();
-    let patch = serde_json::json!({"spec": {"signals": [{"name": "rps", "role": "ArrivalRate", "prometheus": {"query": query}}]}});
+    let patch = serde_json::json!({"spec": {"signals": [{"name": "load", "role": "ArrivalRate", "prometheus": {"query": query}}]}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("edit policy");
 }
 

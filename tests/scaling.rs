@@ -6,7 +6,7 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{Operator, TestNs, aws, create_db_instance, env, eventually, free_port};
+use common::{Operator, TestNs, aws, create_db_instance, env, eventually, free_port, policy, prom_signal};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
 use kube::{
     Api,
@@ -53,28 +53,6 @@ fn kubelet(ns: &TestNs, name: &str) -> tokio::task::JoinHandle<()> {
 
 async fn replicas(ns: &TestNs, name: &str) -> i32 {
     ns.api::<Deployment>().get(name).await.unwrap().spec.unwrap().replicas.unwrap()
-}
-
-fn policy(name: &str, target: &str, signals: &str, capacity: &str, bounds: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: levee.dev/v1alpha1
-kind: ScalingPolicy
-metadata: {{ name: {name} }}
-spec:
-  target: {target}
-  signals:
-{signals}
-  capacity: {capacity}
-  bounds: {bounds}
-  forecast: {{ leadTime: 10s, seasonality: None }}
-{extra}
-"#
-    )
-}
-
-fn prom_signal(query: &str) -> String {
-    format!("    - {{ name: load, role: ArrivalRate, prometheus: {{ query: '{query}' }} }}")
 }
 
 async fn set_query(ns: &TestNs, name: &str, query: &str) {

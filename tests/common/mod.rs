@@ -254,3 +254,26 @@ pub async fn create_db_instance(rds: &aws_sdk_rds::Client, id: &str) {
         .await
         .expect("CreateDBInstance");
 }
+
+/// A ScalingPolicy manifest; `signals` is YAML list items indented four spaces.
+pub fn policy(name: &str, target: &str, signals: &str, capacity: &str, bounds: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: levee.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {{ name: {name} }}
+spec:
+  target: {target}
+  signals:
+{signals}
+  capacity: {capacity}
+  bounds: {bounds}
+  forecast: {{ leadTime: 10s, seasonality: None }}
+{extra}
+"#
+    )
+}
+
+pub fn prom_signal(query: &str) -> String {
+    format!("    - {{ name: load, role: ArrivalRate, prometheus: {{ query: '{query}' }} }}")
+}
