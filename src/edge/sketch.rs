@@ -18,7 +18,6 @@ pub struct CountMin {
     depth: usize,
     counters: Vec<u32>,
     hasher: std::hash::RandomState,
-    total: u64,
 }
 
 impl CountMin {
@@ -26,7 +25,7 @@ impl CountMin {
     pub fn new(width: usize, depth: usize) -> Self {
         let width = width.max(16).next_power_of_two();
         let depth = depth.clamp(1, 8);
-        Self { width, depth, counters: vec![0; width * depth], hasher: std::hash::RandomState::new(), total: 0 }
+        Self { width, depth, counters: vec![0; width * depth], hasher: std::hash::RandomState::new() }
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -48,7 +47,6 @@ impl CountMin {
             *c = c.saturating_add(1);
             estimate = estimate.min(*c);
         }
-        self.total += 1;
         estimate
     }
 
@@ -68,11 +66,6 @@ impl CountMin {
         for c in &mut self.counters {
             *c >>= 1;
         }
-        self.total >>= 1;
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total
     }
 
     /// Bytes of counters held.

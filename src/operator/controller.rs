@@ -153,19 +153,22 @@ async fn reconcile<K: Policy>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Context>
 
 async fn reconcile_inner<K: Policy>(guard: &DeserializeGuard<K>, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
-    let (meta, verdict, existing): (&ObjectMeta, Verdict, Vec<Condition>) = match &guard.0 {
+    // The observed generation of a malformed object cannot be read, so it is always rewritten
+    // (which happens only when it changes: malformed objects wait for an edit).
+    let (meta, verdict, existing, observed): (&ObjectMeta, Verdict, Vec<Condition>, Option<i64>) = match &guard.0 {
         Ok(obj) => {
             let ns = obj.namespace().ok_or(Error::NoNamespace)?;
             let verdict = judge(obj, client, &ns).await?;
-            let existing = obj.policy_status().map(|s| s.conditions().to_vec()).unwrap_or_default();
-            (obj.meta(), verdict, existing)
+            let status = obj.policy_status();
+            let existing = status.map(|s| s.conditions().to_vec()).unwrap_or_default();
+            (obj.meta(), verdict, existing, status.and_then(|s| s.observed_generation()))
         }
         Err(invalid) => {
             let ns = invalid.metadata.namespace.as_deref().ok_or(Error::NoNamespace)?;
             let name = invalid.metadata.name.as_deref().unwrap_or_default();
             let existing = raw_conditions::<K>(client, ns, name).await?;
             let message = format!("the object does not match the {} schema: {}", K::kind(&()), invalid.error);
-            (&invalid.metadata, Verdict::Invalid { reason: "Malformed", message, retry: false }, existing)
+            (&invalid.metadata, Verdict::Invalid { reason: "Malformed", message, retry: false }, existing, None)
         }
     };
     if matches!(verdict, Verdict::Invalid { .. }) {
@@ -173,10 +176,6 @@ async fn reconcile_inner<K: Policy>(guard: &DeserializeGuard<K>, ctx: &Context) 
     }
     let generation = meta.generation;
     let conditions = merge(&existing, &verdict.conditions(), generation, Timestamp::now());
-    let observed = match &guard.0 {
-        Ok(obj) => obj.policy_status().and_then(|s| s.observed_generation()),
-        Err(_) => None,
-    };
     // Skip the write when nothing would change: a resync must not touch the object.
     if conditions != existing || observed != generation {
         let ns = meta.namespace.as_deref().ok_or(Error::NoNamespace)?;

@@ -125,9 +125,9 @@ impl Scaler {
         }
     }
 
-    async fn target(&self, client: &Client, policy: &ScalingPolicy, ns: &str) -> Target {
+    async fn target(&self, client: &Client, policy: &ScalingPolicy, ns: &str) -> Result<Target, ActuatorError> {
         let t = &policy.spec.target;
-        if let Some(d) = &t.deployment {
+        Ok(if let Some(d) = &t.deployment {
             Target::Workload(Workload::new(client.clone(), WorkloadKind::Deployment, ns, &d.name))
         } else if let Some(s) = &t.stateful_set {
             Target::Workload(Workload::new(client.clone(), WorkloadKind::StatefulSet, ns, &s.name))
@@ -142,9 +142,9 @@ impl Scaler {
             let client = aws_sdk_rds::Client::new(&self.aws(r.region.as_deref()).await);
             Target::Rds(ReadReplicas::new(client, &r.source_instance, &r.instance_class, &r.replica_prefix, &owner))
         } else {
-            // Unreachable for objects the apiserver admitted (CEL: exactly one target).
-            Target::Workload(Workload::new(client.clone(), WorkloadKind::Deployment, ns, ""))
-        }
+            // The schema's CEL rule makes this unreachable for objects the apiserver admitted.
+            return Err(ActuatorError::NotFound { target: "spec.target (no target kind set)".into() });
+        })
     }
 
     /// One tick of one policy.
@@ -152,7 +152,13 @@ impl Scaler {
         let ns = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
         let key = format!("{ns}/{name}");
-        let target = self.target(client, policy, &ns).await;
+        let target = match self.target(client, policy, &ns).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.write_status(client, policy, None, None, &[], Some(&e.to_string())).await?;
+                return Ok(());
+            }
+        };
         let size = target.size().await;
         let readings = futures::future::join_all(policy.spec.signals.iter().map(|s| self.read(client, &ns, s))).await;
         let lost: Vec<String> = readings.iter().filter_map(|(_, e)| e.as_ref().map(ToString::to_string)).collect();

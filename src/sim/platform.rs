@@ -21,8 +21,6 @@ const BASE_READ: f64 = 0.005;
 pub struct Step {
     pub t: f64,
     pub dt: f64,
-    /// The arrival rate the scenario asked for (before noise).
-    pub rate: f64,
     pub arrivals: f64,
     pub served: f64,
     pub failed: f64,
@@ -203,7 +201,6 @@ impl<'a> Platform<'a> {
         Step {
             t,
             dt,
-            rate,
             arrivals,
             served,
             failed,

@@ -18,7 +18,6 @@ use kube::{
     discovery::{ApiCapabilities, ApiResource, Scope},
     runtime::wait::{await_condition, conditions::is_crd_established},
 };
-use serde::de::DeserializeOwned;
 use tokio::process::{Child, Command};
 
 /// The variable `hack/stack-up.sh` writes; its absence means the stack is not up.
@@ -230,10 +229,6 @@ pub async fn wait_ready_status<K: Resource<DynamicType = ()>>(
         |c| condition(c, "Ready").is_some_and(|r| r.status == status),
     )
     .await
-}
-
-pub fn from_yaml<T: DeserializeOwned>(yaml: &str) -> T {
-    serde_saphyr::from_str(yaml).expect("test YAML parses")
 }
 
 /// The AWS SDK pointed at the stack's moto.

@@ -63,8 +63,8 @@ pub struct Forecaster {
     open: Option<(i64, f64, u32)>,
     /// Index of the last bucket the models consumed.
     last_closed: Option<i64>,
+    /// The last closed bucket's value, carried into buckets with no observation.
     last_value: Option<f64>,
-    buckets_closed: usize,
     /// The scale s of the log transform, set by the first bucket.
     scale: Option<f64>,
 }
@@ -102,18 +102,8 @@ impl Forecaster {
             open: None,
             last_closed: None,
             last_value: None,
-            buckets_closed: 0,
             scale: None,
         }
-    }
-
-    pub fn config(&self) -> &ForecastConfig {
-        &self.cfg
-    }
-
-    /// Buckets of history seen so far.
-    pub fn history_buckets(&self) -> usize {
-        self.buckets_closed
     }
 
     /// Feeds one observation of the rate at time `t` (seconds). Observations must not go
@@ -151,7 +141,6 @@ impl Forecaster {
     }
 
     fn close(&mut self, idx: i64, y: f64) {
-        self.buckets_closed += 1;
         self.last_closed = Some(idx);
         self.last_value = Some(y);
         // 5% of the first level: small enough that the transform is logarithmic across the
@@ -193,11 +182,6 @@ impl Forecaster {
         let upper = back(z + best.errors.quantile(q) * widen).max(value);
         let lower = back(z + best.errors.quantile(1.0 - q) * widen).min(value);
         Some(Forecast { value, lower, upper, horizon_secs: ahead_secs, model: best.name })
-    }
-
-    /// The value of the last closed bucket.
-    pub fn last(&self) -> Option<f64> {
-        self.last_value
     }
 }
 
