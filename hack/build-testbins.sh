@@ -84,5 +84,6 @@ build_etcd
 build_kube
 build_helm
 "$CACHE_DIR/bin/kube-$KUBE_VERSION/kube-apiserver" --version
-"$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" --version | head -1
+# sed reads to the end; `head` could exit first and kill etcd with SIGPIPE under pipefail.
+"$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" --version | sed -n 1p
 "$CACHE_DIR/bin/helm-$HELM_VERSION/helm" version --short

@@ -152,7 +152,7 @@ if [ ! -f "$PG/replica/PG_VERSION" ]; then
 fi
 pg_running "$PG/replica" || "${pg_user[@]}" "$PG_BIN/pg_ctl" -D "$PG/replica" -l "$PG/replica.log" -w -t 60 start >/dev/null
 wait_for "postgres replica streaming" 60 bash -c \
-  "psql -h 127.0.0.1 -p $PG_PRIMARY_PORT -U postgres -Atc \"select count(*) from pg_stat_replication where state='streaming'\" | grep -qx 1"
+  "psql -h 127.0.0.1 -p $PG_PRIMARY_PORT -U postgres -Atc \"select count(*) from pg_stat_replication where state='streaming'\" | grep -x 1 >/dev/null"
 
 # --- moto (AWS ECS and RDS) -----------------------------------------------------------
 MOTO_BIN=$(ls -d "$CACHE_DIR"/venv-moto-*/bin | sort -V | tail -1)
