@@ -23,14 +23,12 @@ build_etcd() {
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
-build_kube() {
-  local out="$CACHE_DIR/bin/kube-$KUBE_VERSION"
-  if [ -x "$out/kube-apiserver" ]; then log "kube-apiserver $KUBE_VERSION cached"; return; fi
-  log "building kube-apiserver $KUBE_VERSION (first time only; 10-20 minutes on 2 cores)"
+# The wrapper module that builds commands of k8s.io/kubernetes (kube-apiserver, kubectl).
+kube_module() {
   local mod="$CACHE_DIR/src/kube-$KUBE_VERSION"
-  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  if [ -f "$mod/.ready" ]; then echo "$mod"; return; fi
   local staging_version="v0.${KUBE_VERSION#v1.}"
-  rm -rf "$mod"; mkdir -p "$mod" "$out.tmp"
+  rm -rf "$mod"; mkdir -p "$mod"
   (
     cd "$mod"
     local gomod
@@ -57,16 +55,34 @@ build_kube() {
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
 GO
     go mod tidy -e >/dev/null 2>&1 || true
+  ) >&2
+  touch "$mod/.ready"
+  echo "$mod"
+}
+
+# build_kube_cmd NAME: builds k8s.io/kubernetes/cmd/NAME into $CACHE_DIR/bin/kube-$KUBE_VERSION/.
+build_kube_cmd() {
+  local name=$1 out="$CACHE_DIR/bin/kube-$KUBE_VERSION"
+  if [ -x "$out/$name" ]; then log "$name $KUBE_VERSION cached"; return; fi
+  log "building $name $KUBE_VERSION (first time only; 10-20 minutes on 2 cores for the first one)"
+  local mod minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  mod=$(kube_module)
+  mkdir -p "$out"
+  (
+    cd "$mod"
     local ld=""
     for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
       ld="$ld -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
     done
-    go build -trimpath -ldflags "$ld" -o "$out.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -trimpath -ldflags "$ld" -o "$out/$name.tmp" "k8s.io/kubernetes/cmd/$name"
   )
-  rm -rf "$out"; mv "$out.tmp" "$out"
+  mv "$out/$name.tmp" "$out/$name"
 }
 
 # helm renders charts/levee for the end-to-end test of the chart's RBAC.
@@ -81,9 +97,11 @@ build_helm() {
 
 mkdir -p "$CACHE_DIR/bin"
 build_etcd
-build_kube
+build_kube_cmd kube-apiserver
+build_kube_cmd kubectl
 build_helm
 "$CACHE_DIR/bin/kube-$KUBE_VERSION/kube-apiserver" --version
+"$CACHE_DIR/bin/kube-$KUBE_VERSION/kubectl" version --client | sed -n 1p
 # sed reads to the end; `head` could exit first and kill etcd with SIGPIPE under pipefail.
 "$CACHE_DIR/bin/etcd-$ETCD_VERSION/etcd" --version | sed -n 1p
 "$CACHE_DIR/bin/helm-$HELM_VERSION/helm" version --short

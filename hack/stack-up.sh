@@ -172,6 +172,7 @@ export LEVEE_PG_PRIMARY="host=127.0.0.1 port=$PG_PRIMARY_PORT user=postgres dbna
 export LEVEE_PG_REPLICA="host=127.0.0.1 port=$PG_REPLICA_PORT user=postgres dbname=postgres"
 export LEVEE_AWS_ENDPOINT=http://127.0.0.1:$MOTO_PORT
 export LEVEE_HELM=$CACHE_DIR/bin/helm-$HELM_VERSION/helm
+export LEVEE_KUBECTL=$CACHE_DIR/bin/kube-$KUBE_VERSION/kubectl
 export AWS_ACCESS_KEY_ID=testing
 export AWS_SECRET_ACCESS_KEY=testing
 export AWS_REGION=us-east-1

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::impl_policy_status;
+use super::common::{Mode, impl_policy_status};
 
 /// One edge rule: which traffic it matches, what it does, why, and when it lapses.
 /// Every edge watches these and enforces them.
@@ -21,6 +21,7 @@ use super::common::impl_policy_status;
     category = "levee",
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
     printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -53,6 +54,10 @@ pub struct MitigationSpec {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub offence: i32,
+    /// `Enforce` limits or blocks; `Shadow` lets traffic through and counts what the rule
+    /// would have limited (the edge's `levee_edge_shadow_limited_total`).
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 /// What traffic a rule matches. Exactly one field is set.

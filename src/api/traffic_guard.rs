@@ -68,7 +68,7 @@ pub struct TrafficGuardSpec {
 }
 
 /// A key traffic is aggregated by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub enum AggregationKey {
     /// The client IP address.
     Ip,

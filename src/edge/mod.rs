@@ -1,5 +1,10 @@
-//! The data plane's building blocks: per-source counting in fixed memory and circuit
-//! breakers. Pure: time is passed in, nothing is read from a clock.
+//! The data plane: `levee edge`, a reverse proxy that identifies each request's source, counts
+//! it in fixed memory, enforces the pool's Mitigations, protects its upstream with a circuit
+//! breaker, and reports to the operator. Its building blocks are pure: time is passed in.
 
 pub mod breaker;
+pub mod counter;
+pub mod report;
+pub mod rules;
 pub mod sketch;
+pub mod source;

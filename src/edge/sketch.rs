@@ -17,7 +17,7 @@ pub struct CountMin {
     width: usize,
     depth: usize,
     counters: Vec<u32>,
-    hasher: std::hash::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl CountMin {
@@ -25,7 +25,7 @@ impl CountMin {
     pub fn new(width: usize, depth: usize) -> Self {
         let width = width.max(16).next_power_of_two();
         let depth = depth.clamp(1, 8);
-        Self { width, depth, counters: vec![0; width * depth], hasher: std::hash::RandomState::new() }
+        Self { width, depth, counters: vec![0; width * depth], hasher: foldhash::fast::RandomState::default() }
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -68,6 +68,11 @@ impl CountMin {
         }
     }
 
+    /// Forgets everything counted.
+    pub fn clear(&mut self) {
+        self.counters.fill(0);
+    }
+
     /// Bytes of counters held.
     pub fn memory_bytes(&self) -> usize {
         self.counters.len() * std::mem::size_of::<u32>()
@@ -81,7 +86,7 @@ pub struct HeavyHitters {
     capacity: usize,
     keys: Vec<Box<str>>,
     counts: Vec<u64>,
-    index: HashMap<Box<str>, usize>,
+    index: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     /// A lower bound of the smallest count, so most offers skip the scan for the minimum.
     min_hint: u64,
 }
@@ -93,7 +98,7 @@ impl HeavyHitters {
             capacity,
             keys: Vec::with_capacity(capacity),
             counts: Vec::with_capacity(capacity),
-            index: HashMap::with_capacity(capacity),
+            index: HashMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default()),
             min_hint: 0,
         }
     }
@@ -139,6 +144,14 @@ impl HeavyHitters {
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         v.truncate(n);
         v
+    }
+
+    /// Forgets every key, keeping the memory for the next interval.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.counts.clear();
+        self.index.clear();
+        self.min_hint = 0;
     }
 
     /// Halves every count, like [`CountMin::decay`].

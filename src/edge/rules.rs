@@ -1,0 +1,360 @@
+//! The mitigations an edge enforces, compiled for lookup per request: a `governor` limiter for
+//! each rate-limited key, blocks, and traffic-class shedding. Expired rules are skipped at
+//! lookup, so a rule lapses at its TTL even before the watch removes it.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use ipnet::IpNet;
+
+use super::source::Source;
+use crate::api::{
+    Mode,
+    mitigation::{MitigationAction, MitigationSpec},
+};
+
+/// One compiled mitigation.
+pub struct Rule {
+    /// `namespace/name`, for responses, logs and metrics.
+    pub name: String,
+    pub reason: String,
+    pub action: MitigationAction,
+    pub shadow: bool,
+    /// Unix seconds after which the rule no longer applies.
+    pub expires_at: f64,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    /// (requests per second, burst) the limiter was built with, to reuse it across rebuilds.
+    quota: Option<(u64, u32)>,
+    /// Requests this rule limited (or, in shadow, would have).
+    pub hits: AtomicU64,
+}
+
+/// What a request gets.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Pass,
+    /// Answer 429 with `Retry-After` (seconds).
+    Limited { rule: String, retry_after_secs: u64 },
+    /// Answer 403.
+    Blocked { rule: String, reason: String },
+}
+
+/// The result of a lookup: the outcome, and whether a shadow rule would have limited.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    pub outcome: Outcome,
+    pub shadow_limited: bool,
+}
+
+/// Every active rule of one edge pool, indexed by what it matches.
+#[derive(Default)]
+pub struct RuleSet {
+    by_ip: HashMap<IpAddr, Vec<Arc<Rule>>>,
+    /// Keyed by (prefix length, network); `prefix_lens` lists the lengths present.
+    by_prefix: HashMap<IpNet, Vec<Arc<Rule>>>,
+    prefix_lens: Vec<u8>,
+    by_asn: HashMap<u32, Vec<Arc<Rule>>>,
+    by_country: HashMap<String, Vec<Arc<Rule>>>,
+    by_api_key: HashMap<String, Vec<Arc<Rule>>>,
+    by_class: HashMap<String, Vec<Arc<Rule>>>,
+    /// Sources no rule applies to.
+    allowlist: Vec<IpNet>,
+    len: usize,
+}
+
+/// A spec the edge cannot enforce; the rest of the set still applies.
+#[derive(Debug, PartialEq)]
+pub struct Skipped {
+    pub name: String,
+    pub why: String,
+}
+
+impl RuleSet {
+    /// Compiles `mitigations` (`(namespace/name, spec)`), reusing the limiters of `previous`
+    /// for rules whose limit did not change, so an unrelated edit does not refill every bucket.
+    pub fn build<'a>(
+        mitigations: impl IntoIterator<Item = (String, &'a MitigationSpec)>,
+        allowlist: Vec<IpNet>,
+        previous: &RuleSet,
+    ) -> (Self, Vec<Skipped>) {
+        let mut old: HashMap<&str, &Arc<Rule>> = HashMap::new();
+        for r in previous.rules() {
+            old.insert(&r.name, r);
+        }
+        let mut set = RuleSet { allowlist, ..RuleSet::default() };
+        let mut skipped = Vec::new();
+        for (name, spec) in mitigations {
+            let rule = match compile(&name, spec, old.get(name.as_str()).copied()) {
+                Ok(r) => Arc::new(r),
+                Err(why) => {
+                    skipped.push(Skipped { name, why });
+                    continue;
+                }
+            };
+            let m = &spec.match_;
+            let slot = if let Some(ip) = &m.ip {
+                ip.parse::<IpAddr>().map(|ip| set.by_ip.entry(ip).or_default()).map_err(|e| format!("match.ip: {e}"))
+            } else if let Some(p) = &m.prefix {
+                p.parse::<IpNet>()
+                    .map(|n| {
+                        let n = n.trunc();
+                        if !set.prefix_lens.contains(&n.prefix_len()) {
+                            set.prefix_lens.push(n.prefix_len());
+                        }
+                        set.by_prefix.entry(n).or_default()
+                    })
+                    .map_err(|e| format!("match.prefix: {e}"))
+            } else if let Some(asn) = m.asn {
+                u32::try_from(asn).map(|a| set.by_asn.entry(a).or_default()).map_err(|e| format!("match.asn: {e}"))
+            } else if let Some(c) = &m.country {
+                Ok(set.by_country.entry(c.to_ascii_uppercase()).or_default())
+            } else if let Some(k) = &m.api_key {
+                Ok(set.by_api_key.entry(k.clone()).or_default())
+            } else if let Some(c) = &m.traffic_class {
+                Ok(set.by_class.entry(c.clone()).or_default())
+            } else {
+                Err("match names nothing".to_owned())
+            };
+            match slot {
+                Ok(v) => {
+                    v.push(rule);
+                    set.len += 1;
+                }
+                Err(why) => skipped.push(Skipped { name, why }),
+            }
+        }
+        // Longest prefix first, so the most specific rule is met first.
+        set.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+        (set, skipped)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn rules(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.by_ip
+            .values()
+            .chain(self.by_prefix.values())
+            .chain(self.by_asn.values())
+            .chain(self.by_country.values())
+            .chain(self.by_api_key.values())
+            .chain(self.by_class.values())
+            .flatten()
+    }
+
+    /// Decides a request from `src` in traffic class `class` at unix time `now`.
+    pub fn check(&self, src: &Source, class: Option<&str>, now: f64) -> Check {
+        let mut check = Check { outcome: Outcome::Pass, shadow_limited: false };
+        if self.len == 0 || self.allowlist.iter().any(|n| n.contains(&src.ip)) {
+            return check;
+        }
+        let mut candidates: [Option<&Vec<Arc<Rule>>>; 6] = [None; 6];
+        candidates[0] = self.by_ip.get(&src.ip);
+        candidates[1] = self.prefix_lens.iter().find_map(|&len| {
+            IpNet::new(src.ip, len).ok().and_then(|n| self.by_prefix.get(&n.trunc()))
+        });
+        candidates[2] = src.asn.and_then(|a| self.by_asn.get(&a));
+        candidates[3] = src.country.and_then(|c| self.by_country.get(c.as_str()));
+        candidates[4] = src.api_key.as_deref().and_then(|k| self.by_api_key.get(k));
+        candidates[5] = class.and_then(|c| self.by_class.get(c));
+        for rule in candidates.into_iter().flatten().flatten() {
+            if rule.expires_at <= now {
+                continue;
+            }
+            let verdict = match rule.action {
+                MitigationAction::Block => {
+                    Outcome::Blocked { rule: rule.name.clone(), reason: rule.reason.clone() }
+                }
+                MitigationAction::RateLimit => match rule.limiter.as_ref().map(|l| l.check()) {
+                    Some(Err(not_until)) => {
+                        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                        Outcome::Limited { rule: rule.name.clone(), retry_after_secs: wait.as_secs().max(1) }
+                    }
+                    _ => Outcome::Pass,
+                },
+            };
+            if verdict == Outcome::Pass {
+                continue;
+            }
+            rule.hits.fetch_add(1, Ordering::Relaxed);
+            if rule.shadow {
+                check.shadow_limited = true;
+            } else if matches!(verdict, Outcome::Blocked { .. }) || check.outcome == Outcome::Pass {
+                // A block outranks a limit.
+                check.outcome = verdict;
+            }
+        }
+        check
+    }
+}
+
+fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> Result<Rule, String> {
+    let expires_at = spec.expires_at.0.as_millisecond() as f64 / 1000.0;
+    let (limiter, quota) = match (spec.action, &spec.rate_limit) {
+        (MitigationAction::RateLimit, Some(rl)) => {
+            if !(rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0) {
+                return Err(format!("rateLimit.requestsPerSecond {} is not a positive rate", rl.requests_per_second));
+            }
+            let burst = NonZeroU32::new(u32::try_from(rl.burst.max(1)).unwrap_or(1)).unwrap_or(NonZeroU32::MIN);
+            // One token every 1/rate seconds; governor counts in nanoseconds.
+            let period_ns = (1e9 / rl.requests_per_second).clamp(1.0, 3600e9) as u64;
+            let key = (period_ns, burst.get());
+            let reused = previous.filter(|p| p.quota == Some(key)).and_then(|p| p.limiter.clone());
+            let limiter = match reused {
+                Some(l) => l,
+                None => {
+                    let quota = Quota::with_period(Duration::from_nanos(period_ns))
+                        .ok_or("rate limit period is zero")?
+                        .allow_burst(burst);
+                    Arc::new(RateLimiter::direct(quota))
+                }
+            };
+            (Some(limiter), Some(key))
+        }
+        (MitigationAction::RateLimit, None) => return Err("action RateLimit without rateLimit".to_owned()),
+        (MitigationAction::Block, _) => (None, None),
+    };
+    Ok(Rule {
+        name: name.to_owned(),
+        reason: spec.reason.clone(),
+        action: spec.action,
+        shadow: spec.mode == Mode::Shadow,
+        expires_at,
+        limiter,
+        quota,
+        hits: AtomicU64::new(previous.map_or(0, |p| p.hits.load(Ordering::Relaxed))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+    use super::*;
+    use crate::{
+        api::mitigation::{MatchSpec, RateLimit},
+        edge::source::{Country, prefix_of},
+    };
+
+    fn src(ip: &str) -> Source {
+        let ip = ip.parse().unwrap();
+        Source { ip, prefix: prefix_of(ip), asn: Some(64500), country: Country::parse("DE"), api_key: None }
+    }
+
+    fn spec(m: MatchSpec, action: MitigationAction, rps: f64, burst: i32, expires: f64) -> MitigationSpec {
+        MitigationSpec {
+            edge_pool: "public".into(),
+            guard: None,
+            match_: m,
+            action,
+            rate_limit: (action == MitigationAction::RateLimit)
+                .then_some(RateLimit { requests_per_second: rps, burst }),
+            expires_at: Time(Timestamp::from_millisecond((expires * 1000.0) as i64).unwrap()),
+            reason: "test".into(),
+            evidence: None,
+            offence: 0,
+            mode: Mode::Enforce,
+        }
+    }
+
+    fn none() -> MatchSpec {
+        MatchSpec { ip: None, prefix: None, asn: None, country: None, api_key: None, traffic_class: None }
+    }
+
+    const NOW: f64 = 1_800_000_000.0;
+
+    #[test]
+    fn limits_only_the_matched_source_and_lapses_at_expiry() {
+        let s = spec(MatchSpec { ip: Some("203.0.113.9".into()), ..none() }, MitigationAction::RateLimit, 1.0, 3, NOW + 60.0);
+        let (set, skipped) = RuleSet::build([("ns/flood".to_owned(), &s)], vec![], &RuleSet::default());
+        assert!(skipped.is_empty());
+        let flooder = src("203.0.113.9");
+        let passed = (0..10).filter(|_| set.check(&flooder, None, NOW).outcome == Outcome::Pass).count();
+        assert_eq!(passed, 3, "the burst, then 429s");
+        match set.check(&flooder, None, NOW).outcome {
+            Outcome::Limited { rule, retry_after_secs } => {
+                assert_eq!(rule, "ns/flood");
+                assert!(retry_after_secs >= 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!((0..100).all(|_| set.check(&src("203.0.113.10"), None, NOW).outcome == Outcome::Pass));
+        assert_eq!(set.check(&flooder, None, NOW + 61.0).outcome, Outcome::Pass, "expired");
+    }
+
+    #[test]
+    fn prefixes_asns_countries_and_classes_match() {
+        let specs = [
+            spec(MatchSpec { prefix: Some("198.51.100.0/22".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
+            spec(MatchSpec { asn: Some(64501), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
+            spec(MatchSpec { country: Some("FR".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
+            spec(MatchSpec { traffic_class: Some("batch".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
+        ];
+        let names = ["p", "a", "c", "k"];
+        let (set, _) =
+            RuleSet::build(names.iter().map(|n| n.to_string()).zip(specs.iter()), vec![], &RuleSet::default());
+        let blocked = |s: &Source, class: Option<&str>| matches!(set.check(s, class, NOW).outcome, Outcome::Blocked { .. });
+        assert!(blocked(&src("198.51.103.4"), None), "inside the /22");
+        assert!(!blocked(&src("198.51.104.4"), None));
+        assert!(blocked(&Source { asn: Some(64501), ..src("192.0.2.1") }, None));
+        assert!(blocked(&Source { country: Country::parse("FR"), ..src("192.0.2.1") }, None));
+        assert!(blocked(&src("192.0.2.1"), Some("batch")));
+        assert!(!blocked(&src("192.0.2.1"), Some("checkout")));
+    }
+
+    #[test]
+    fn allowlisted_sources_are_never_limited() {
+        let s = spec(MatchSpec { country: Some("DE".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        let allow = vec!["10.0.0.0/8".parse().unwrap()];
+        let (set, _) = RuleSet::build([("ns/de".to_owned(), &s)], allow, &RuleSet::default());
+        assert_eq!(set.check(&src("10.1.2.3"), None, NOW).outcome, Outcome::Pass);
+        assert!(matches!(set.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Blocked { .. }));
+    }
+
+    #[test]
+    fn shadow_rules_count_but_pass() {
+        let mut s = spec(MatchSpec { ip: Some("192.0.2.1".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        s.mode = Mode::Shadow;
+        let (set, _) = RuleSet::build([("ns/s".to_owned(), &s)], vec![], &RuleSet::default());
+        let c = set.check(&src("192.0.2.1"), None, NOW);
+        assert_eq!(c, Check { outcome: Outcome::Pass, shadow_limited: true });
+    }
+
+    #[test]
+    fn rebuilds_keep_buckets_of_unchanged_limits() {
+        let s = spec(MatchSpec { ip: Some("192.0.2.1".into()), ..none() }, MitigationAction::RateLimit, 0.01, 2, NOW + 60.0);
+        let (first, _) = RuleSet::build([("ns/r".to_owned(), &s)], vec![], &RuleSet::default());
+        assert_eq!(first.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Pass);
+        assert_eq!(first.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Pass);
+        let (second, _) = RuleSet::build([("ns/r".to_owned(), &s)], vec![], &first);
+        assert!(matches!(second.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Limited { .. }));
+    }
+
+    #[test]
+    fn an_unenforceable_rule_is_skipped_and_named() {
+        let mut bad = spec(MatchSpec { ip: Some("not-an-ip".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        let (set, skipped) = RuleSet::build([("ns/bad".to_owned(), &bad)], vec![], &RuleSet::default());
+        assert!(set.is_empty());
+        assert_eq!(skipped[0].name, "ns/bad");
+        assert!(skipped[0].why.contains("match.ip"), "{:?}", skipped[0]);
+        bad.match_ = MatchSpec { ip: Some("192.0.2.1".into()), ..none() };
+        bad.action = MitigationAction::RateLimit;
+        bad.rate_limit = Some(RateLimit { requests_per_second: f64::NAN, burst: 1 });
+        let (_, skipped) = RuleSet::build([("ns/nan".to_owned(), &bad)], vec![], &RuleSet::default());
+        assert!(skipped[0].why.contains("not a positive rate"), "{:?}", skipped[0]);
+    }
+}

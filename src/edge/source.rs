@@ -1,0 +1,250 @@
+//! Who sent a request: the client IP (from the socket, or from a configured number of trusted
+//! `X-Forwarded-For` hops), its /24 or /64 prefix, its ASN and country from a prefix table, and
+//! an API key header.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+use ipnet::IpNet;
+
+/// The identity of one request's sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub ip: IpAddr,
+    /// The /24 (IPv4) or /64 (IPv6) network of `ip`.
+    pub prefix: IpNet,
+    pub asn: Option<u32>,
+    pub country: Option<Country>,
+    pub api_key: Option<String>,
+}
+
+/// An ISO 3166-1 alpha-2 code, stored inline so a lookup allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country([u8; 2]);
+
+impl Country {
+    /// Two ASCII letters, upper-cased; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Self([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Both bytes are ASCII letters by construction.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The client IP of a request.
+///
+/// With `trusted_hops` = 0 it is the socket peer. With N > 0, N proxies in front of the edge
+/// each append the address they saw to `X-Forwarded-For`, so the N-th entry from the right is
+/// the one the outermost trusted proxy saw; entries left of it are the client's own claims and
+/// are ignored. A header too short or unparseable falls back to the peer: the chain is not the
+/// one configured, and a claim is worth less than the socket.
+pub fn client_ip(peer: IpAddr, forwarded_for: &[&[u8]], trusted_hops: usize) -> IpAddr {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    // Several headers are one list, in order.
+    let mut seen = 0;
+    for value in forwarded_for.iter().rev() {
+        let Ok(text) = std::str::from_utf8(value) else { return peer };
+        for entry in text.rsplit(',') {
+            seen += 1;
+            if seen == trusted_hops {
+                return parse_forwarded_entry(entry.trim()).unwrap_or(peer);
+            }
+        }
+    }
+    peer
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5678`, `[::1]:80`).
+fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = entry.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).and_then(|e| e.parse().ok())
+}
+
+/// The network a source's aggregate is counted under: /24 for IPv4, /64 for IPv6.
+pub fn prefix_of(ip: IpAddr) -> IpNet {
+    match ip {
+        IpAddr::V4(v4) => {
+            let net = Ipv4Addr::from(u32::from(v4) & 0xffff_ff00);
+            IpNet::V4(ipnet::Ipv4Net::new(net, 24).expect("24 is a valid IPv4 prefix length"))
+        }
+        IpAddr::V6(v6) => {
+            let net = Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
+            IpNet::V6(ipnet::Ipv6Net::new(net, 64).expect("64 is a valid IPv6 prefix length"))
+        }
+    }
+}
+
+/// What the prefix table says of an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub asn: Option<u32>,
+    pub country: Option<Country>,
+}
+
+/// Address ranges with their ASN and country, looked up by binary search.
+///
+/// The file has one range per line, `CIDR,ASN,COUNTRY` (ASN 0 or empty and country empty or
+/// `None` mean unknown); `#` starts a comment. Ranges must not overlap; the most specific
+/// entry is not searched for.
+#[derive(Clone, Debug, Default)]
+pub struct PrefixTable {
+    v4: Vec<(u32, u32, Origin)>,
+    v6: Vec<(u128, u128, Origin)>,
+}
+
+impl PrefixTable {
+    /// Loads a table file, naming the line of any error.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in prefix table {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut table = Self::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [cidr, asn, country] = fields[..] else {
+                bail!("line {}: expected CIDR,ASN,COUNTRY, got {line:?}", n + 1);
+            };
+            let net: IpNet = cidr.parse().with_context(|| format!("line {}: {cidr:?} is not a CIDR", n + 1))?;
+            let asn = match asn {
+                "" | "0" => None,
+                a => Some(a.parse::<u32>().with_context(|| format!("line {}: ASN {a:?} is not a number", n + 1))?),
+            };
+            let country = match country {
+                "" | "None" | "ZZ" => None,
+                c => Some(Country::parse(c).with_context(|| format!("line {}: {c:?} is not a country code", n + 1))?),
+            };
+            let origin = Origin { asn, country };
+            match net {
+                IpNet::V4(n4) => table.v4.push((u32::from(n4.network()), u32::from(n4.broadcast()), origin)),
+                IpNet::V6(n6) => table.v6.push((u128::from(n6.network()), u128::from(n6.broadcast()), origin)),
+            }
+        }
+        table.v4.sort_by_key(|r| r.0);
+        table.v6.sort_by_key(|r| r.0);
+        check_disjoint(&table.v4)?;
+        check_disjoint(&table.v6)?;
+        Ok(table)
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> Origin {
+        match ip {
+            IpAddr::V4(v4) => find(&self.v4, u32::from(v4)),
+            IpAddr::V6(v6) => find(&self.v6, u128::from(v6)),
+        }
+    }
+}
+
+fn find<T: Ord + Copy>(ranges: &[(T, T, Origin)], x: T) -> Origin {
+    let i = ranges.partition_point(|r| r.0 <= x);
+    match i.checked_sub(1).map(|i| ranges[i]) {
+        Some((_, end, origin)) if x <= end => origin,
+        _ => Origin { asn: None, country: None },
+    }
+}
+
+fn check_disjoint<T: Ord + Copy + fmt::Debug>(ranges: &[(T, T, Origin)]) -> anyhow::Result<()> {
+    for w in ranges.windows(2) {
+        if w[1].0 <= w[0].1 {
+            bail!("overlapping ranges starting at {:?} and {:?}", w[0].0, w[1].0);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_trusts_only_the_configured_hops() {
+        let peer = ip("127.0.0.1");
+        let xff: &[&[u8]] = &[b"6.6.6.6, 198.51.100.7", b"10.0.0.2"];
+        assert_eq!(client_ip(peer, xff, 0), peer, "no trusted hops: the socket");
+        assert_eq!(client_ip(peer, xff, 1), ip("10.0.0.2"));
+        assert_eq!(client_ip(peer, xff, 2), ip("198.51.100.7"));
+        assert_eq!(client_ip(peer, xff, 3), ip("6.6.6.6"));
+        assert_eq!(client_ip(peer, xff, 4), peer, "a chain shorter than configured falls back");
+        assert_eq!(client_ip(peer, &[b"garbage"], 1), peer);
+        assert_eq!(client_ip(peer, &[b"[2001:db8::1]:443"], 1), ip("2001:db8::1"));
+        assert_eq!(client_ip(peer, &[b"192.0.2.1:5678"], 1), ip("192.0.2.1"));
+        assert_eq!(client_ip(peer, &[&[0xff, 0xfe]], 1), peer, "not UTF-8");
+        assert_eq!(client_ip(peer, &[], 1), peer);
+    }
+
+    #[test]
+    fn prefixes_are_slash_24_and_slash_64() {
+        assert_eq!(prefix_of(ip("198.51.100.77")).to_string(), "198.51.100.0/24");
+        assert_eq!(prefix_of(ip("2001:db8:1:2:3:4:5:6")).to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn table_lookup_and_errors() {
+        let t = PrefixTable::parse(
+            "# cidr,asn,country\n198.51.100.0/24,64500,de\n203.0.113.0/25, 64501 ,US\n2001:db8::/32,0,\n",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.lookup(ip("198.51.100.9")), Origin { asn: Some(64500), country: Country::parse("DE") });
+        assert_eq!(t.lookup(ip("203.0.113.127")).asn, Some(64501));
+        assert_eq!(t.lookup(ip("203.0.113.128")).asn, None, "just past the range");
+        assert_eq!(t.lookup(ip("2001:db8::5")), Origin { asn: None, country: None });
+        assert_eq!(t.lookup(ip("8.8.8.8")).asn, None);
+
+        let err = PrefixTable::parse("1.2.3.0/24,x,DE").unwrap_err();
+        assert!(format!("{err:#}").contains("line 1: ASN \"x\""), "{err:#}");
+        let err = PrefixTable::parse("ok\n").unwrap_err();
+        assert!(format!("{err:#}").contains("expected CIDR,ASN,COUNTRY"), "{err:#}");
+        let err = PrefixTable::parse("10.0.0.0/8,1,DE\n10.1.0.0/16,2,FR").unwrap_err();
+        assert!(format!("{err:#}").contains("overlapping"), "{err:#}");
+    }
+
+    #[test]
+    fn country_codes() {
+        assert_eq!(Country::parse("de").unwrap().as_str(), "DE");
+        assert!(Country::parse("DEU").is_none());
+        assert!(Country::parse("1A").is_none());
+    }
+}
