@@ -4,7 +4,11 @@
 
 pub mod breaker;
 pub mod counter;
+pub mod metrics;
+pub mod proxy;
 pub mod report;
 pub mod rules;
+pub mod run;
+pub mod settings;
 pub mod sketch;
 pub mod source;

@@ -1,0 +1,370 @@
+//! The reverse proxy: per request, identify the source, count it, apply the pool's rules, ask
+//! the upstream's breaker, and forward.
+//!
+//! Hostile clients are hyper's to refuse first: a malformed request gets 400, headers over
+//! `max_header_bytes` get 431, a client that does not finish its headers within
+//! `header_timeout` is disconnected, and at most `max_connections` connections are served at
+//! once (the rest wait in the kernel's accept queue).
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    breaker::{Breaker, BreakerConfig, State},
+    counter::{CounterConfig, TrafficCounter},
+    metrics::EdgeMetrics,
+    report::{Dimension, UpstreamReport},
+    rules::{Outcome, RuleSet},
+    settings::GuardSettings,
+    source::{PrefixTable, Source, client_ip, prefix_of},
+};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Settings of the proxy itself (the command line of `levee edge`).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// `http://host:port` of the upstream.
+    pub upstream: Uri,
+    /// The upstream's name in TrafficGuard `circuitBreakers[].upstream`.
+    pub upstream_name: String,
+    /// Proxies in front of the edge that append to `X-Forwarded-For`.
+    pub trusted_hops: usize,
+    pub max_header_bytes: usize,
+    pub header_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub max_connections: usize,
+    pub counter: CounterConfig,
+}
+
+/// Upstream call counts since the last report.
+#[derive(Default)]
+struct UpstreamCounts {
+    calls: u64,
+    failures: u64,
+    refused: u64,
+}
+
+/// Everything a request needs, shared by every connection.
+pub struct EdgeState {
+    cfg: ProxyConfig,
+    table: PrefixTable,
+    pub rules: ArcSwap<RuleSet>,
+    pub settings: ArcSwap<GuardSettings>,
+    counter: Mutex<TrafficCounter>,
+    breaker: Mutex<(BreakerConfig, Breaker, UpstreamCounts)>,
+    stats: Mutex<(u64, u64)>,
+    pub metrics: EdgeMetrics,
+    client: Client<HttpConnector, Incoming>,
+    epoch: Instant,
+    upstream_base: String,
+}
+
+impl EdgeState {
+    pub fn new(cfg: ProxyConfig, table: PrefixTable, metrics: EdgeMetrics) -> anyhow::Result<Self> {
+        let scheme = cfg.upstream.scheme_str().unwrap_or("http");
+        if scheme != "http" {
+            anyhow::bail!("--upstream {}: only http:// upstreams are supported", cfg.upstream);
+        }
+        let Some(authority) = cfg.upstream.authority() else {
+            anyhow::bail!("--upstream {}: needs a host, as in http://127.0.0.1:8080", cfg.upstream);
+        };
+        let upstream_base = format!("http://{authority}");
+        let settings = GuardSettings::default();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        Ok(Self {
+            counter: Mutex::new(TrafficCounter::new(cfg.counter, &settings.dimensions)),
+            breaker: Mutex::new((settings.breaker, Breaker::new(settings.breaker), UpstreamCounts::default())),
+            rules: ArcSwap::from_pointee(RuleSet::default()),
+            settings: ArcSwap::from_pointee(settings),
+            stats: Mutex::new((0, 0)),
+            table,
+            metrics,
+            client,
+            epoch: Instant::now(),
+            upstream_base,
+            cfg,
+        })
+    }
+
+    /// Puts new guard settings in force: the breaker is rebuilt if its settings changed, the
+    /// counter if the dimensions did.
+    pub fn set_settings(&self, s: GuardSettings) {
+        let old = self.settings.load();
+        if old.dimensions != s.dimensions {
+            *lock(&self.counter) = TrafficCounter::new(self.cfg.counter, &s.dimensions);
+        }
+        {
+            let mut b = lock(&self.breaker);
+            if !same_breaker(&b.0, &s.breaker) {
+                b.0 = s.breaker;
+                b.1 = Breaker::new(s.breaker);
+            }
+        }
+        self.settings.store(Arc::new(s));
+    }
+
+    fn now(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    /// Who sent `headers` from `peer`.
+    pub fn source(&self, peer: IpAddr, headers: &HeaderMap, settings: &GuardSettings) -> Source {
+        let xff: Vec<&[u8]> = if self.cfg.trusted_hops > 0 {
+            headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes).collect()
+        } else {
+            Vec::new()
+        };
+        let ip = client_ip(peer, &xff, self.cfg.trusted_hops);
+        let origin = self.table.lookup(ip);
+        let api_key = settings
+            .api_key_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        Source { ip, prefix: prefix_of(ip), asn: origin.asn, country: origin.country, api_key }
+    }
+
+    /// The interval's counts and upstream figures, for a report; starts the next interval.
+    pub fn take_interval(&self) -> (super::counter::Counts, u64, u64, UpstreamReport) {
+        let counts = lock(&self.counter).take();
+        let (limited, shadow) = std::mem::take(&mut *lock(&self.stats));
+        let mut b = lock(&self.breaker);
+        let c = std::mem::take(&mut b.2);
+        let up = UpstreamReport {
+            name: self.cfg.upstream_name.clone(),
+            breaker: state_name(b.1.state()).to_owned(),
+            calls: c.calls,
+            failures: c.failures,
+            refused: c.refused,
+        };
+        (counts, limited, shadow, up)
+    }
+
+    pub fn upstream_name(&self) -> String {
+        self.cfg.upstream_name.clone()
+    }
+
+    pub fn dimensions(&self) -> Vec<Dimension> {
+        self.settings.load().dimensions.clone()
+    }
+}
+
+fn same_breaker(a: &BreakerConfig, b: &BreakerConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Closed => "Closed",
+        State::Open { .. } => "Open",
+        State::HalfOpen => "HalfOpen",
+    }
+}
+
+/// A poisoned lock only means a request panicked mid-count; the counts are still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn local(status: StatusCode, headers: &[(header::HeaderName, String)], body: String) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed());
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            res.headers_mut().insert(k.clone(), v);
+        }
+    }
+    res
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(h);
+    }
+}
+
+/// Handles one request.
+pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let settings = state.settings.load();
+    let src = state.source(peer, req.headers(), &settings);
+    let class = settings.classifier.classify(req.headers(), req.uri().path());
+    lock(&state.counter).count(&src, class);
+
+    let check = state.rules.load().check(&src, class, unix_now());
+    if check.shadow_limited {
+        lock(&state.stats).1 += 1;
+        state.metrics.shadow_limited.inc();
+    }
+    match check.outcome {
+        Outcome::Pass => {}
+        Outcome::Limited { rule, retry_after_secs } => {
+            lock(&state.stats).0 += 1;
+            state.metrics.limited.inc();
+            return Ok(local(
+                StatusCode::TOO_MANY_REQUESTS,
+                &[(header::RETRY_AFTER, retry_after_secs.to_string()), (header::HeaderName::from_static("x-levee-rule"), rule)],
+                "rate limited by levee\n".to_owned(),
+            ));
+        }
+        Outcome::Blocked { rule, reason } => {
+            lock(&state.stats).0 += 1;
+            state.metrics.blocked.inc();
+            return Ok(local(
+                StatusCode::FORBIDDEN,
+                &[(header::HeaderName::from_static("x-levee-rule"), rule)],
+                format!("blocked by levee: {reason}\n"),
+            ));
+        }
+    }
+    drop(settings);
+
+    let started = state.now();
+    let allowed = {
+        let mut b = lock(&state.breaker);
+        let allowed = b.1.allow(started);
+        if !allowed {
+            b.2.refused += 1;
+        }
+        state.metrics.breaker_open.set(i64::from(matches!(b.1.state(), State::Open { .. })));
+        allowed
+    };
+    if !allowed {
+        state.metrics.breaker_refused.inc();
+        let retry = lock(&state.breaker).0.open_for_secs.ceil().max(1.0) as u64;
+        return Ok(local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &[(header::RETRY_AFTER, retry.to_string())],
+            format!("upstream {} is failing; levee's circuit breaker is open\n", state.cfg.upstream_name),
+        ));
+    }
+
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match format!("{}{path}", state.upstream_base).parse() {
+        Ok(u) => u,
+        Err(_) => return Ok(local(StatusCode::BAD_REQUEST, &[], "bad request target\n".to_owned())),
+    };
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let peer_text = peer.to_string();
+    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer_text}"),
+        None => peer_text,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    let result = tokio::time::timeout(state.cfg.upstream_timeout, state.client.request(Request::from_parts(parts, body))).await;
+    let ended = state.now();
+    state.metrics.upstream_seconds.observe(ended - started);
+    let (response, failed) = match result {
+        Ok(Ok(mut res)) => {
+            let failed = res.status().is_server_error();
+            strip_hop_by_hop(res.headers_mut());
+            state.metrics.forwarded.inc();
+            (res.map(BodyExt::boxed), failed)
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "upstream request failed");
+            state.metrics.upstream_errors.inc();
+            (local(StatusCode::BAD_GATEWAY, &[], format!("upstream {} unreachable\n", state.cfg.upstream_name)), true)
+        }
+        Err(_) => {
+            state.metrics.upstream_errors.inc();
+            (local(StatusCode::GATEWAY_TIMEOUT, &[], format!("upstream {} timed out\n", state.cfg.upstream_name)), true)
+        }
+    };
+    let mut b = lock(&state.breaker);
+    b.1.record(started, ended, failed);
+    b.2.calls += 1;
+    b.2.failures += u64::from(failed);
+    state.metrics.breaker_open.set(i64::from(matches!(b.1.state(), State::Open { .. })));
+    Ok(response)
+}
+
+/// Serves `listener` until `shutdown`, then lets open requests finish (for up to 10 s).
+pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(state.cfg.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.cfg.header_timeout)
+        .max_header_size(state.cfg.max_header_bytes)
+        .max_buf_size(state.cfg.max_header_bytes.max(8192) * 2)
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| handle(st.clone(), peer.ip(), req)),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    info!("edge stopping: finishing open requests");
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        warn!("open requests did not finish within 10s");
+    }
+}
