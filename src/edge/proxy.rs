@@ -71,7 +71,8 @@ pub struct EdgeState {
     pub settings: ArcSwap<GuardSettings>,
     counter: Mutex<TrafficCounter>,
     breaker: Mutex<(BreakerConfig, Breaker, UpstreamCounts)>,
-    stats: Mutex<(u64, u64)>,
+    /// (limited, shadow limited, allowlisted) since the last report.
+    stats: Mutex<(u64, u64, u64)>,
     pub metrics: EdgeMetrics,
     client: Client<HttpConnector, Incoming>,
     epoch: Instant,
@@ -98,7 +99,7 @@ impl EdgeState {
             breaker: Mutex::new((settings.breaker, Breaker::new(settings.breaker), UpstreamCounts::default())),
             rules: ArcSwap::from_pointee(RuleSet::default()),
             settings: ArcSwap::from_pointee(settings),
-            stats: Mutex::new((0, 0)),
+            stats: Mutex::new((0, 0, 0)),
             table,
             metrics,
             client,
@@ -149,9 +150,9 @@ impl EdgeState {
     }
 
     /// The interval's counts and upstream figures, for a report; starts the next interval.
-    pub fn take_interval(&self) -> (super::counter::Counts, u64, u64, UpstreamReport) {
+    pub fn take_interval(&self) -> (super::counter::Counts, [u64; 3], UpstreamReport) {
         let counts = lock(&self.counter).take();
-        let (limited, shadow) = std::mem::take(&mut *lock(&self.stats));
+        let (limited, shadow, allowlisted) = std::mem::take(&mut *lock(&self.stats));
         let mut b = lock(&self.breaker);
         let c = std::mem::take(&mut b.2);
         let up = UpstreamReport {
@@ -161,7 +162,7 @@ impl EdgeState {
             failures: c.failures,
             refused: c.refused,
         };
-        (counts, limited, shadow, up)
+        (counts, [limited, shadow, allowlisted], up)
     }
 
     pub fn upstream_name(&self) -> String {
@@ -227,7 +228,13 @@ pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>)
     let settings = state.settings.load();
     let src = state.source(peer, req.headers(), &settings);
     let class = settings.classifier.classify(req.headers(), req.uri().path());
-    lock(&state.counter).count(&src, class);
+    // Allowlisted traffic is left out of the counts, so no baseline or aggregate the operator
+    // judges is made of it; it is only tallied.
+    if settings.allowlist.iter().any(|n| n.contains(&src.ip)) {
+        lock(&state.stats).2 += 1;
+    } else {
+        lock(&state.counter).count(&src, class);
+    }
 
     let check = state.rules.load().check(&src, class, unix_now());
     if check.shadow_limited {

@@ -24,7 +24,7 @@ pub struct EdgeReport {
     pub edge: String,
     /// Length of the interval counted.
     pub interval_secs: f64,
-    /// Requests received.
+    /// Requests counted (all but allowlisted ones).
     pub requests: u64,
     /// Requests from a client IP not seen in the edge's memory window (about ten minutes).
     pub new_source_requests: u64,
@@ -38,6 +38,9 @@ pub struct EdgeReport {
     pub limited: u64,
     /// Requests a shadow mitigation would have limited.
     pub shadow_limited: u64,
+    /// Requests from allowlisted sources, left out of every other count.
+    #[serde(default)]
+    pub allowlisted_requests: u64,
     #[serde(default)]
     pub upstreams: Vec<UpstreamReport>,
 }

@@ -181,7 +181,7 @@ async fn report_loop(url: String, cfg: EdgeConfig, state: Arc<EdgeState>, stop: 
             () = stop.cancelled() => return,
         }
         let now = tokio::time::Instant::now();
-        let (counts, limited, shadow_limited, upstream) = state.take_interval();
+        let (counts, [limited, shadow_limited, allowlisted_requests], upstream) = state.take_interval();
         let report = EdgeReport {
             namespace: cfg.namespace.clone(),
             pool: cfg.pool.clone(),
@@ -193,6 +193,7 @@ async fn report_loop(url: String, cfg: EdgeConfig, state: Arc<EdgeState>, stop: 
             classes: counts.classes,
             limited,
             shadow_limited,
+            allowlisted_requests,
             upstreams: vec![upstream],
         };
         last = now;

@@ -4,5 +4,6 @@
 pub mod capacity;
 pub mod detect;
 pub mod forecast;
+pub mod guard;
 pub mod lead_time;
 pub mod scaling;

@@ -1,0 +1,385 @@
+//! Traffic-shape detection for a TrafficGuard: one sample a second (the pool's merged edge
+//! reports) in, findings out.
+//!
+//! - **Single source**: an IP or API key sending far more than its own baseline, or than a
+//!   typical heavy source when it has none yet (a new flooder), for `confirm` samples in a row.
+//! - **Distributed surge**: the total far above its robust baseline *and* a change in the
+//!   source mix (more new sources than usual, or a prefix, ASN or country taking a larger
+//!   share). The dominant aggregates are named: in the dimension whose hottest keys explain
+//!   most of the excess with the least legitimate traffic caught alongside. A rise from the
+//!   usual mix of sources is demand, not an attack: it is reported, and left to the scaler.
+//!
+//! Baselines learn only from samples not judged anomalous, so a surge never becomes normal
+//! while it lasts. Allowlisted addresses and prefixes are never named.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ipnet::IpNet;
+
+use super::detect::{DetectorConfig, RobustDetector};
+use crate::api::traffic_guard::{AggregationKey as Dimension, Sensitivity};
+
+#[cfg(test)]
+mod tests;
+
+/// Tuning derived from a TrafficGuard's sensitivity and baseline window.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// A source is hot above this multiple of its baseline.
+    pub multiple: f64,
+    /// The total is surging at this many robust deviations above its baseline.
+    pub surge_score: f64,
+    /// Rates below this (requests/s) are never flagged, whatever their baseline.
+    pub min_rate: f64,
+    /// Weight of each sample in baselines.
+    pub alpha: f64,
+    /// Samples before anything is judged.
+    pub warmup: u32,
+    /// Hot samples in a row before a finding.
+    pub confirm: u32,
+    /// Most findings per sample.
+    pub max_findings: usize,
+}
+
+impl Tuning {
+    pub fn new(sensitivity: Sensitivity, baseline_window_secs: f64, step_secs: f64) -> Self {
+        let (multiple, surge_score) = match sensitivity {
+            Sensitivity::Low => (10.0, 8.0),
+            Sensitivity::Medium => (5.0, 6.0),
+            Sensitivity::High => (3.0, 4.0),
+        };
+        let points = (baseline_window_secs / step_secs.max(1e-3)).max(1.0);
+        Self {
+            multiple,
+            surge_score,
+            min_rate: 5.0,
+            alpha: 2.0 / (points + 1.0),
+            warmup: 10,
+            confirm: 2,
+            max_findings: 50,
+        }
+    }
+}
+
+/// One merged sample of a pool's traffic.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// Seconds the counts cover.
+    pub secs: f64,
+    pub requests: f64,
+    pub new_source_requests: f64,
+    /// Heaviest keys per dimension with their counts.
+    pub top: BTreeMap<Dimension, Vec<(String, u64)>>,
+}
+
+/// What was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    SingleSource,
+    DistributedSurge,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::SingleSource => "single-source",
+            Kind::DistributedSurge => "distributed-surge",
+        }
+    }
+}
+
+/// One key to mitigate, with the numbers behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub kind: Kind,
+    pub dimension: Dimension,
+    pub key: String,
+    /// Requests/s now.
+    pub rate: f64,
+    /// Requests/s it is judged against (its own baseline, or a typical source's).
+    pub baseline: f64,
+    /// `rate / baseline`.
+    pub ratio: f64,
+}
+
+/// The verdict on one sample.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    pub total_rate: f64,
+    pub total_baseline: f64,
+    /// Robust deviations of the total above its baseline.
+    pub total_score: f64,
+    pub new_source_ratio: f64,
+    pub new_source_baseline: f64,
+    /// The total is surging and the source mix changed.
+    pub surge: bool,
+    /// The total is far above baseline from the usual mix: demand, not an attack.
+    pub demand_rise: bool,
+    pub findings: Vec<Finding>,
+}
+
+impl Observation {
+    /// One sentence for status and Events.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "total {:.1} req/s against a baseline of {:.1} ({:+.1} deviations); new sources {:.0}% (usually {:.0}%)",
+            self.total_rate,
+            self.total_baseline,
+            self.total_score,
+            self.new_source_ratio * 100.0,
+            self.new_source_baseline * 100.0
+        );
+        if self.surge {
+            s.push_str("; distributed surge");
+        } else if self.demand_rise {
+            s.push_str("; a rise from the usual sources (demand, not mitigated)");
+        }
+        if let Some(f) = self.findings.first() {
+            s.push_str(&format!(
+                "; {} {} {:?} {} at {:.1} req/s ({:.0}× its baseline {:.1})",
+                self.findings.len(),
+                f.kind.as_str(),
+                f.dimension,
+                f.key,
+                f.rate,
+                f.ratio,
+                f.baseline
+            ));
+            if self.findings.len() > 1 {
+                s.push_str(" and others");
+            }
+        }
+        s
+    }
+}
+
+/// One key of one sample, judged.
+struct Judged {
+    dim: Dimension,
+    key: String,
+    rate: f64,
+    baseline: f64,
+    hot: bool,
+    /// Its share of the dimension's counted requests.
+    share: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct KeyState {
+    rate: f64,
+    samples: u32,
+    hot: u32,
+    last_step: u64,
+    share: f64,
+}
+
+/// Samples after which a key's own baseline is trusted over the population's.
+const KEY_WARMUP: u32 = 10;
+/// Keys remembered per guard; the stalest go first.
+const MAX_KEYS: usize = 50_000;
+/// A key's share of its dimension rising by this much is a change in the source mix.
+const SHARE_SHIFT: f64 = 0.1;
+/// The new-source ratio rising by this much is a change in the source mix.
+const NEW_SOURCE_SHIFT: f64 = 0.1;
+
+/// Detection state of one TrafficGuard.
+pub struct GuardDetector {
+    tuning: Tuning,
+    allowlist: Vec<IpNet>,
+    total: RobustDetector,
+    total_hot: u32,
+    new_ratio: f64,
+    keys: HashMap<(Dimension, String), KeyState>,
+    /// Per dimension, a typical heavy key's rate: the baseline of a key seen for the first time.
+    reference: HashMap<Dimension, f64>,
+    step: u64,
+}
+
+impl GuardDetector {
+    pub fn new(tuning: Tuning, allowlist: Vec<IpNet>) -> Self {
+        let total = RobustDetector::new(DetectorConfig {
+            alpha: tuning.alpha,
+            threshold: tuning.surge_score,
+            warmup: tuning.warmup as usize,
+            cooldown: 0,
+            two_sided: false,
+        });
+        Self {
+            tuning,
+            allowlist,
+            total,
+            total_hot: 0,
+            new_ratio: 0.0,
+            keys: HashMap::new(),
+            reference: HashMap::new(),
+            step: 0,
+        }
+    }
+
+    pub fn set_allowlist(&mut self, allowlist: Vec<IpNet>) {
+        self.allowlist = allowlist;
+    }
+
+    fn allowlisted(&self, dim: Dimension, key: &str) -> bool {
+        match dim {
+            Dimension::Ip => {
+                key.parse::<std::net::IpAddr>().is_ok_and(|ip| self.allowlist.iter().any(|n| n.contains(&ip)))
+            }
+            Dimension::Prefix => key
+                .parse::<IpNet>()
+                .is_ok_and(|p| self.allowlist.iter().any(|n| n.contains(&p) || p.contains(n))),
+            _ => false,
+        }
+    }
+
+    /// Judges one sample, then learns from what was normal in it.
+    pub fn observe(&mut self, s: &Sample) -> Observation {
+        self.step += 1;
+        let secs = s.secs.max(1e-3);
+        let total_rate = s.requests / secs;
+        let verdict = self.total.observe(total_rate);
+        let warm = self.step > u64::from(self.tuning.warmup);
+        let new_ratio = if s.requests > 0.0 { s.new_source_requests / s.requests } else { 0.0 };
+        let mut obs = Observation {
+            total_rate,
+            total_baseline: verdict.baseline,
+            total_score: verdict.score,
+            new_source_ratio: new_ratio,
+            new_source_baseline: self.new_ratio,
+            ..Observation::default()
+        };
+        let total_hot = warm && verdict.anomalous && total_rate > 1.5 * verdict.baseline;
+        self.total_hot = if total_hot { self.total_hot + 1 } else { 0 };
+
+        // Per key: rate, the baseline it is judged against, and whether it is hot.
+        let mut judged: Vec<Judged> = Vec::new();
+        let mut share_shift = 0.0f64;
+        for (&dim, keys) in &s.top {
+            let dim_total: f64 = keys.iter().map(|(_, n)| *n as f64).sum::<f64>().max(1.0);
+            let reference = self.reference.get(&dim).copied();
+            for (key, n) in keys {
+                let rate = *n as f64 / secs;
+                let st = self.keys.get(&(dim, key.clone()));
+                let own = st.filter(|k| k.samples >= KEY_WARMUP).map(|k| k.rate);
+                let baseline = own.or(reference).unwrap_or(0.0).max(self.tuning.min_rate);
+                let hot = warm && rate > self.tuning.multiple * baseline;
+                let share = *n as f64 / dim_total;
+                if dim != Dimension::Ip && dim != Dimension::ApiKey {
+                    let usual = st.map_or(0.0, |k| k.share);
+                    share_shift = share_shift.max(share - usual);
+                }
+                judged.push(Judged { dim, key: key.clone(), rate, baseline, hot, share });
+            }
+        }
+        let mix_changed = new_ratio - self.new_ratio >= NEW_SOURCE_SHIFT || share_shift >= SHARE_SHIFT;
+        obs.surge = self.total_hot >= self.tuning.confirm && mix_changed;
+        obs.demand_rise = self.total_hot >= self.tuning.confirm && !mix_changed;
+
+        // Single sources: hot for `confirm` samples in a row.
+        for j in &judged {
+            let st = self.keys.entry((j.dim, j.key.clone())).or_default();
+            st.hot = if j.hot { st.hot + 1 } else { 0 };
+            let single = matches!(j.dim, Dimension::Ip | Dimension::ApiKey);
+            if single && st.hot >= self.tuning.confirm && !self.allowlisted(j.dim, &j.key) {
+                obs.findings.push(Finding {
+                    kind: Kind::SingleSource,
+                    dimension: j.dim,
+                    key: j.key.clone(),
+                    rate: j.rate,
+                    baseline: j.baseline,
+                    ratio: j.rate / j.baseline,
+                });
+            }
+        }
+        if obs.surge {
+            let excess = (total_rate - verdict.baseline).max(0.0);
+            obs.findings.extend(self.dominant_aggregates(&judged, excess));
+        }
+        obs.findings.sort_by(|a, b| b.rate.total_cmp(&a.rate));
+        obs.findings.truncate(self.tuning.max_findings);
+
+        self.learn(s, &judged, total_hot, new_ratio);
+        obs
+    }
+
+    /// The keys of one aggregate dimension that explain the surge's excess: per dimension,
+    /// keys well above their baseline, heaviest excess first, until half the excess is
+    /// covered; the dimension that covers it while catching the least usual traffic wins.
+    fn dominant_aggregates(&self, judged: &[Judged], excess: f64) -> Vec<Finding> {
+        let mut best: Option<(f64, f64, Vec<Finding>)> = None; // (covered, collateral, findings)
+        for dim in [Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::Ip] {
+            let mut cands: Vec<&Judged> = judged
+                .iter()
+                .filter(|j| j.dim == dim && j.rate > 2.0 * j.baseline && !self.allowlisted(dim, &j.key))
+                .collect();
+            if cands.is_empty() {
+                continue;
+            }
+            cands.sort_by(|a, b| (b.rate - b.baseline).total_cmp(&(a.rate - a.baseline)));
+            let (mut covered, mut collateral, mut picked) = (0.0, 0.0, Vec::new());
+            for j in cands {
+                if covered >= 0.5 * excess || picked.len() >= self.tuning.max_findings {
+                    break;
+                }
+                covered += j.rate - j.baseline;
+                collateral += j.baseline;
+                picked.push(Finding {
+                    kind: Kind::DistributedSurge,
+                    dimension: j.dim,
+                    key: j.key.clone(),
+                    rate: j.rate,
+                    baseline: j.baseline,
+                    ratio: j.rate / j.baseline,
+                });
+            }
+            let enough = covered >= 0.5 * excess;
+            let better = match &best {
+                None => true,
+                Some((bc, bcol, _)) => {
+                    let best_enough = *bc >= 0.5 * excess;
+                    match (enough, best_enough) {
+                        (true, false) => true,
+                        (false, true) => false,
+                        (true, true) => collateral < *bcol,
+                        (false, false) => covered > *bc,
+                    }
+                }
+            };
+            if better {
+                best = Some((covered, collateral, picked));
+            }
+        }
+        best.map(|b| b.2).unwrap_or_default()
+    }
+
+    fn learn(&mut self, s: &Sample, judged: &[Judged], total_hot: bool, new_ratio: f64) {
+        let a = self.tuning.alpha;
+        let w_step = a.max(1.0 / self.step as f64);
+        if !total_hot {
+            self.new_ratio = (1.0 - w_step) * self.new_ratio + w_step * new_ratio;
+            for (&dim, keys) in &s.top {
+                // A typical heavy key: the tenth heaviest, or the lightest of fewer; a flooder
+                // at the top does not move it.
+                if let Some((_, n)) = keys.get(keys.len().min(10).saturating_sub(1)) {
+                    let rate = *n as f64 / s.secs.max(1e-3);
+                    let r = self.reference.entry(dim).or_insert(rate);
+                    *r = (1.0 - w_step) * *r + w_step * rate;
+                }
+            }
+            for j in judged.iter().filter(|j| !j.hot) {
+                let st = self.keys.entry((j.dim, j.key.clone())).or_default();
+                st.samples += 1;
+                let w = a.max(1.0 / f64::from(st.samples));
+                st.rate = (1.0 - w) * st.rate + w * j.rate;
+                st.share = (1.0 - w) * st.share + w * j.share;
+                st.last_step = self.step;
+            }
+        }
+        if self.keys.len() > MAX_KEYS {
+            let mut ages: Vec<u64> = self.keys.values().map(|k| k.last_step).collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() - MAX_KEYS * 9 / 10];
+            self.keys.retain(|_, k| k.last_step >= cutoff || k.hot > 0);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+use super::*;
+
+/// One second of traffic: (ip, asn, country, requests).
+fn sample(sources: &[(String, u32, &str, u64)], new_sources: u64) -> Sample {
+    let mut top: BTreeMap<Dimension, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut requests = 0;
+    for (ip, asn, country, n) in sources {
+        requests += n;
+        let prefix = crate::edge::source::prefix_of(ip.parse().unwrap()).to_string();
+        for (d, k) in [
+            (Dimension::Ip, ip.clone()),
+            (Dimension::Prefix, prefix),
+            (Dimension::Asn, asn.to_string()),
+            (Dimension::Country, (*country).to_owned()),
+        ] {
+            *top.entry(d).or_default().entry(k).or_default() += n;
+        }
+    }
+    let top = top
+        .into_iter()
+        .map(|(d, m)| {
+            let mut v: Vec<(String, u64)> = m.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1));
+            v.truncate(1024);
+            (d, v)
+        })
+        .collect();
+    Sample { secs: 1.0, requests: requests as f64, new_source_requests: new_sources as f64, top }
+}
+
+/// 40 regular clients in 10 prefixes, 4 ASNs and 2 countries, 15..25 req/s each.
+fn regulars(t: u64) -> Vec<(String, u32, &'static str, u64)> {
+    (0..40u64)
+        .map(|i| {
+            let jitter = (i * 7919 + t * 104_729) % 11;
+            (format!("198.51.{}.{}", i % 10, 10 + i), 64500 + (i % 4) as u32, if i % 2 == 0 { "DE" } else { "FR" }, 15 + jitter)
+        })
+        .collect()
+}
+
+fn detector() -> GuardDetector {
+    GuardDetector::new(Tuning::new(Sensitivity::Medium, 3600.0, 1.0), vec!["10.0.0.0/8".parse().unwrap()])
+}
+
+#[test]
+fn normal_traffic_raises_nothing() {
+    let mut d = detector();
+    for t in 0..900 {
+        let obs = d.observe(&sample(&regulars(t), 0));
+        assert!(obs.findings.is_empty() && !obs.surge && !obs.demand_rise, "t={t}: {}", obs.summary());
+    }
+}
+
+#[test]
+fn a_new_flooder_is_named_within_two_samples() {
+    let mut d = detector();
+    for t in 0..120 {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    let mut named_at = None;
+    for t in 120..130 {
+        let mut s = regulars(t);
+        s.push(("203.0.113.9".into(), 64666, "US", 600));
+        let obs = d.observe(&sample(&s, if t == 120 { 600 } else { 0 }));
+        let flooders: Vec<&Finding> = obs.findings.iter().filter(|f| f.kind == Kind::SingleSource).collect();
+        if !flooders.is_empty() {
+            assert!(flooders.iter().all(|f| f.key == "203.0.113.9" && f.dimension == Dimension::Ip), "{flooders:?}");
+            assert!(flooders[0].ratio > 5.0);
+            named_at.get_or_insert(t);
+        }
+    }
+    assert_eq!(named_at, Some(121), "confirmed on its second hot sample");
+}
+
+#[test]
+fn a_known_source_is_judged_against_its_own_baseline() {
+    let mut d = detector();
+    for t in 0..120 {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    // One regular client at 4× its rate is not a flood; at 10× it is.
+    let bump = |t: u64, factor: u64| {
+        let mut s = regulars(t);
+        s[3].3 *= factor;
+        s
+    };
+    for t in 120..130 {
+        assert!(d.observe(&sample(&bump(t, 4), 0)).findings.is_empty());
+    }
+    let named = (130..135).any(|t| d.observe(&sample(&bump(t, 10), 0)).findings.iter().any(|f| f.key == "198.51.3.13"));
+    assert!(named);
+}
+
+#[test]
+fn allowlisted_sources_are_never_named() {
+    let mut d = detector();
+    for t in 0..120 {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    for t in 120..140 {
+        let mut s = regulars(t);
+        // 15× a regular client. (The edge leaves allowlisted traffic out of its counts, so
+        // aggregates never see it; here it is only the address that is judged.)
+        s.push(("10.1.2.3".into(), 64500, "DE", 300));
+        assert!(d.observe(&sample(&s, 0)).findings.is_empty());
+    }
+}
+
+#[test]
+fn a_distributed_surge_names_its_aggregates_and_no_single_source() {
+    let mut d = detector();
+    for t in 0..300 {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    // 20× the usual 800 req/s from 2,000 new addresses in 150 new ASNs, each address at 8
+    // req/s, below a regular client's rate.
+    let attack: Vec<(String, u32, &str, u64)> = (0..2000u32)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(0x2d00_0000 + i * 97);
+            (ip.to_string(), 70_000 + i % 150, ["BR", "VN", "IN", "ID"][(i % 4) as usize], 8)
+        })
+        .collect();
+    let mut first = None;
+    let mut last = Observation::default();
+    for t in 300..310 {
+        let mut s = regulars(t);
+        s.extend(attack.iter().cloned());
+        last = d.observe(&sample(&s, if t == 300 { 16_000 } else { 0 }));
+        if last.surge {
+            first.get_or_insert(t);
+        }
+    }
+    let first = first.expect("surge never declared");
+    assert!(first <= 302, "declared at {first}");
+    assert!(last.findings.iter().all(|f| f.kind == Kind::DistributedSurge), "{:?}", last.findings);
+    assert!(!last.findings.is_empty());
+    let dim = last.findings[0].dimension;
+    assert!(last.findings.iter().all(|f| f.dimension == dim));
+    // None of the regulars' aggregates is named.
+    for f in &last.findings {
+        assert!(!f.key.starts_with("198.51.") && !["64500", "64501", "64502", "64503", "DE", "FR"].contains(&f.key.as_str()), "{f:?}");
+    }
+    let named: f64 = last.findings.iter().map(|f| f.rate - f.baseline).sum();
+    assert!(named >= 0.5 * (last.total_rate - last.total_baseline), "{}", last.summary());
+}
+
+#[test]
+fn a_rise_from_the_usual_sources_is_demand() {
+    let mut d = detector();
+    for t in 0..300 {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    let mut demand = false;
+    for t in 300..320 {
+        let s: Vec<_> = regulars(t).into_iter().map(|(ip, a, c, n)| (ip, a, c, n * 4)).collect();
+        let obs = d.observe(&sample(&s, 0));
+        assert!(obs.findings.is_empty() && !obs.surge, "{}", obs.summary());
+        demand |= obs.demand_rise;
+    }
+    assert!(demand);
+}
+
+#[test]
+fn empty_and_degenerate_samples_do_not_panic() {
+    let mut d = detector();
+    for _ in 0..50 {
+        d.observe(&Sample::default());
+        d.observe(&Sample { secs: 0.0, requests: f64::NAN, ..Sample::default() });
+    }
+    let obs = d.observe(&sample(&regulars(0), 0));
+    assert!(obs.total_rate.is_finite());
+}
