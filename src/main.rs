@@ -42,53 +42,7 @@ enum Command {
     },
     /// Run the edge: a reverse proxy that enforces the pool's Mitigations, protects its upstream
     /// with a circuit breaker and reports traffic to the operator.
-    Edge {
-        /// Address to serve traffic on.
-        #[arg(long, default_value = "0.0.0.0:8000", env = "LEVEE_EDGE_LISTEN")]
-        listen: SocketAddr,
-        /// Address for /healthz, /readyz and /metrics.
-        #[arg(long, default_value = "0.0.0.0:9100", env = "LEVEE_EDGE_ADMIN_LISTEN")]
-        admin_listen: SocketAddr,
-        /// The upstream, as http://host:port.
-        #[arg(long, env = "LEVEE_EDGE_UPSTREAM")]
-        upstream: http::Uri,
-        /// The upstream's name in a TrafficGuard's circuitBreakers[].upstream.
-        #[arg(long, default_value = "default", env = "LEVEE_EDGE_UPSTREAM_NAME")]
-        upstream_name: String,
-        /// Edge pool (TrafficGuard and Mitigation spec.edgePool).
-        #[arg(long, default_value = "default", env = "LEVEE_EDGE_POOL")]
-        pool: String,
-        /// Namespace of the pool's TrafficGuard and Mitigations.
-        #[arg(long, default_value = "default", env = "LEVEE_NAMESPACE")]
-        namespace: String,
-        /// Run without a cluster: no Mitigations, default breaker settings.
-        #[arg(long)]
-        standalone: bool,
-        /// The operator's URL for traffic reports (for example http://levee:8080).
-        #[arg(long, env = "LEVEE_OPERATOR_URL")]
-        operator_url: Option<String>,
-        /// How often traffic is reported.
-        #[arg(long, default_value = "1s", env = "LEVEE_EDGE_REPORT_INTERVAL")]
-        report_interval: levee::api::Duration,
-        /// Proxies in front of the edge that append to X-Forwarded-For (0: use the socket).
-        #[arg(long, default_value_t = 0, env = "LEVEE_EDGE_TRUSTED_HOPS")]
-        trusted_hops: usize,
-        /// A CIDR,ASN,COUNTRY file mapping addresses to ASNs and countries.
-        #[arg(long, env = "LEVEE_EDGE_PREFIX_TABLE")]
-        prefix_table: Option<PathBuf>,
-        /// Largest request head (request line and headers) accepted; more gets 431.
-        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1048576))]
-        max_header_bytes: u32,
-        /// A client must send its request head within this time, or is disconnected.
-        #[arg(long, default_value = "10s")]
-        header_timeout: levee::api::Duration,
-        /// An upstream response slower than this gets 504.
-        #[arg(long, default_value = "30s")]
-        upstream_timeout: levee::api::Duration,
-        /// Connections served at once; more wait to be accepted.
-        #[arg(long, default_value_t = 10000)]
-        max_connections: usize,
-    },
+    Edge(Box<EdgeArgs>),
     /// Replay a scenario in a simulated platform and compare autoscalers (no cluster needed).
     Simulate {
         /// A built-in scenario (incident, nasa, diurnal) or a scenario file. Default: incident,
@@ -176,6 +130,55 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct EdgeArgs {
+    /// Address to serve traffic on.
+    #[arg(long, default_value = "0.0.0.0:8000", env = "LEVEE_EDGE_LISTEN")]
+    listen: SocketAddr,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:9100", env = "LEVEE_EDGE_ADMIN_LISTEN")]
+    admin_listen: SocketAddr,
+    /// The upstream, as http://host:port.
+    #[arg(long, env = "LEVEE_EDGE_UPSTREAM")]
+    upstream: http::Uri,
+    /// The upstream's name in a TrafficGuard's circuitBreakers[].upstream.
+    #[arg(long, default_value = "default", env = "LEVEE_EDGE_UPSTREAM_NAME")]
+    upstream_name: String,
+    /// Edge pool (TrafficGuard and Mitigation spec.edgePool).
+    #[arg(long, default_value = "default", env = "LEVEE_EDGE_POOL")]
+    pool: String,
+    /// Namespace of the pool's TrafficGuard and Mitigations.
+    #[arg(long, default_value = "default", env = "LEVEE_NAMESPACE")]
+    namespace: String,
+    /// Run without a cluster: no Mitigations, default breaker settings.
+    #[arg(long)]
+    standalone: bool,
+    /// The operator's URL for traffic reports (for example http://levee:8080).
+    #[arg(long, env = "LEVEE_OPERATOR_URL")]
+    operator_url: Option<String>,
+    /// How often traffic is reported.
+    #[arg(long, default_value = "1s", env = "LEVEE_EDGE_REPORT_INTERVAL")]
+    report_interval: levee::api::Duration,
+    /// Proxies in front of the edge that append to X-Forwarded-For (0: use the socket).
+    #[arg(long, default_value_t = 0, env = "LEVEE_EDGE_TRUSTED_HOPS")]
+    trusted_hops: usize,
+    /// A CIDR,ASN,COUNTRY file mapping addresses to ASNs and countries.
+    #[arg(long, env = "LEVEE_EDGE_PREFIX_TABLE")]
+    prefix_table: Option<PathBuf>,
+    /// Largest request head (request line and headers) accepted; more gets 431.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1048576))]
+    max_header_bytes: u32,
+    /// A client must send its request head within this time, or is disconnected.
+    #[arg(long, default_value = "10s")]
+    header_timeout: levee::api::Duration,
+    /// An upstream response slower than this gets 504.
+    #[arg(long, default_value = "30s")]
+    upstream_timeout: levee::api::Duration,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 10000)]
+    max_connections: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
@@ -197,23 +200,24 @@ fn main() -> ExitCode {
                 let scaler = levee::operator::scaling::ScalerConfig { tick: tick.0, prometheus_url, aws_endpoint };
                 levee::operator::run(levee::operator::RunConfig { listen, namespace, scaler }).await
             }
-            Command::Edge {
-                listen,
-                admin_listen,
-                upstream,
-                upstream_name,
-                pool,
-                namespace,
-                standalone,
-                operator_url,
-                report_interval,
-                trusted_hops,
-                prefix_table,
-                max_header_bytes,
-                header_timeout,
-                upstream_timeout,
-                max_connections,
-            } => {
+            Command::Edge(args) => {
+                let EdgeArgs {
+                    listen,
+                    admin_listen,
+                    upstream,
+                    upstream_name,
+                    pool,
+                    namespace,
+                    standalone,
+                    operator_url,
+                    report_interval,
+                    trusted_hops,
+                    prefix_table,
+                    max_header_bytes,
+                    header_timeout,
+                    upstream_timeout,
+                    max_connections,
+                } = *args;
                 let proxy = levee::edge::proxy::ProxyConfig {
                     upstream,
                     upstream_name,

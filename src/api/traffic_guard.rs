@@ -21,6 +21,7 @@ use super::common::{Duration, Mode, SecretKeyRef, impl_policy_status};
     category = "levee",
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.edgePool"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Edges","type":"integer","jsonPath":".status.edgesReporting"}"#,
     printcolumn = r#"{"name":"Active","type":"integer","jsonPath":".status.activeMitigations"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -321,6 +322,10 @@ pub struct TrafficGuardStatus {
     /// The most recent detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_detection: Option<Detection>,
+    /// Edges of the pool that reported in the last few seconds (0: none is reporting, so
+    /// nothing is being detected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edges_reporting: Option<i32>,
 }
 
 /// One detection.

@@ -46,9 +46,22 @@ impl EdgeMetrics {
         r.register("edge_limited", "Requests answered 429 by a rate-limit mitigation", m.limited.clone());
         r.register("edge_blocked", "Requests answered 403 by a block mitigation", m.blocked.clone());
         r.register("edge_shadow_limited", "Requests a shadow mitigation would have limited", m.shadow_limited.clone());
-        r.register("edge_breaker_refused", "Requests answered 503 because the breaker was open", m.breaker_refused.clone());
-        r.register("edge_upstream_errors", "Upstream calls that failed to connect or timed out", m.upstream_errors.clone());
-        r.register_with_unit("edge_upstream_duration", "Upstream response time (to headers)", Unit::Seconds, m.upstream_seconds.clone());
+        r.register(
+            "edge_breaker_refused",
+            "Requests answered 503 because the breaker was open",
+            m.breaker_refused.clone(),
+        );
+        r.register(
+            "edge_upstream_errors",
+            "Upstream calls that failed to connect or timed out",
+            m.upstream_errors.clone(),
+        );
+        r.register_with_unit(
+            "edge_upstream_duration",
+            "Upstream response time (to headers)",
+            Unit::Seconds,
+            m.upstream_seconds.clone(),
+        );
         r.register("edge_breaker_open", "1 while the upstream's circuit breaker is open", m.breaker_open.clone());
         r.register("edge_rules", "Mitigations in force on this edge", m.rules.clone());
         r.register("edge_rules_skipped", "Mitigations this edge cannot enforce (see its log)", m.rules_skipped.clone());

@@ -208,8 +208,16 @@ fn local(status: StatusCode, headers: &[(header::HeaderName, String)], body: Str
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<String> = headers
@@ -248,7 +256,10 @@ pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>)
             state.metrics.limited.inc();
             return Ok(local(
                 StatusCode::TOO_MANY_REQUESTS,
-                &[(header::RETRY_AFTER, retry_after_secs.to_string()), (header::HeaderName::from_static("x-levee-rule"), rule)],
+                &[
+                    (header::RETRY_AFTER, retry_after_secs.to_string()),
+                    (header::HeaderName::from_static("x-levee-rule"), rule),
+                ],
                 "rate limited by levee\n".to_owned(),
             ));
         }
@@ -300,7 +311,8 @@ pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>)
     if let Ok(v) = HeaderValue::from_str(&xff) {
         parts.headers.insert("x-forwarded-for", v);
     }
-    let result = tokio::time::timeout(state.cfg.upstream_timeout, state.client.request(Request::from_parts(parts, body))).await;
+    let result =
+        tokio::time::timeout(state.cfg.upstream_timeout, state.client.request(Request::from_parts(parts, body))).await;
     let ended = state.now();
     state.metrics.upstream_seconds.observe(ended - started);
     let (response, failed) = match result {
@@ -358,10 +370,8 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
         };
         let _ = stream.set_nodelay(true);
         let st = state.clone();
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| handle(st.clone(), peer.ip(), req)),
-        );
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(st.clone(), peer.ip(), req)));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -43,9 +43,15 @@ pub struct Rule {
 pub enum Outcome {
     Pass,
     /// Answer 429 with `Retry-After` (seconds).
-    Limited { rule: String, retry_after_secs: u64 },
+    Limited {
+        rule: String,
+        retry_after_secs: u64,
+    },
     /// Answer 403.
-    Blocked { rule: String, reason: String },
+    Blocked {
+        rule: String,
+        reason: String,
+    },
 }
 
 /// The result of a lookup: the outcome, and whether a shadow rule would have limited.
@@ -164,9 +170,10 @@ impl RuleSet {
         }
         let mut candidates: [Option<&Vec<Arc<Rule>>>; 6] = [None; 6];
         candidates[0] = self.by_ip.get(&src.ip);
-        candidates[1] = self.prefix_lens.iter().find_map(|&len| {
-            IpNet::new(src.ip, len).ok().and_then(|n| self.by_prefix.get(&n.trunc()))
-        });
+        candidates[1] = self
+            .prefix_lens
+            .iter()
+            .find_map(|&len| IpNet::new(src.ip, len).ok().and_then(|n| self.by_prefix.get(&n.trunc())));
         candidates[2] = src.asn.and_then(|a| self.by_asn.get(&a));
         candidates[3] = src.country.and_then(|c| self.by_country.get(c.as_str()));
         candidates[4] = src.api_key.as_deref().and_then(|k| self.by_api_key.get(k));
@@ -176,9 +183,7 @@ impl RuleSet {
                 continue;
             }
             let verdict = match rule.action {
-                MitigationAction::Block => {
-                    Outcome::Blocked { rule: rule.name.clone(), reason: rule.reason.clone() }
-                }
+                MitigationAction::Block => Outcome::Blocked { rule: rule.name.clone(), reason: rule.reason.clone() },
                 MitigationAction::RateLimit => match rule.limiter.as_ref().map(|l| l.check()) {
                     Some(Err(not_until)) => {
                         let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
@@ -279,7 +284,13 @@ mod tests {
 
     #[test]
     fn limits_only_the_matched_source_and_lapses_at_expiry() {
-        let s = spec(MatchSpec { ip: Some("203.0.113.9".into()), ..none() }, MitigationAction::RateLimit, 1.0, 3, NOW + 60.0);
+        let s = spec(
+            MatchSpec { ip: Some("203.0.113.9".into()), ..none() },
+            MitigationAction::RateLimit,
+            1.0,
+            3,
+            NOW + 60.0,
+        );
         let (set, skipped) = RuleSet::build([("ns/flood".to_owned(), &s)], vec![], &RuleSet::default());
         assert!(skipped.is_empty());
         let flooder = src("203.0.113.9");
@@ -299,15 +310,28 @@ mod tests {
     #[test]
     fn prefixes_asns_countries_and_classes_match() {
         let specs = [
-            spec(MatchSpec { prefix: Some("198.51.100.0/22".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
+            spec(
+                MatchSpec { prefix: Some("198.51.100.0/22".into()), ..none() },
+                MitigationAction::Block,
+                0.0,
+                1,
+                NOW + 60.0,
+            ),
             spec(MatchSpec { asn: Some(64501), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
             spec(MatchSpec { country: Some("FR".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
-            spec(MatchSpec { traffic_class: Some("batch".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0),
+            spec(
+                MatchSpec { traffic_class: Some("batch".into()), ..none() },
+                MitigationAction::Block,
+                0.0,
+                1,
+                NOW + 60.0,
+            ),
         ];
         let names = ["p", "a", "c", "k"];
         let (set, _) =
             RuleSet::build(names.iter().map(|n| n.to_string()).zip(specs.iter()), vec![], &RuleSet::default());
-        let blocked = |s: &Source, class: Option<&str>| matches!(set.check(s, class, NOW).outcome, Outcome::Blocked { .. });
+        let blocked =
+            |s: &Source, class: Option<&str>| matches!(set.check(s, class, NOW).outcome, Outcome::Blocked { .. });
         assert!(blocked(&src("198.51.103.4"), None), "inside the /22");
         assert!(!blocked(&src("198.51.104.4"), None));
         assert!(blocked(&Source { asn: Some(64501), ..src("192.0.2.1") }, None));
@@ -327,7 +351,8 @@ mod tests {
 
     #[test]
     fn shadow_rules_count_but_pass() {
-        let mut s = spec(MatchSpec { ip: Some("192.0.2.1".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        let mut s =
+            spec(MatchSpec { ip: Some("192.0.2.1".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
         s.mode = Mode::Shadow;
         let (set, _) = RuleSet::build([("ns/s".to_owned(), &s)], vec![], &RuleSet::default());
         let c = set.check(&src("192.0.2.1"), None, NOW);
@@ -336,7 +361,13 @@ mod tests {
 
     #[test]
     fn rebuilds_keep_buckets_of_unchanged_limits() {
-        let s = spec(MatchSpec { ip: Some("192.0.2.1".into()), ..none() }, MitigationAction::RateLimit, 0.01, 2, NOW + 60.0);
+        let s = spec(
+            MatchSpec { ip: Some("192.0.2.1".into()), ..none() },
+            MitigationAction::RateLimit,
+            0.01,
+            2,
+            NOW + 60.0,
+        );
         let (first, _) = RuleSet::build([("ns/r".to_owned(), &s)], vec![], &RuleSet::default());
         assert_eq!(first.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Pass);
         assert_eq!(first.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Pass);
@@ -346,7 +377,8 @@ mod tests {
 
     #[test]
     fn an_unenforceable_rule_is_skipped_and_named() {
-        let mut bad = spec(MatchSpec { ip: Some("not-an-ip".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        let mut bad =
+            spec(MatchSpec { ip: Some("not-an-ip".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
         let (set, skipped) = RuleSet::build([("ns/bad".to_owned(), &bad)], vec![], &RuleSet::default());
         assert!(set.is_empty());
         assert_eq!(skipped[0].name, "ns/bad");

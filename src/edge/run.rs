@@ -104,13 +104,25 @@ pub async fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
 
 /// Watches the pool's Mitigations and TrafficGuards and rebuilds the rules on every change.
 /// Ready once both lists have been read.
-async fn follow_cluster(client: Client, cfg: EdgeConfig, state: Arc<EdgeState>, health: Health, stop: CancellationToken) {
+async fn follow_cluster(
+    client: Client,
+    cfg: EdgeConfig,
+    state: Arc<EdgeState>,
+    health: Health,
+    stop: CancellationToken,
+) {
     let mitigations: Api<DeserializeGuard<Mitigation>> = Api::namespaced(client.clone(), &cfg.namespace);
     let guards: Api<DeserializeGuard<TrafficGuard>> = Api::namespaced(client, &cfg.namespace);
     let (m_reader, m_writer) = reflector::store();
     let (g_reader, g_writer) = reflector::store();
-    let m_events = watcher(mitigations, watcher::Config::default()).default_backoff().reflect(m_writer).map(|e| (0, e.map(|e| matches!(e, watcher::Event::InitDone))));
-    let g_events = watcher(guards, watcher::Config::default()).default_backoff().reflect(g_writer).map(|e| (1, e.map(|e| matches!(e, watcher::Event::InitDone))));
+    let m_events = watcher(mitigations, watcher::Config::default())
+        .default_backoff()
+        .reflect(m_writer)
+        .map(|e| (0, e.map(|e| matches!(e, watcher::Event::InitDone))));
+    let g_events = watcher(guards, watcher::Config::default())
+        .default_backoff()
+        .reflect(g_writer)
+        .map(|e| (1, e.map(|e| matches!(e, watcher::Event::InitDone))));
     let mut events = std::pin::pin!(stream::select(m_events, g_events));
     let mut synced = [false, false];
     loop {
@@ -136,7 +148,9 @@ async fn follow_cluster(client: Client, cfg: EdgeConfig, state: Arc<EdgeState>, 
             .filter_map(|g| g.0.as_ref().ok())
             .filter(|g| g.spec.edge_pool == pool)
             .min_by_key(|g| g.name_any())
-            .map(|g| GuardSettings::from_spec(format!("{}/{}", cfg.namespace, g.name_any()), &g.spec, &state.upstream_name()));
+            .map(|g| {
+                GuardSettings::from_spec(format!("{}/{}", cfg.namespace, g.name_any()), &g.spec, &state.upstream_name())
+            });
         let settings = guard.unwrap_or_default();
         let objects = m_reader.state();
         let specs = objects
@@ -165,11 +179,7 @@ async fn follow_cluster(client: Client, cfg: EdgeConfig, state: Arc<EdgeState>, 
 async fn report_loop(url: String, cfg: EdgeConfig, state: Arc<EdgeState>, stop: CancellationToken) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap_or_default();
     let target = format!("{}{REPORT_PATH}", url.trim_end_matches('/'));
-    let edge = format!(
-        "{}-{}",
-        std::env::var("POD_NAME").unwrap_or_else(|_| "edge".to_owned()),
-        std::process::id()
-    );
+    let edge = format!("{}-{}", std::env::var("POD_NAME").unwrap_or_else(|_| "edge".to_owned()), std::process::id());
     let mut tick = tokio::time::interval(cfg.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -67,15 +67,13 @@ impl GuardSettings {
         s.allowlist = spec.allowlist.iter().filter_map(|c| c.parse().ok()).collect();
         s.dimensions = spec.aggregation_keys.clone();
         if let Some(sh) = &spec.shedding {
-            let mut c = Classifier {
-                header: sh.class_header.as_deref().and_then(|h| h.parse().ok()),
-                ..Classifier::default()
-            };
+            let mut c =
+                Classifier { header: sh.class_header.as_deref().and_then(|h| h.parse().ok()), ..Classifier::default() };
             for (i, class) in sh.classes.iter().enumerate() {
                 c.classes.push((class.name.clone(), class.priority));
                 c.prefixes.extend(class.path_prefixes.iter().map(|p| (p.clone(), i)));
             }
-            c.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            c.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
             s.classifier = c;
         }
         if let Some(cb) = spec.circuit_breakers.iter().find(|c| c.upstream == upstream) {

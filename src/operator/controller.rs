@@ -43,6 +43,7 @@ pub struct Context {
     pub client: Client,
     pub metrics: ReconcileMetrics,
     pub scaler: super::scaling::Scaler,
+    pub guards: super::guard::Guards,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,8 @@ pub enum Error {
     NoNamespace,
     #[error("scaling: {0}")]
     Scale(#[from] super::scaling::ScaleError),
+    #[error("traffic guard: {0}")]
+    Guard(#[from] super::guard::GuardError),
 }
 
 impl Error {
@@ -61,6 +64,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::NoNamespace => "no_namespace",
             Error::Scale(_) => "scale",
+            Error::Guard(_) => "guard",
         }
     }
 }

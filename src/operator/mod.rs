@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod controller;
+pub mod guard;
 pub mod metrics;
 pub mod policy;
 pub mod scaling;
@@ -54,16 +55,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
-    let server =
-        tokio::spawn(server::serve(listener, server::router(Arc::new(registry), health.clone()), shutdown.clone()));
+    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics and edge reports");
+    let hub = Arc::new(guard::hub::ReportHub::default());
+    let app = server::router(Arc::new(registry), health.clone()).merge(guard::reports_router(hub.clone()));
+    let server = tokio::spawn(server::serve(listener, app, shutdown.clone()));
 
     tokio::select! {
         () = wait_for_crds(client.clone()) => {}
         () = shutdown.cancelled() => return finish(server).await,
     }
     let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone());
-    let ctx = Arc::new(Context { client: client.clone(), metrics, scaler });
+    let guards = guard::Guards::new(client.clone(), hub);
+    let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards });
     health.set_ready(true);
     info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),

@@ -55,7 +55,13 @@ macro_rules! impl_policy {
     )*};
 }
 
-impl_policy!(TrafficGuard, Mitigation, BootstrapPolicy, ScalingPolicy {
+impl_policy!(Mitigation, BootstrapPolicy, TrafficGuard {
+    /// A valid TrafficGuard looks at its pool's edge reports every second.
+    async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
+        ctx.guards.tick(&ctx.client, self).await?;
+        Ok(Some(super::guard::TICK))
+    }
+}, ScalingPolicy {
     /// A valid ScalingPolicy is planned, and acted on, every tick.
     async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
         ctx.scaler.tick(&ctx.client, self).await?;

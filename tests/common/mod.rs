@@ -272,3 +272,4 @@ spec:
 pub fn prom_signal(query: &str) -> String {
     format!("    - {{ name: load, role: ArrivalRate, prometheus: {{ query: '{query}' }} }}")
 }
+pub mod edge;

@@ -225,9 +225,9 @@ impl GuardDetector {
             Dimension::Ip => {
                 key.parse::<std::net::IpAddr>().is_ok_and(|ip| self.allowlist.iter().any(|n| n.contains(&ip)))
             }
-            Dimension::Prefix => key
-                .parse::<IpNet>()
-                .is_ok_and(|p| self.allowlist.iter().any(|n| n.contains(&p) || p.contains(n))),
+            Dimension::Prefix => {
+                key.parse::<IpNet>().is_ok_and(|p| self.allowlist.iter().any(|n| n.contains(&p) || p.contains(n)))
+            }
             _ => false,
         }
     }
@@ -292,8 +292,21 @@ impl GuardDetector {
             }
         }
         if obs.surge {
+            // Flooders already named may be the whole story: only what they do not explain
+            // is a distributed surge.
             let excess = (total_rate - verdict.baseline).max(0.0);
-            obs.findings.extend(self.dominant_aggregates(&judged, excess));
+            let explained: f64 = obs.findings.iter().map(|f| f.rate - f.baseline).sum();
+            let rest = excess - explained;
+            if rest > 0.5 * excess {
+                let named: Vec<(Dimension, String)> =
+                    obs.findings.iter().map(|f| (f.dimension, f.key.clone())).collect();
+                let others: Vec<Judged> =
+                    judged.into_iter().filter(|j| !named.iter().any(|(d, k)| *d == j.dim && *k == j.key)).collect();
+                obs.findings.extend(self.dominant_aggregates(&others, rest));
+                judged = others;
+            } else {
+                obs.surge = false;
+            }
         }
         obs.findings.sort_by(|a, b| b.rate.total_cmp(&a.rate));
         obs.findings.truncate(self.tuning.max_findings);

@@ -20,7 +20,7 @@ fn sample(sources: &[(String, u32, &str, u64)], new_sources: u64) -> Sample {
         .into_iter()
         .map(|(d, m)| {
             let mut v: Vec<(String, u64)> = m.into_iter().collect();
-            v.sort_by(|a, b| b.1.cmp(&a.1));
+            v.sort_by_key(|b| std::cmp::Reverse(b.1));
             v.truncate(1024);
             (d, v)
         })
@@ -33,7 +33,12 @@ fn regulars(t: u64) -> Vec<(String, u32, &'static str, u64)> {
     (0..40u64)
         .map(|i| {
             let jitter = (i * 7919 + t * 104_729) % 11;
-            (format!("198.51.{}.{}", i % 10, 10 + i), 64500 + (i % 4) as u32, if i % 2 == 0 { "DE" } else { "FR" }, 15 + jitter)
+            (
+                format!("198.51.{}.{}", i % 10, 10 + i),
+                64500 + (i % 4) as u32,
+                if i % 2 == 0 { "DE" } else { "FR" },
+                15 + jitter,
+            )
         })
         .collect()
 }
@@ -138,7 +143,11 @@ fn a_distributed_surge_names_its_aggregates_and_no_single_source() {
     assert!(last.findings.iter().all(|f| f.dimension == dim));
     // None of the regulars' aggregates is named.
     for f in &last.findings {
-        assert!(!f.key.starts_with("198.51.") && !["64500", "64501", "64502", "64503", "DE", "FR"].contains(&f.key.as_str()), "{f:?}");
+        assert!(
+            !f.key.starts_with("198.51.")
+                && !["64500", "64501", "64502", "64503", "DE", "FR"].contains(&f.key.as_str()),
+            "{f:?}"
+        );
     }
     let named: f64 = last.findings.iter().map(|f| f.rate - f.baseline).sum();
     assert!(named >= 0.5 * (last.total_rate - last.total_baseline), "{}", last.summary());

@@ -1,0 +1,439 @@
+//! The TrafficGuard loop: every second, the pool's merged edge reports go through the
+//! guard's detector; findings become `Mitigation`s with a TTL that grows for repeat
+//! offenders; an open upstream breaker sheds the lowest-priority traffic class; expired
+//! mitigations are deleted after a retention period (their offence count is the memory of
+//! repeat offences).
+
+pub mod hub;
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{
+    api::{
+        Mitigation, MitigationSpec, Mode, TrafficGuard,
+        mitigation::{Evidence, MatchSpec, MitigationAction, RateLimit},
+        traffic_guard::{AggregationKey as Dimension, GuardAction},
+    },
+    engine::guard::{Finding, GuardDetector, Observation, Tuning},
+};
+use hub::{PoolExtras, ReportHub};
+
+/// Field manager of Mitigations and TrafficGuard status written by the guard loop.
+pub const FIELD_MANAGER: &str = "levee-guard";
+/// Label naming the TrafficGuard that created a Mitigation.
+pub const GUARD_LABEL: &str = "levee.dev/guard";
+/// How often each TrafficGuard looks at its pool.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Expired mitigations are kept this long: they remember repeat offenders.
+const RETAIN_SECS: i64 = 24 * 3600;
+/// A pool with no report for this long is reported as silent.
+const SILENT_AFTER: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+struct GuardState {
+    generation: i64,
+    detector: GuardDetector,
+    last_summary: Option<String>,
+    last_active: Option<i32>,
+    last_edges: Option<i32>,
+}
+
+/// Detectors of every TrafficGuard, and the reports they read.
+pub struct Guards {
+    pub hub: Arc<ReportHub>,
+    recorder: Recorder,
+    states: Mutex<HashMap<String, GuardState>>,
+}
+
+/// A mitigation the guard wants in force.
+struct Wanted {
+    name: String,
+    spec: MitigationSpec,
+    event: String,
+}
+
+impl Guards {
+    pub fn new(client: Client, hub: Arc<ReportHub>) -> Self {
+        let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
+        Self { hub, recorder: Recorder::new(client, reporter), states: Mutex::new(HashMap::new()) }
+    }
+
+    /// One look at the guard's pool.
+    pub async fn tick(&self, client: &Client, guard: &TrafficGuard) -> Result<(), GuardError> {
+        let ns = guard.namespace().unwrap_or_default();
+        let name = guard.name_any();
+        let key = format!("{ns}/{name}");
+        let spec = &guard.spec;
+        let allowlist: Vec<ipnet::IpNet> = spec.allowlist.iter().filter_map(|c| c.parse().ok()).collect();
+        let taken = self.hub.take(&ns, &spec.edge_pool);
+        let observation = {
+            let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let generation = guard.metadata.generation.unwrap_or(0);
+            let st = states.entry(key.clone()).or_insert_with(|| GuardState {
+                generation,
+                detector: GuardDetector::new(tuning(guard), allowlist.clone()),
+                last_summary: None,
+                last_active: None,
+                last_edges: None,
+            });
+            if st.generation != generation {
+                // Sensitivity or window may have changed; baselines stay, tuning is rebuilt.
+                st.detector = GuardDetector::new(tuning(guard), allowlist.clone());
+                st.generation = generation;
+            }
+            taken.as_ref().map(|(sample, _)| st.detector.observe(sample))
+        };
+
+        let api: Api<Mitigation> = Api::namespaced(client.clone(), &ns);
+        let existing = api.list(&ListParams::default().labels(&format!("{GUARD_LABEL}={name}"))).await?;
+        let now = Timestamp::now();
+        let mut active: HashMap<String, &Mitigation> = HashMap::new();
+        let mut offences: HashMap<String, i32> = HashMap::new();
+        for m in &existing {
+            let mname = m.name_any();
+            if m.spec.expires_at.0 > now {
+                active.insert(mname.clone(), m);
+            } else if m.spec.expires_at.0 + SignedDuration::from_secs(RETAIN_SECS) < now {
+                info!(mitigation = %mname, "deleting mitigation expired more than a day ago");
+                api.delete(&mname, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
+                continue;
+            }
+            offences.insert(mname, m.spec.offence);
+        }
+
+        let mut wanted = Vec::new();
+        if let (Some(obs), Some((_, extras))) = (&observation, &taken) {
+            for f in &obs.findings {
+                wanted.push(self.finding_mitigation(guard, f, obs));
+            }
+            if let Some(w) = shed(guard, extras, &active) {
+                wanted.push(w);
+            }
+        }
+        let max_active = usize::try_from(spec.mitigation.max_active).unwrap_or(1);
+        let mut created = 0;
+        for mut w in wanted {
+            if active.contains_key(&w.name) {
+                continue;
+            }
+            if active.len() + created >= max_active {
+                warn!(guard = %key, max_active, "mitigation limit reached; not creating more");
+                break;
+            }
+            let offence = offences.get(&w.name).map_or(0, |o| o + 1);
+            let ttl = ttl_for(guard, offence);
+            w.spec.offence = offence;
+            w.spec.expires_at = Time(now + SignedDuration::from_secs_f64(ttl.as_secs_f64()));
+            let m = Mitigation {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(w.name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some([(GUARD_LABEL.to_owned(), name.clone())].into()),
+                    owner_references: owner(guard).map(|o| vec![o]),
+                    ..Default::default()
+                },
+                spec: w.spec,
+                status: None,
+            };
+            api.patch(&w.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&m)).await?;
+            created += 1;
+            let shadow = spec.mode == Mode::Shadow;
+            let note = format!(
+                "{}{} for {} (offence {}): {}",
+                if shadow { "shadow (counted, not enforced): " } else { "" },
+                w.name,
+                crate::api::Duration(ttl),
+                offence + 1,
+                w.event
+            );
+            info!(guard = %key, "{note}");
+            self.event(guard, if shadow { "WouldMitigate" } else { "Mitigated" }, note).await;
+        }
+        let active_now = i32::try_from(active.len() + created).unwrap_or(i32::MAX);
+        self.write_status(client, guard, observation.as_ref(), active_now, taken.map(|t| t.1)).await
+    }
+
+    fn finding_mitigation(&self, guard: &TrafficGuard, f: &Finding, obs: &Observation) -> Wanted {
+        let m = &guard.spec.mitigation;
+        let limit = (m.rate_limit_multiple * f.baseline).max(1.0);
+        let (action, rate_limit) = match m.action {
+            GuardAction::Block => (MitigationAction::Block, None),
+            GuardAction::RateLimit => (
+                MitigationAction::RateLimit,
+                Some(RateLimit {
+                    requests_per_second: round2(limit),
+                    burst: (limit.ceil() as i32).clamp(1, 1_000_000),
+                }),
+            ),
+        };
+        let what = match action {
+            MitigationAction::Block => "block".to_owned(),
+            MitigationAction::RateLimit => format!("limit to {limit:.1} req/s"),
+        };
+        let reason = format!(
+            "{} {:?} {} at {:.1} req/s, {:.0}x its baseline of {:.1} req/s; {what}",
+            f.kind.as_str(),
+            f.dimension,
+            f.key,
+            f.rate,
+            f.ratio,
+            f.baseline
+        );
+        let spec = MitigationSpec {
+            edge_pool: guard.spec.edge_pool.clone(),
+            guard: Some(guard.name_any()),
+            match_: match_for(f.dimension, &f.key),
+            action,
+            rate_limit,
+            expires_at: Time(Timestamp::now()),
+            reason: reason.clone(),
+            evidence: Some(Evidence {
+                detector: f.kind.as_str().to_owned(),
+                observed_rate: round2(f.rate),
+                baseline_rate: round2(f.baseline),
+                score: Some(round2(obs.total_score)),
+                sample_sources: Vec::new(),
+            }),
+            offence: 0,
+            mode: guard.spec.mode,
+        };
+        Wanted { name: mitigation_name(&guard.name_any(), f.dimension, &f.key), spec, event: reason }
+    }
+
+    async fn event(&self, guard: &TrafficGuard, reason: &str, note: String) {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Mitigate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &guard.object_ref(&())).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+
+    /// Writes status when something changed: the active count, a new detection, or the
+    /// number of edges reporting.
+    async fn write_status(
+        &self,
+        client: &Client,
+        guard: &TrafficGuard,
+        obs: Option<&Observation>,
+        active: i32,
+        extras: Option<PoolExtras>,
+    ) -> Result<(), GuardError> {
+        let ns = guard.namespace().unwrap_or_default();
+        let key = format!("{ns}/{}", guard.name_any());
+        let detection = obs.filter(|o| !o.findings.is_empty() || o.surge || o.demand_rise).map(Observation::summary);
+        let silent = self.hub.silence(&ns, &guard.spec.edge_pool, Instant::now()).is_none_or(|s| s > SILENT_AFTER);
+        let edges = match (&extras, silent) {
+            (_, true) => Some(0),
+            (Some(e), false) => Some(i32::try_from(e.edges).unwrap_or(i32::MAX)),
+            // Reporting, but nothing new this tick: keep what status says.
+            (None, false) => None,
+        };
+        {
+            let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(st) = states.get_mut(&key) else { return Ok(()) };
+            let new_detection = detection.is_some() && detection != st.last_summary;
+            let edges_changed = edges.is_some() && edges != st.last_edges;
+            if !new_detection && !edges_changed && st.last_active == Some(active) {
+                return Ok(());
+            }
+            if detection.is_some() {
+                st.last_summary.clone_from(&detection);
+            }
+            if edges.is_some() {
+                st.last_edges = edges;
+            }
+            st.last_active = Some(active);
+        }
+        let old = guard.status.as_ref();
+        let mut status = json!({ "activeMitigations": active });
+        if let Some(summary) = detection {
+            status["lastDetection"] = json!({ "time": Time(Timestamp::now()), "summary": summary });
+        } else if let Some(d) = old.and_then(|s| s.last_detection.as_ref()) {
+            status["lastDetection"] = serde_json::to_value(d).unwrap_or_default();
+        }
+        if let Some(n) = edges.or(old.and_then(|s| s.edges_reporting)) {
+            status["edgesReporting"] = json!(n);
+        }
+        let patch = json!({ "apiVersion": TrafficGuard::api_version(&()), "kind": "TrafficGuard", "status": status });
+        let api: Api<TrafficGuard> = Api::namespaced(client.clone(), &ns);
+        api.patch_status(&guard.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+        Ok(())
+    }
+}
+
+/// `POST /v1/edge/reports`: edges deliver their counts here.
+pub fn reports_router(hub: Arc<ReportHub>) -> axum::Router {
+    use axum::{extract::State, http::StatusCode, routing::post};
+    axum::Router::new()
+        .route(
+            crate::edge::report::REPORT_PATH,
+            post(|State(hub): State<Arc<ReportHub>>, body: axum::Json<crate::edge::report::EdgeReport>| async move {
+                match hub.ingest(body.0, Instant::now()) {
+                    Ok(()) => (StatusCode::ACCEPTED, String::new()),
+                    Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(crate::edge::report::MAX_REPORT_BYTES))
+        .with_state(hub)
+}
+
+fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn tuning(guard: &TrafficGuard) -> Tuning {
+    Tuning::new(guard.spec.sensitivity, guard.spec.baseline.window.as_secs_f64(), TICK.as_secs_f64())
+}
+
+/// The TTL of the `offence`-th mitigation of one key (0 = first): `ttl`, then each
+/// `escalation` entry in turn, the last one repeating.
+pub fn ttl_for(guard: &TrafficGuard, offence: i32) -> Duration {
+    let m = &guard.spec.mitigation;
+    match usize::try_from(offence).ok().and_then(|o| o.checked_sub(1)) {
+        None => m.ttl.0,
+        Some(i) => m.escalation.get(i).or(m.escalation.last()).map_or(m.ttl.0, |d| d.0),
+    }
+}
+
+fn match_for(dim: Dimension, key: &str) -> MatchSpec {
+    let mut m = MatchSpec { ip: None, prefix: None, asn: None, country: None, api_key: None, traffic_class: None };
+    match dim {
+        Dimension::Ip => m.ip = Some(key.to_owned()),
+        Dimension::Prefix => m.prefix = Some(key.to_owned()),
+        Dimension::Asn => m.asn = key.parse().ok(),
+        Dimension::Country => m.country = Some(key.to_owned()),
+        Dimension::ApiKey => m.api_key = Some(key.to_owned()),
+    }
+    m
+}
+
+/// `<guard>-<dimension>-<key as a DNS label>-<hash>`: stable, so the same key maps to the
+/// same object (and its offence count), and valid whatever the key holds.
+pub fn mitigation_name(guard: &str, dim: Dimension, key: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let slug: String =
+        key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(30).collect();
+    let dim = format!("{dim:?}").to_ascii_lowercase();
+    let guard: String = guard.chars().take(253 - 50).collect();
+    format!("{guard}-{dim}-{}-{:08x}", slug.trim_matches('-'), h.finish() as u32)
+}
+
+/// Under pressure (an upstream's breaker open on some edge), shed the lowest-priority class
+/// that is not already shed, never the highest: it is limited to a tenth of its current rate.
+fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mitigation>) -> Option<Wanted> {
+    let sh = guard.spec.shedding.as_ref()?;
+    if extras.open_breakers.is_empty() || sh.classes.len() < 2 {
+        return None;
+    }
+    let mut classes: Vec<_> = sh.classes.iter().collect();
+    classes.sort_by_key(|c| c.priority);
+    let top = classes.last()?.priority;
+    let class = classes.into_iter().filter(|c| c.priority < top).find(|c| {
+        let name = mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", c.name));
+        !active.contains_key(&name)
+    })?;
+    let rate = extras.class_rates.get(&class.name).copied().unwrap_or(0.0);
+    let limit = round2((rate * 0.1).max(1.0));
+    let reason = format!(
+        "upstream {} failing (breaker open); shedding class {} (priority {}) from {rate:.1} to {limit} req/s",
+        extras.open_breakers.join(", "),
+        class.name,
+        class.priority
+    );
+    let spec = MitigationSpec {
+        edge_pool: guard.spec.edge_pool.clone(),
+        guard: Some(guard.name_any()),
+        match_: MatchSpec {
+            ip: None,
+            prefix: None,
+            asn: None,
+            country: None,
+            api_key: None,
+            traffic_class: Some(class.name.clone()),
+        },
+        action: MitigationAction::RateLimit,
+        rate_limit: Some(RateLimit { requests_per_second: limit, burst: (limit.ceil() as i32).max(1) }),
+        expires_at: Time(Timestamp::now()),
+        reason: reason.clone(),
+        evidence: None,
+        offence: 0,
+        mode: guard.spec.mode,
+    };
+    Some(Wanted {
+        name: mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", class.name)),
+        spec,
+        event: reason,
+    })
+}
+
+fn owner(guard: &TrafficGuard) -> Option<OwnerReference> {
+    guard.controller_owner_ref(&()).map(|mut o| {
+        o.controller = Some(false);
+        o
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(yaml: &str) -> TrafficGuard {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn ttl_escalates_and_the_last_step_repeats() {
+        let g = guard(
+            "apiVersion: levee.dev/v1alpha1\nkind: TrafficGuard\nmetadata: {name: g}\nspec:\n  edgePool: public\n  aggregationKeys: [Ip]\n  mitigation: {ttl: 5m, escalation: [15m, 60m]}\n",
+        );
+        let secs: Vec<u64> = (0..5).map(|o| ttl_for(&g, o).as_secs()).collect();
+        assert_eq!(secs, vec![300, 900, 3600, 3600, 3600]);
+    }
+
+    #[test]
+    fn names_are_stable_dns_labels() {
+        let a = mitigation_name("edge", Dimension::Ip, "2001:db8::1");
+        assert_eq!(a, mitigation_name("edge", Dimension::Ip, "2001:db8::1"));
+        assert_ne!(a, mitigation_name("edge", Dimension::Ip, "2001:db8::2"));
+        assert!(a.starts_with("edge-ip-2001-db8--1-"), "{a}");
+        let weird = mitigation_name("edge", Dimension::ApiKey, "K€Y with spaces/../../and more than thirty characters");
+        assert!(weird.len() <= 253);
+        assert!(weird.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{weird}");
+    }
+}

@@ -1,0 +1,250 @@
+//! `levee edge` with real traffic on loopback: breakers, hostile clients, Mitigations applied
+//! with kubectl, and the whole loop (edge reports → operator detection → Mitigation → edge).
+
+mod common;
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Operator, TestNs,
+    edge::{Edge, Upstream, kubectl, load},
+    eventually,
+};
+use levee::api::{Mitigation, TrafficGuard};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+fn status_of(url: &str) -> impl Future<Output = u16> + use<> {
+    let url = url.to_owned();
+    async move { reqwest::get(url).await.map_or(0, |r| r.status().as_u16()) }
+}
+
+#[tokio::test]
+async fn a_breaker_opens_on_a_failing_upstream_and_recovers_when_it_heals() {
+    let up = Upstream::start().await;
+    let edge = Edge::start(&up.url(), &["--standalone"]).await;
+    assert_eq!(status_of(&edge.url("/")).await, 200);
+
+    up.failing.store(true, Ordering::Relaxed);
+    // Half the calls of the window failing (with at least five calls) or five failures in a
+    // row open it; from then on calls never reach the upstream.
+    let mut failures = 0;
+    while status_of(&edge.url("/")).await == 500 {
+        failures += 1;
+        assert!(failures <= 5, "still closed after {failures} failures");
+    }
+    assert_eq!(failures, 4, "1 success + 4 failures: 80% of 5 calls failed");
+    let served = up.served.load(Ordering::Relaxed);
+    let res = reqwest::get(edge.url("/")).await.unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    for _ in 0..20 {
+        assert_eq!(status_of(&edge.url("/")).await, 503);
+    }
+    assert_eq!(up.served.load(Ordering::Relaxed), served, "an open breaker sends nothing upstream");
+    assert_eq!(edge.metric("levee_edge_breaker_open").await, 1.0);
+
+    // Healed: after openFor (5 s) probes go through and the breaker closes.
+    up.failing.store(false, Ordering::Relaxed);
+    let healed = Instant::now();
+    eventually(Duration::from_secs(10), "breaker closes", || status_of(&edge.url("/")), |s| *s == 200).await;
+    assert!(healed.elapsed() >= Duration::from_secs(3), "stayed open for about openFor");
+    for _ in 0..20 {
+        assert_eq!(status_of(&edge.url("/")).await, 200);
+    }
+    assert_eq!(edge.metric("levee_edge_breaker_open").await, 0.0);
+}
+
+/// Writes raw bytes and returns the status line of the answer ("" when the edge just closed).
+async fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.map_or(0, |r| r.unwrap_or(0));
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn hostile_input_gets_http_errors_and_never_crashes_the_edge() {
+    let up = Upstream::start().await;
+    let mut edge =
+        Edge::start(&up.url(), &["--standalone", "--header-timeout", "1s", "--max-header-bytes", "8192"]).await;
+    let p = edge.port;
+
+    assert!(raw(p, b"\x00\xff\x13garbage\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert!(raw(p, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert!(raw(p, b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw(p, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let many: String = (0..500).map(|i| format!("X-{i}: v\r\n")).collect();
+    let status = raw(p, format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    let conflicting = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello";
+    assert!(raw(p, conflicting).await.starts_with("HTTP/1.1 400"));
+    let bad_chunk = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\n";
+    let status = raw(p, bad_chunk).await;
+    assert!(status.is_empty() || status.starts_with("HTTP/1.1 400") || status.starts_with("HTTP/1.1 502"), "{status}");
+
+    // Slow clients: 200 connections that never finish their headers are dropped after the
+    // header timeout, and well-behaved clients are served all along.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(("127.0.0.1", p)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        slow.push(s);
+    }
+    for _ in 0..20 {
+        assert_eq!(status_of(&edge.url("/")).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 512];
+        // Closed (0 bytes) or answered with 408 and closed: either way, not held open.
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 200, "every slow client was disconnected");
+
+    assert!(edge.is_running());
+    assert_eq!(status_of(&edge.admin("/healthz")).await, 200);
+    assert_eq!(status_of(&edge.url("/")).await, 200);
+}
+
+#[tokio::test]
+async fn a_mitigation_applied_with_kubectl_takes_effect_within_2s_and_lapses_at_its_ttl() {
+    let ns = TestNs::new("edge-kubectl").await;
+    let up = Upstream::start().await;
+    let edge = Edge::start(&up.url(), &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1"]).await;
+    let client = reqwest::Client::new();
+    let from = |ip: &'static str| {
+        let c = client.clone();
+        let url = edge.url("/");
+        async move { c.get(url).header("x-forwarded-for", ip).send().await.map_or(0, |r| r.status().as_u16()) }
+    };
+    assert_eq!(from("198.51.100.7").await, 200);
+
+    let ttl = 8;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl);
+    let manifest = format!(
+        r#"apiVersion: levee.dev/v1alpha1
+kind: Mitigation
+metadata: {{name: block-one, namespace: {ns}}}
+spec:
+  edgePool: public
+  match: {{ip: 198.51.100.7}}
+  action: Block
+  expiresAt: "{exp}"
+  reason: written by hand in a test
+"#,
+        ns = ns.name,
+        exp = expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let applied = Instant::now();
+    kubectl(&["apply", "-f", "-"], Some(&manifest)).await;
+    eventually(Duration::from_secs(2), "mitigation in force", || from("198.51.100.7"), |s| *s == 403).await;
+    let took = applied.elapsed();
+    assert_eq!(from("198.51.100.8").await, 200, "only the matched source");
+    eprintln!("mitigation in force {took:?} after kubectl apply returned");
+
+    // It lapses at expiresAt, even before anything deletes it.
+    let until_expiry = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(until_expiry.saturating_sub(Duration::from_millis(1500))).await;
+    assert_eq!(from("198.51.100.7").await, 403, "still in force shortly before expiry");
+    eventually(Duration::from_secs(4), "mitigation lapses", || from("198.51.100.7"), |s| *s == 200).await;
+    assert!(ns.api::<Mitigation>().get_opt("block-one").await.unwrap().is_some(), "lapsed, not deleted");
+}
+
+fn guard_yaml(ns: &str, mode: &str) -> String {
+    format!(
+        r#"apiVersion: levee.dev/v1alpha1
+kind: TrafficGuard
+metadata: {{name: public, namespace: {ns}}}
+spec:
+  edgePool: public
+  aggregationKeys: [Ip, Prefix]
+  mode: {mode}
+  allowlist: ["10.0.0.0/8"]
+  mitigation: {{ttl: 2m, rateLimitMultiple: 2}}
+"#
+    )
+}
+
+/// Normal clients for `secs` from `base`.0..5, and a flood from 203.0.113.9 after `flood_after`.
+async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge::Tally>, common::edge::Tally) {
+    let regulars: Vec<_> =
+        (0..5).map(|i| tokio::spawn(load(edge.url("/"), format!("198.51.100.{}", 10 + i), 20.0, secs))).collect();
+    let url = edge.url("/");
+    let flood = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs_f64(flood_after)).await;
+        load(url, "203.0.113.9".into(), 300.0, secs - flood_after).await
+    });
+    let mut tallies = Vec::new();
+    for r in regulars {
+        tallies.push(r.await.unwrap());
+    }
+    (tallies, flood.await.unwrap())
+}
+
+#[tokio::test]
+async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
+    let ns = TestNs::new("edge-flood").await;
+    let op = Operator::start(&ns.name).await;
+    ns.create_yaml(&guard_yaml(&ns.name, "Enforce")).await.unwrap();
+    let up = Upstream::start().await;
+    let edge = Edge::start(
+        &up.url(),
+        &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1", "--operator-url", &op.url("")],
+    )
+    .await;
+
+    // 15 s of normal traffic to learn from, then 15 s with a flood at 15× a regular client.
+    let (regulars, flood) = traffic(&edge, 30.0, 15.0).await;
+    for (i, t) in regulars.iter().enumerate() {
+        assert_eq!((t.limited, t.other), (0, 0), "regular client {i} was limited: {t:?}");
+        assert!(t.ok >= 500, "{t:?}");
+    }
+    let first = flood.first_limited_after.expect("the flood was never limited");
+    eprintln!("flood limited {first:.1}s after it began; {flood:?}");
+    assert!(first <= 5.0, "limited only after {first:.1}s");
+    assert!(flood.limited > flood.ok, "{flood:?}");
+
+    let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
+    let m = ms.items.iter().find(|m| m.spec.match_.ip.as_deref() == Some("203.0.113.9")).expect("a mitigation for it");
+    let ev = m.spec.evidence.as_ref().unwrap();
+    assert_eq!(ev.detector, "single-source");
+    assert!(ev.observed_rate > 100.0 && ev.baseline_rate < 50.0, "{ev:?}");
+    assert_eq!(m.spec.offence, 0);
+    assert!(ms.items.iter().all(|m| m.spec.match_.ip.as_deref() != Some("198.51.100.10")));
+    let g = ns.api::<TrafficGuard>().get("public").await.unwrap();
+    let status = g.status.unwrap();
+    assert!(status.active_mitigations >= Some(1), "{status:?}");
+    assert!(status.last_detection.unwrap().summary.contains("203.0.113.9"));
+    assert_eq!(status.edges_reporting, Some(1));
+}
+
+#[tokio::test]
+async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
+    let ns = TestNs::new("edge-shadow").await;
+    let op = Operator::start(&ns.name).await;
+    ns.create_yaml(&guard_yaml(&ns.name, "Shadow")).await.unwrap();
+    let up = Upstream::start().await;
+    let edge = Edge::start(
+        &up.url(),
+        &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1", "--operator-url", &op.url("")],
+    )
+    .await;
+    let (regulars, flood) = traffic(&edge, 25.0, 13.0).await;
+    assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0));
+    assert_eq!((flood.limited, flood.other), (0, 0), "shadow mode limits nothing: {flood:?}");
+    let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
+    let m = ms.items.iter().find(|m| m.spec.match_.ip.as_deref() == Some("203.0.113.9")).expect("a shadow mitigation");
+    assert_eq!(m.spec.mode, levee::api::Mode::Shadow);
+    assert!(edge.metric("levee_edge_shadow_limited_total").await > 100.0);
+}
