@@ -3,14 +3,14 @@
 //! client IPs from returning ones.
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    hash::{BuildHasher, Hasher},
+    collections::{BTreeMap, HashMap},
+    hash::BuildHasher,
+    net::IpAddr,
 };
 
 use super::{
     report::Dimension,
-    sketch::{CountMin, HeavyHitters},
+    sketch::{CountMin, HeavyHitters, hash_key},
     source::Source,
 };
 
@@ -44,27 +44,22 @@ pub struct SeenFilter {
     mask: u64,
 }
 
-const SEEN_HASHES: u32 = 3;
-
 impl SeenFilter {
     pub fn new(bits: usize) -> Self {
-        let bits = bits.max(64).next_power_of_two();
-        Self { current: vec![0; bits / 64], previous: vec![0; bits / 64], mask: bits as u64 - 1 }
+        let words = (bits.max(64) / 64).next_power_of_two();
+        Self { current: vec![0; words], previous: vec![0; words], mask: words as u64 - 1 }
     }
 
     /// Records `hash` and says whether it had been seen in this or the previous generation.
+    ///
+    /// Blocked: the three bits of a key share one 64-bit word, so a lookup is one cache miss
+    /// per generation instead of three.
     pub fn check_and_insert(&mut self, hash: u64) -> bool {
-        let (h1, h2) = (hash, hash.rotate_left(32) | 1);
-        let mut in_current = true;
-        let mut in_previous = true;
-        for i in 0..u64::from(SEEN_HASHES) {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & self.mask;
-            let (word, m) = ((bit / 64) as usize, 1u64 << (bit % 64));
-            in_current &= self.current[word] & m != 0;
-            in_previous &= self.previous[word] & m != 0;
-            self.current[word] |= m;
-        }
-        in_current || in_previous
+        let word = (hash & self.mask) as usize;
+        let bits = (1u64 << ((hash >> 40) & 63)) | (1u64 << ((hash >> 46) & 63)) | (1u64 << ((hash >> 52) & 63));
+        let seen = self.current[word] & bits == bits || self.previous[word] & bits == bits;
+        self.current[word] |= bits;
+        seen
     }
 
     /// Starts a new generation; the oldest is forgotten.
@@ -78,46 +73,65 @@ impl SeenFilter {
     }
 }
 
-/// A key rendered into a stack buffer, so counting a request allocates nothing.
-struct KeyBuf {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl KeyBuf {
-    fn new() -> Self {
-        Self { buf: [0; 64], len: 0 }
-    }
-
-    fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever written, and a write that does not fit is refused whole.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl std::fmt::Write for KeyBuf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        if end > self.buf.len() {
-            return Err(std::fmt::Error);
-        }
-        self.buf[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
+/// Distinct keys an aggregate dimension with few possible keys (ASNs, countries) counts
+/// exactly; more (a table with more ASNs than exist) go to the sketch, so memory stays bounded.
+const EXACT_KEYS: usize = 200_000;
 
 struct DimensionCounter {
     dimension: Dimension,
+    /// Exact counts, for dimensions with a bounded number of keys: a map increment is cheaper
+    /// than a sketch and a heap.
+    exact: Option<HashMap<u128, u64, foldhash::fast::FixedState>>,
     sketch: CountMin,
     top: HeavyHitters,
+    /// Names of the API keys in `top` (other dimensions' keys name themselves).
+    names: HashMap<u128, Box<str>>,
 }
 
 impl DimensionCounter {
-    fn count(&mut self, key: &str) {
-        let estimate = self.sketch.add(key.as_bytes());
-        self.top.offer(key, u64::from(estimate));
+    fn count(&mut self, key: u128) -> Option<u128> {
+        if let Some(exact) = &mut self.exact {
+            if let Some(n) = exact.get_mut(&key) {
+                *n += 1;
+                return None;
+            }
+            if exact.len() < EXACT_KEYS {
+                exact.insert(key, 1);
+                return None;
+            }
+        }
+        let estimate = self.sketch.add(hash_key(key));
+        self.top.offer(key, u64::from(estimate))
     }
+
+    /// The name of a key, as reports and Mitigations write it.
+    fn name(&self, key: u128) -> String {
+        match self.dimension {
+            Dimension::Ip => ip_of(key).to_string(),
+            Dimension::Prefix => match ip_of(key) {
+                ip @ IpAddr::V4(_) => format!("{ip}/24"),
+                ip @ IpAddr::V6(_) => format!("{ip}/64"),
+            },
+            Dimension::Asn => key.to_string(),
+            Dimension::Country => {
+                let b = (key as u16).to_be_bytes();
+                String::from_utf8_lossy(&b).into_owned()
+            }
+            Dimension::ApiKey => self.names.get(&key).map_or_else(|| format!("{key:032x}"), |n| n.to_string()),
+        }
+    }
+}
+
+/// An address as a key: IPv4 as its IPv4-mapped IPv6 form.
+fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn ip_of(key: u128) -> IpAddr {
+    std::net::Ipv6Addr::from(key).to_canonical()
 }
 
 /// Counts of one interval.
@@ -154,15 +168,20 @@ impl TrafficCounter {
                 .map(|dimension| DimensionCounter {
                     dimension,
                     // Aggregates have far fewer keys than IPs; a narrower sketch serves them.
+                    // Two rows: the sketch only gates entry to the heavy-hitter list, whose
+                    // counts are the ones reported. Aggregates have far fewer keys than IPs.
                     sketch: CountMin::new(
                         if dimension == Dimension::Ip { cfg.sketch_width } else { cfg.sketch_width / 8 },
-                        4,
+                        2,
                     ),
                     top: HeavyHitters::new(cfg.top_keys),
+                    exact: matches!(dimension, Dimension::Asn | Dimension::Country)
+                        .then(|| HashMap::with_hasher(foldhash::fast::FixedState::with_seed(3))),
+                    names: HashMap::new(),
                 })
                 .collect(),
             seen: SeenFilter::new(cfg.seen_bits),
-            hasher: foldhash::fast::FixedState::with_seed(0x6c65_7665_6520_6564),
+            hasher: foldhash::fast::FixedState::with_seed(0x6170_692d_6b65_7973),
             intervals: 0,
             generation_intervals: cfg.seen_generation_intervals.max(1),
             top_keys: cfg.top_keys,
@@ -175,15 +194,10 @@ impl TrafficCounter {
     /// Counts one request.
     pub fn count(&mut self, src: &Source, class: Option<&str>) {
         self.requests += 1;
-        let ip_hash = {
-            let mut h = self.hasher.build_hasher();
-            match src.ip {
-                std::net::IpAddr::V4(v4) => h.write_u32(u32::from(v4)),
-                std::net::IpAddr::V6(v6) => h.write_u128(u128::from(v6)),
-            }
-            h.finish()
-        };
-        if !self.seen.check_and_insert(ip_hash) {
+        let ip = ip_key(src.ip);
+        // A heavy hitter of this interval has been seen: skip the filter's cache misses for it.
+        let tracked = self.dims.first().is_some_and(|d| d.dimension == Dimension::Ip && d.top.contains(ip));
+        if !tracked && !self.seen.check_and_insert(hash_key(ip)) {
             self.new_source_requests += 1;
         }
         if let Some(c) = class {
@@ -197,19 +211,29 @@ impl TrafficCounter {
             }
         }
         for d in &mut self.dims {
-            let mut key = KeyBuf::new();
-            let written = match d.dimension {
-                Dimension::Ip => write!(key, "{}", src.ip).is_ok(),
-                Dimension::Prefix => write!(key, "{}", src.prefix).is_ok(),
-                Dimension::Asn => src.asn.is_some_and(|a| write!(key, "{a}").is_ok()),
-                Dimension::Country => src.country.is_some_and(|c| key.write_str(c.as_str()).is_ok()),
-                Dimension::ApiKey => {
-                    // Keys longer than the buffer are counted by a prefix; they still add up.
-                    src.api_key.as_deref().is_some_and(|k| key.write_str(truncate(k, 64)).is_ok())
-                }
+            let key = match d.dimension {
+                Dimension::Ip => Some(ip),
+                Dimension::Prefix => Some(ip_key(src.prefix.network())),
+                Dimension::Asn => src.asn.map(u128::from),
+                Dimension::Country => src.country.map(|c| u128::from(u16::from_be_bytes(c.bytes()))),
+                Dimension::ApiKey => src.api_key.as_deref().map(|k| {
+                    let lo = self.hasher.hash_one(k);
+                    let hi = foldhash::fast::FixedState::with_seed(lo).hash_one(k);
+                    (u128::from(hi) << 64) | u128::from(lo)
+                }),
             };
-            if written {
-                d.count(key.as_str());
+            let Some(key) = key else { continue };
+            let evicted = d.count(key);
+            if d.dimension == Dimension::ApiKey {
+                if let Some(old) = evicted {
+                    d.names.remove(&old);
+                }
+                if let Some(k) = src.api_key.as_deref()
+                    && !d.names.contains_key(&key)
+                    && d.names.len() < self.top_keys
+                {
+                    d.names.insert(key, truncate(k, 256).into());
+                }
             }
         }
     }
@@ -218,11 +242,17 @@ impl TrafficCounter {
     pub fn take(&mut self) -> Counts {
         let mut top = BTreeMap::new();
         for d in &mut self.dims {
-            let keys: Vec<(String, u64)> =
-                d.top.top(self.top_keys).into_iter().map(|(k, n)| (k.to_owned(), n)).collect();
+            let mut keys = d.top.top(self.top_keys);
+            if let Some(exact) = &mut d.exact {
+                keys.extend(exact.drain());
+                keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                keys.truncate(self.top_keys);
+            }
+            let keys: Vec<(String, u64)> = keys.into_iter().map(|(k, n)| (d.name(k), n)).collect();
             top.insert(d.dimension, keys);
             d.top.clear();
             d.sketch.clear();
+            d.names.clear();
         }
         self.intervals += 1;
         if self.intervals.is_multiple_of(self.generation_intervals) {
@@ -294,6 +324,19 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_sources_are_named_as_such() {
+        let mut c = TrafficCounter::new(small(), &[Dimension::Ip, Dimension::Prefix, Dimension::Country]);
+        c.count(&src("2001:db8:1:2::7", 1), None);
+        c.count(&src("192.0.2.1", 1), None);
+        let counts = c.take();
+        let ips: Vec<&str> = counts.top[&Dimension::Ip].iter().map(|(k, _)| k.as_str()).collect();
+        assert!(ips.contains(&"2001:db8:1:2::7") && ips.contains(&"192.0.2.1"), "{ips:?}");
+        let prefixes: Vec<&str> = counts.top[&Dimension::Prefix].iter().map(|(k, _)| k.as_str()).collect();
+        assert!(prefixes.contains(&"2001:db8:1:2::/64") && prefixes.contains(&"192.0.2.0/24"), "{prefixes:?}");
+        assert_eq!(counts.top[&Dimension::Country], vec![("DE".to_owned(), 2)]);
+    }
+
+    #[test]
     fn sources_stay_known_for_one_to_two_generations() {
         let mut c = TrafficCounter::new(small(), &[Dimension::Ip]);
         c.count(&src("192.0.2.1", 1), None);
@@ -321,12 +364,16 @@ mod tests {
     }
 
     #[test]
-    fn long_api_keys_are_cut_on_a_character_boundary() {
+    fn api_keys_are_named_and_long_ones_cut_on_a_character_boundary() {
         let key = "é".repeat(40); // 80 bytes
         assert_eq!(truncate(&key, 64).len(), 64);
         assert_eq!(truncate(&key, 63).len(), 62);
         let mut c = TrafficCounter::new(small(), &[Dimension::ApiKey]);
-        c.count(&Source { api_key: Some(key), ..src("192.0.2.1", 1) }, None);
-        assert_eq!(c.take().top[&Dimension::ApiKey][0].1, 1);
+        c.count(&Source { api_key: Some(key.clone()), ..src("192.0.2.1", 1) }, None);
+        c.count(&Source { api_key: Some("k2".into()), ..src("192.0.2.1", 1) }, None);
+        c.count(&Source { api_key: Some("k2".into()), ..src("192.0.2.1", 1) }, None);
+        let top = &c.take().top[&Dimension::ApiKey];
+        assert_eq!(top[0], ("k2".to_owned(), 2));
+        assert_eq!(top[1], (key, 1));
     }
 }

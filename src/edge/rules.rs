@@ -184,9 +184,11 @@ impl RuleSet {
             }
             let verdict = match rule.action {
                 MitigationAction::Block => Outcome::Blocked { rule: rule.name.clone(), reason: rule.reason.clone() },
-                MitigationAction::RateLimit => match rule.limiter.as_ref().map(|l| l.check()) {
-                    Some(Err(not_until)) => {
-                        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                MitigationAction::RateLimit => match rule.limiter.as_ref().map(|l| (l, l.check())) {
+                    Some((l, Err(not_until))) => {
+                        // The limiter's own clock: building a clock calibrates it, far too slow
+                        // for a request path.
+                        let wait = not_until.wait_time_from(l.clock().now());
                         Outcome::Limited { rule: rule.name.clone(), retry_after_secs: wait.as_secs().max(1) }
                     }
                     _ => Outcome::Pass,

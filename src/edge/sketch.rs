@@ -1,15 +1,21 @@
 //! Per-source request counting in fixed memory: a count-min sketch estimates any key's count,
-//! and a space-saving list keeps the heaviest keys by name.
+//! and a space-saving list keeps the heaviest keys.
+//!
+//! Keys are 128-bit integers (an address, a network, an ASN, a hash), so counting a request
+//! formats and allocates nothing; names are made only when a report is written.
 //!
 //! # Guarantees
-//! Memory is fixed at construction, whatever the number of distinct keys. Estimates never
-//! undercount; they overcount by at most `total / width` with high probability. Counting an
-//! already tracked key allocates nothing.
+//! Memory is fixed at construction, whatever the number of distinct keys. Sketch estimates
+//! never undercount; they overcount by at most `total / width` with high probability. The
+//! heavy-hitter list does O(log capacity) work per key.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, Hasher},
-};
+use std::{collections::HashMap, hash::BuildHasher};
+
+/// Hashes a key for the sketch and the filters (fast, fixed seed: the hash never leaves the
+/// process).
+pub fn hash_key(key: u128) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x6c65_7665_6520_6564).hash_one(key)
+}
 
 /// A count-min sketch of `depth` rows of `width` counters.
 #[derive(Clone, Debug)]
@@ -17,7 +23,6 @@ pub struct CountMin {
     width: usize,
     depth: usize,
     counters: Vec<u32>,
-    hasher: foldhash::fast::RandomState,
 }
 
 impl CountMin {
@@ -25,24 +30,20 @@ impl CountMin {
     pub fn new(width: usize, depth: usize) -> Self {
         let width = width.max(16).next_power_of_two();
         let depth = depth.clamp(1, 8);
-        Self { width, depth, counters: vec![0; width * depth], hasher: foldhash::fast::RandomState::default() }
+        Self { width, depth, counters: vec![0; width * depth] }
     }
 
-    fn hash(&self, key: &[u8]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write(key);
-        h.finish()
-    }
-
-    /// Counts one occurrence of `key` and returns its estimated count.
-    pub fn add(&mut self, key: &[u8]) -> u32 {
-        let h = self.hash(key);
+    fn slots(&self, h: u64) -> impl Iterator<Item = usize> + use<> {
         // Double hashing: row i uses h1 + i·h2, from one 64-bit hash.
         let (h1, h2) = (h as u32 as usize, ((h >> 32) as usize) | 1);
-        let mask = self.width - 1;
+        let (mask, width) = (self.width - 1, self.width);
+        (0..self.depth).map(move |i| i * width + (h1.wrapping_add(i.wrapping_mul(h2)) & mask))
+    }
+
+    /// Counts one occurrence of the key hashed to `h` and returns its estimated count.
+    pub fn add(&mut self, h: u64) -> u32 {
         let mut estimate = u32::MAX;
-        for i in 0..self.depth {
-            let idx = i * self.width + (h1.wrapping_add(i.wrapping_mul(h2)) & mask);
+        for idx in self.slots(h) {
             let c = &mut self.counters[idx];
             *c = c.saturating_add(1);
             estimate = estimate.min(*c);
@@ -50,15 +51,9 @@ impl CountMin {
         estimate
     }
 
-    /// The estimated count of `key`.
-    pub fn estimate(&self, key: &[u8]) -> u32 {
-        let h = self.hash(key);
-        let (h1, h2) = (h as u32 as usize, ((h >> 32) as usize) | 1);
-        let mask = self.width - 1;
-        (0..self.depth)
-            .map(|i| self.counters[i * self.width + (h1.wrapping_add(i.wrapping_mul(h2)) & mask)])
-            .min()
-            .unwrap_or(0)
+    /// The estimated count of the key hashed to `h`.
+    pub fn estimate(&self, h: u64) -> u32 {
+        self.slots(h).map(|i| self.counters[i]).min().unwrap_or(0)
     }
 
     /// Halves every counter: old traffic fades, so counts follow the recent rate.
@@ -80,15 +75,13 @@ impl CountMin {
 }
 
 /// The heaviest keys (space-saving): at most `capacity` keys, each with a count that
-/// overestimates its true count by at most the count it inherited.
+/// overestimates its true count by at most the count it inherited. Kept as a min-heap with
+/// a position index, so the lightest key is at hand and every step is O(log capacity).
 #[derive(Clone, Debug)]
 pub struct HeavyHitters {
     capacity: usize,
-    keys: Vec<Box<str>>,
-    counts: Vec<u64>,
-    index: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
-    /// A lower bound of the smallest count, so most offers skip the scan for the minimum.
-    min_hint: u64,
+    heap: Vec<(u64, u128)>,
+    pos: HashMap<u128, usize, foldhash::fast::FixedState>,
 }
 
 impl HeavyHitters {
@@ -96,70 +89,110 @@ impl HeavyHitters {
         let capacity = capacity.max(1);
         Self {
             capacity,
-            keys: Vec::with_capacity(capacity),
-            counts: Vec::with_capacity(capacity),
-            index: HashMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default()),
-            min_hint: 0,
+            heap: Vec::with_capacity(capacity),
+            pos: HashMap::with_capacity_and_hasher(capacity, foldhash::fast::FixedState::with_seed(7)),
         }
     }
 
     /// Counts one occurrence of `key`.
-    pub fn add(&mut self, key: &str) {
-        self.offer(key, u64::MAX);
+    pub fn add(&mut self, key: u128) -> Option<u128> {
+        self.offer(key, u64::MAX)
     }
 
     /// Counts one occurrence of `key`, whose count a sketch estimates at `estimate`. A key not
-    /// yet tracked displaces the lightest one only if its estimate is higher: the long tail of
-    /// one-off sources then costs a lookup, not an allocation and a scan.
-    pub fn offer(&mut self, key: &str, estimate: u64) {
-        if let Some(&i) = self.index.get(key) {
-            self.counts[i] += 1;
-            return;
+    /// yet tracked displaces the lightest one only if its estimate is higher, so the long tail
+    /// of one-off sources costs a lookup. Returns the key it displaced, if any.
+    pub fn offer(&mut self, key: u128, estimate: u64) -> Option<u128> {
+        if let Some(&i) = self.pos.get(&key) {
+            self.heap[i].0 += 1;
+            self.sift_down(i);
+            return None;
         }
-        if self.keys.len() < self.capacity {
-            self.index.insert(key.into(), self.keys.len());
-            self.keys.push(key.into());
-            self.counts.push(1);
-            return;
+        if self.heap.len() < self.capacity {
+            self.heap.push((1, key));
+            let i = self.heap.len() - 1;
+            self.pos.insert(key, i);
+            self.sift_up(i);
+            return None;
         }
-        // Counts only grow between decays, so the hint stays a lower bound of the minimum.
-        if estimate <= self.min_hint {
-            return;
-        }
-        let (i, &min) = self.counts.iter().enumerate().min_by_key(|(_, c)| **c).unwrap_or((0, &0));
-        self.min_hint = min;
+        let (min, old) = self.heap[0];
         if estimate <= min {
-            return;
+            return None;
         }
         // Replace the lightest key; the newcomer inherits its count (space-saving).
-        let old = std::mem::replace(&mut self.keys[i], key.into());
-        self.index.remove(&old);
-        self.index.insert(key.into(), i);
-        self.counts[i] += 1;
+        self.pos.remove(&old);
+        self.heap[0] = (min + 1, key);
+        self.pos.insert(key, 0);
+        self.sift_down(0);
+        Some(old)
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.pos.insert(self.heap[a].1, a);
+        self.pos.insert(self.heap[b].1, b);
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.heap[parent].0 <= self.heap[i].0 {
+                break;
+            }
+            self.swap(i, parent);
+            i = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut smallest = i;
+            if l < self.heap.len() && self.heap[l].0 < self.heap[smallest].0 {
+                smallest = l;
+            }
+            if r < self.heap.len() && self.heap[r].0 < self.heap[smallest].0 {
+                smallest = r;
+            }
+            if smallest == i {
+                return;
+            }
+            self.swap(i, smallest);
+            i = smallest;
+        }
     }
 
     /// Keys by count, heaviest first.
-    pub fn top(&self, n: usize) -> Vec<(&str, u64)> {
-        let mut v: Vec<(&str, u64)> = self.keys.iter().map(|k| &**k).zip(self.counts.iter().copied()).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    pub fn top(&self, n: usize) -> Vec<(u128, u64)> {
+        let mut v: Vec<(u128, u64)> = self.heap.iter().map(|&(c, k)| (k, c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
     }
 
-    /// Forgets every key, keeping the memory for the next interval.
-    pub fn clear(&mut self) {
-        self.keys.clear();
-        self.counts.clear();
-        self.index.clear();
-        self.min_hint = 0;
+    pub fn contains(&self, key: u128) -> bool {
+        self.pos.contains_key(&key)
     }
 
-    /// Halves every count, like [`CountMin::decay`].
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Forgets every key, keeping the memory for the next interval.
+    pub fn clear(&mut self) {
+        self.heap.clear();
+        self.pos.clear();
+    }
+
+    /// Halves every count, like [`CountMin::decay`]. Halving keeps the heap order.
     pub fn decay(&mut self) {
-        for c in &mut self.counts {
-            *c >>= 1;
+        for e in &mut self.heap {
+            e.0 >>= 1;
         }
-        self.min_hint >>= 1;
     }
 }
 
@@ -173,15 +206,14 @@ mod tests {
     fn heavy_source_stands_out_among_many() {
         let mut cm = CountMin::new(4096, 4);
         let mut hh = HeavyHitters::new(64);
-        for i in 0..100_000u32 {
-            let key =
-                if i % 10 == 0 { "203.0.113.7".to_owned() } else { format!("10.{}.{}.{}", i % 7, i % 251, i % 13) };
-            cm.add(key.as_bytes());
-            hh.add(&key);
+        for i in 0..100_000u128 {
+            let key = if i % 10 == 0 { 7 } else { 1000 + (i % 7) * 10_000 + (i % 251) * 100 + i % 13 };
+            let e = cm.add(hash_key(key));
+            hh.offer(key, u64::from(e));
         }
-        let est = cm.estimate(b"203.0.113.7");
+        let est = cm.estimate(hash_key(7));
         assert!((10_000..10_000 + 100_000 / 4096 * 4).contains(&est), "{est}");
-        assert_eq!(hh.top(1)[0].0, "203.0.113.7");
+        assert_eq!(hh.top(1)[0].0, 7);
     }
 
     #[test]
@@ -189,40 +221,39 @@ mod tests {
         let mut cm = CountMin::new(1 << 16, 4);
         let mut hh = HeavyHitters::new(1024);
         let before = cm.memory_bytes();
-        for i in 0..200_000u32 {
-            let k = i.to_string();
-            cm.add(k.as_bytes());
-            hh.add(&k);
+        for i in 0..200_000u128 {
+            cm.add(hash_key(i));
+            hh.add(i);
         }
         assert_eq!(cm.memory_bytes(), before);
-        assert_eq!(hh.keys.len(), 1024);
-        assert_eq!(hh.index.len(), 1024);
+        assert_eq!(hh.len(), 1024);
+        assert_eq!(hh.pos.len(), 1024);
     }
 
     #[test]
     fn one_off_sources_do_not_displace_heavy_ones() {
         let mut hh = HeavyHitters::new(2);
         for _ in 0..5 {
-            hh.offer("a", 0);
-            hh.offer("b", 0);
+            hh.offer(1, 0);
+            hh.offer(2, 0);
         }
         for i in 0..1000 {
-            hh.offer(&format!("once-{i}"), 1);
+            assert_eq!(hh.offer(100 + i, 1), None);
         }
-        let top: Vec<&str> = hh.top(2).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(top, vec!["a", "b"]);
-        hh.offer("rising", 9);
-        assert_eq!(hh.top(1)[0].0, "rising", "a key the sketch counts higher gets in");
+        let top: Vec<u128> = hh.top(2).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(top, vec![1, 2]);
+        assert!(hh.offer(99, 9).is_some(), "a key the sketch counts higher gets in");
+        assert_eq!(hh.top(1)[0].0, 99);
     }
 
     #[test]
     fn decay_halves() {
         let mut cm = CountMin::new(64, 2);
         for _ in 0..10 {
-            cm.add(b"k");
+            cm.add(hash_key(1));
         }
         cm.decay();
-        assert_eq!(cm.estimate(b"k"), 5);
+        assert_eq!(cm.estimate(hash_key(1)), 5);
     }
 
     proptest! {
@@ -231,11 +262,39 @@ mod tests {
             let mut cm = CountMin::new(64, 3);
             let mut truth: HashMap<u16, u32> = HashMap::new();
             for k in &keys {
-                cm.add(&k.to_le_bytes());
+                cm.add(hash_key(u128::from(*k)));
                 *truth.entry(*k).or_default() += 1;
             }
             for (k, n) in truth {
-                prop_assert!(cm.estimate(&k.to_le_bytes()) >= n);
+                prop_assert!(cm.estimate(hash_key(u128::from(k))) >= n);
+            }
+        }
+
+        /// With room for every key, the list counts exactly; the heap and index agree.
+        #[test]
+        fn exact_with_room_and_consistent(keys in prop::collection::vec(0u8..40, 1..500), cap in 1usize..60) {
+            let mut hh = HeavyHitters::new(cap);
+            let mut truth: HashMap<u128, u64> = HashMap::new();
+            for k in &keys {
+                hh.add(u128::from(*k));
+                *truth.entry(u128::from(*k)).or_default() += 1;
+            }
+            for (i, &(_, k)) in hh.heap.iter().enumerate() {
+                prop_assert_eq!(hh.pos[&k], i);
+                if i > 0 {
+                    prop_assert!(hh.heap[(i - 1) / 2].0 <= hh.heap[i].0);
+                }
+            }
+            if truth.len() <= cap {
+                for (k, n) in hh.top(cap) {
+                    prop_assert_eq!(truth[&k], n);
+                }
+            }
+            // Space-saving: the true heaviest key is always held when it exceeds total/cap.
+            let total: u64 = truth.values().sum();
+            let (&heaviest, &n) = truth.iter().max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k))).unwrap();
+            if n > total / cap as u64 {
+                prop_assert!(hh.pos.contains_key(&heaviest));
             }
         }
     }

@@ -37,6 +37,11 @@ impl Country {
         }
     }
 
+    /// The two ASCII letters.
+    pub fn bytes(&self) -> [u8; 2] {
+        self.0
+    }
+
     pub fn as_str(&self) -> &str {
         // Both bytes are ASCII letters by construction.
         std::str::from_utf8(&self.0).unwrap_or("??")
@@ -115,6 +120,9 @@ pub struct Origin {
 pub struct PrefixTable {
     v4: Vec<(u32, u32, Origin)>,
     v6: Vec<(u128, u128, Origin)>,
+    /// For each IPv4 /16, the index of the first range that ends in it or later: a lookup
+    /// searches only the ranges near the address, not the whole table.
+    v4_index: Vec<u32>,
 }
 
 impl PrefixTable {
@@ -154,6 +162,10 @@ impl PrefixTable {
         table.v6.sort_by_key(|r| r.0);
         check_disjoint(&table.v4)?;
         check_disjoint(&table.v6)?;
+        if !table.v4.is_empty() {
+            table.v4_index =
+                (0..=u16::MAX as u32).map(|hi| table.v4.partition_point(|r| r.1 < hi << 16) as u32).collect();
+        }
         Ok(table)
     }
 
@@ -167,7 +179,15 @@ impl PrefixTable {
 
     pub fn lookup(&self, ip: IpAddr) -> Origin {
         match ip {
-            IpAddr::V4(v4) => find(&self.v4, u32::from(v4)),
+            IpAddr::V4(v4) => {
+                let x = u32::from(v4);
+                let from = self.v4_index.get((x >> 16) as usize).map_or(0, |&i| i as usize);
+                let to = self
+                    .v4_index
+                    .get((x >> 16) as usize + 1)
+                    .map_or(self.v4.len(), |&i| (i as usize + 1).min(self.v4.len()));
+                find(&self.v4[from..to], x)
+            }
             IpAddr::V6(v6) => find(&self.v6, u128::from(v6)),
         }
     }
@@ -232,6 +252,8 @@ mod tests {
         assert_eq!(t.lookup(ip("203.0.113.128")).asn, None, "just past the range");
         assert_eq!(t.lookup(ip("2001:db8::5")), Origin { asn: None, country: None });
         assert_eq!(t.lookup(ip("8.8.8.8")).asn, None);
+        assert_eq!(t.lookup(ip("0.0.0.0")).asn, None);
+        assert_eq!(t.lookup(ip("255.255.255.255")).asn, None);
 
         let err = PrefixTable::parse("1.2.3.0/24,x,DE").unwrap_err();
         assert!(format!("{err:#}").contains("line 1: ASN \"x\""), "{err:#}");
@@ -239,6 +261,35 @@ mod tests {
         assert!(format!("{err:#}").contains("expected CIDR,ASN,COUNTRY"), "{err:#}");
         let err = PrefixTable::parse("10.0.0.0/8,1,DE\n10.1.0.0/16,2,FR").unwrap_err();
         assert!(format!("{err:#}").contains("overlapping"), "{err:#}");
+    }
+
+    proptest::proptest! {
+        /// The /16 index finds exactly what a search of the whole table finds.
+        #[test]
+        fn indexed_lookup_matches_a_full_search(
+            starts in proptest::collection::btree_set(0u32..1 << 20, 1..200),
+            lens in proptest::collection::vec(12u8..=32, 200),
+            probes in proptest::collection::vec(proptest::prelude::any::<u32>(), 200),
+        ) {
+            // Ranges of many sizes, starting on distinct /24s spread over the space; those
+            // that would overlap the previous one are dropped.
+            let mut text = String::new();
+            let mut last_end: Option<u32> = None;
+            for (i, s) in starts.iter().enumerate() {
+                let start = s << 12;
+                let net = ipnet::Ipv4Net::new(Ipv4Addr::from(start), lens[i]).unwrap().trunc();
+                let (a, b) = (u32::from(net.network()), u32::from(net.broadcast()));
+                if last_end.is_some_and(|e| a <= e) {
+                    continue;
+                }
+                last_end = Some(b);
+                text.push_str(&format!("{net},{},DE\n", i + 1));
+            }
+            let t = PrefixTable::parse(&text).unwrap();
+            for p in probes.iter().copied().chain(t.v4.iter().flat_map(|r| [r.0, r.1, r.1.wrapping_add(1)])) {
+                proptest::prop_assert_eq!(t.lookup(IpAddr::V4(Ipv4Addr::from(p))), find(&t.v4, p));
+            }
+        }
     }
 
     #[test]
