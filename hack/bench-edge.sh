@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Proxy throughput and latency, side by side in one run: wrk against
+#   1. the upstream directly (nginx returning a fixed 200),
+#   2. nginx `proxy_pass` with `limit_req` to that upstream,
+#   3. `levee edge` (release build, standalone) to the same upstream.
+# Each wrk run is bounded (BENCH_SECS, default 10 s). Prints wrk's figures and a summary.
+# Usage: hack/bench-edge.sh [wrk threads] [connections]
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT_DIR"
+
+THREADS=${1:-2}
+CONNS=${2:-64}
+SECS=${BENCH_SECS:-10}
+"$HACK_DIR/install-deps.sh"
+command -v wrk >/dev/null || die "wrk not installed"
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || die "nginx not installed"
+cargo build --release --locked --quiet
+
+dir=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); NGX=$(free_port); EDGE=$(free_port); ADMIN=$(free_port)
+cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  # A per-client limit high enough never to refuse the benchmark: the work is measured, not
+  # the refusals.
+  limit_req_zone \$binary_remote_addr zone=per_ip:10m rate=1000000r/s;
+  upstream app { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$UP;
+    location / { return 200 "ok\n"; }
+  }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      limit_req zone=per_ip burst=1000000 nodelay;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://app;
+    }
+  }
+}
+CONF
+"$NGINX" -c "$dir/nginx.conf" -p "$dir" 2>/dev/null || "$NGINX" -c "$dir/nginx.conf"
+target/release/levee edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
+  --upstream "http://127.0.0.1:$UP" >"$dir/edge.log" 2>&1 &
+edge_pid=$!
+cleanup() { kill "$edge_pid" 2>/dev/null || true; kill "$(cat "$dir/nginx.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+wait_for "levee edge" 20 curl -sf "http://127.0.0.1:$ADMIN/readyz"
+wait_for "nginx" 20 curl -sf "http://127.0.0.1:$NGX/"
+
+run() {
+  local name=$1 port=$2
+  log "wrk -t$THREADS -c$CONNS -d${SECS}s against $name"
+  wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:$port/" | tee "$dir/$name.txt"
+}
+run upstream "$UP"
+run nginx "$NGX"
+run levee "$EDGE"
+
+summary() {
+  local f="$dir/$1.txt"
+  printf '%-9s %12s req/s   p50 %8s   p99 %8s   non-2xx %s\n' "$1" \
+    "$(awk '/Requests\/sec/{print $2}' "$f")" \
+    "$(awk '$1=="50%"{print $2}' "$f")" \
+    "$(awk '$1=="99%"{print $2}' "$f")" \
+    "$(awk '/Non-2xx/{print $5}' "$f" | sed 's/^$/0/')"
+}
+echo
+echo "summary (wrk -t$THREADS -c$CONNS -d${SECS}s, $(nproc) cores shared by wrk, nginx and levee):"
+for n in upstream nginx levee; do summary $n; done
