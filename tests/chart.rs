@@ -1,11 +1,16 @@
 //! End to end with the Helm-rendered manifests: the chart's RBAC is enough for `levee run` to
-//! judge policies, read Secrets, scale a Deployment, write status and publish Events.
+//! judge policies, read Secrets, scale a Deployment, write status and publish Events, and for
+//! `levee edge` to follow and enforce its pool's Mitigations.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Operator, TestNs, env, eventually};
+use common::{
+    Operator, TestNs,
+    edge::{Edge, Upstream},
+    env, eventually,
+};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     authentication::v1::{TokenRequest, TokenRequestSpec},
@@ -17,7 +22,8 @@ use kube::{Api, api::PostParams, config::Kubeconfig};
 fn render(ns: &str) -> Vec<String> {
     let out = std::process::Command::new(env("LEVEE_HELM"))
         .args(["template", ns, concat!(env!("CARGO_MANIFEST_DIR"), "/charts/levee"), "--namespace", ns])
-        .args(["--set", &format!("watchNamespace={ns}")])
+        .args(["--set", &format!("watchNamespace={ns}"), "--set", "edge.enabled=true"])
+        .args(["--set", "edge.upstream=http://127.0.0.1:1", "--set", "edge.trustedHops=1"])
         .output()
         .expect("run helm");
     assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
@@ -27,6 +33,20 @@ fn render(ns: &str) -> Vec<String> {
         .map(str::to_owned)
         .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
         .collect()
+}
+
+/// A kubeconfig file for the ServiceAccount `name` of `ns`, with a fresh token.
+async fn kubeconfig_of_service_account(ns: &TestNs, name: &str) -> std::path::PathBuf {
+    let sa: Api<ServiceAccount> = ns.api();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = sa.create_token_request(name, &PostParams::default(), &request).await.unwrap();
+    let token = token.status.and_then(|s| s.token).expect("token issued");
+    let path = std::env::temp_dir().join(format!("levee-chart-{name}.kubeconfig"));
+    kubeconfig_for(&token, &path);
+    path
 }
 
 /// A kubeconfig for the stack's apiserver that authenticates as `token`.
@@ -45,21 +65,13 @@ fn kubeconfig_for(token: &str, path: &std::path::Path) {
 async fn the_charts_rbac_is_enough_to_run_the_operator() {
     let ns = TestNs::new("chart").await;
     let docs = render(&ns.name);
-    assert!(docs.len() >= 5, "ServiceAccount, ClusterRole, ClusterRoleBinding, Deployment, Service");
+    assert!(docs.len() >= 10, "operator and edge: ServiceAccount, roles, bindings, Deployment, Service");
     for doc in &docs {
         ns.apply_yaml(doc, false).await.unwrap_or_else(|e| panic!("{e}\n{doc}"));
     }
 
     // Run the operator as the chart's ServiceAccount.
-    let sa: Api<ServiceAccount> = ns.api();
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-        ..Default::default()
-    };
-    let token = sa.create_token_request(&ns.name, &PostParams::default(), &request).await.unwrap();
-    let token = token.status.and_then(|s| s.token).expect("token issued");
-    let kubeconfig = std::env::temp_dir().join(format!("levee-chart-{}.kubeconfig", ns.name));
-    kubeconfig_for(&token, &kubeconfig);
+    let kubeconfig = kubeconfig_of_service_account(&ns, &ns.name).await;
 
     ns.create_yaml(
         r#"
@@ -116,6 +128,41 @@ spec:
     assert!(signals.message.contains("rabbitmq"), "{}", signals.message);
     assert!(op.stop().await);
     std::fs::remove_file(kubeconfig).ok();
+
+    // The edge, as the chart's edge ServiceAccount: it lists and watches its pool's
+    // Mitigations and enforces them.
+    let up = Upstream::start().await;
+    let edge_kubeconfig = kubeconfig_of_service_account(&ns, &format!("{}-edge", ns.name)).await;
+    let edge = Edge::start_as(
+        &up.url(),
+        Some(&edge_kubeconfig),
+        &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1"],
+    )
+    .await;
+    let expires =
+        (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    ns.create_yaml(&format!(
+        "apiVersion: levee.dev/v1alpha1\nkind: Mitigation\nmetadata: {{ name: b }}\nspec: {{ edgePool: public, match: {{ ip: 192.0.2.9 }}, action: Block, expiresAt: '{expires}', reason: test }}\n"
+    ))
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(5),
+        "the edge enforces the Mitigation",
+        || async {
+            client
+                .get(edge.url("/"))
+                .header("x-forwarded-for", "192.0.2.9")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        },
+        |s| *s == Some(403),
+    )
+    .await;
+    std::fs::remove_file(edge_kubeconfig).ok();
     // The ClusterRole and binding are cluster-wide: remove them.
     for kind in ["ClusterRoleBinding", "ClusterRole"] {
         let ar = kube::discovery::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(

@@ -55,6 +55,11 @@ pub struct Edge {
 impl Edge {
     /// Starts an edge in front of `upstream` with extra arguments, and waits until ready.
     pub async fn start(upstream: &str, extra: &[&str]) -> Self {
+        Self::start_as(upstream, None, extra).await
+    }
+
+    /// Like [`Edge::start`], authenticating with `kubeconfig` instead of the stack's admin.
+    pub async fn start_as(upstream: &str, kubeconfig: Option<&std::path::Path>, extra: &[&str]) -> Self {
         let (port, admin_port) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
         cmd.args(["edge", "--listen", &format!("127.0.0.1:{port}")])
@@ -64,8 +69,14 @@ impl Edge {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Ok(kc) = std::env::var("KUBECONFIG") {
-            cmd.env("KUBECONFIG", kc);
+        match (kubeconfig, std::env::var("KUBECONFIG")) {
+            (Some(kc), _) => {
+                cmd.env("KUBECONFIG", kc);
+            }
+            (None, Ok(kc)) => {
+                cmd.env("KUBECONFIG", kc);
+            }
+            (None, Err(_)) => {}
         }
         let child = cmd.spawn().expect("spawn levee edge");
         let edge = Self { child, port, admin_port };
