@@ -147,6 +147,9 @@ pub struct SimulateArgs {
 /// `levee simulate`.
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let name = args.scenario.as_deref().unwrap_or(if args.trace.is_some() { "nasa" } else { "incident" });
+    if let Some(guard) = sim::guard::scenario::GuardScenario::load(name) {
+        return simulate_guard(guard?, &args);
+    }
     let mut scenario = Scenario::load(name)?;
     if let Some(seed) = args.seed {
         scenario.seed = seed;
@@ -198,6 +201,34 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         }
     }
     println!("\nreport: {}   ({} controllers simulated in {:.1}s)", path.display(), runs.len(), elapsed.as_secs_f64());
+    Ok(())
+}
+
+/// `levee simulate` of a guard scenario: no guard against levee's TrafficGuard.
+fn simulate_guard(mut scenario: sim::guard::scenario::GuardScenario, args: &SimulateArgs) -> anyhow::Result<()> {
+    if args.trace.is_some() {
+        bail!(
+            "--trace replays arrivals of an autoscaling scenario; guard scenario {} has its own clients",
+            scenario.name
+        );
+    }
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    let started = std::time::Instant::now();
+    let runs = sim::guard::run(&scenario, progress("simulate"));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    println!("scenario {}: {}", scenario.name, scenario.description);
+    println!();
+    print!("{}", sim::guard::table(&runs));
+    println!(
+        "
+(simulated in {:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

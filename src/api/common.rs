@@ -20,7 +20,7 @@ pub enum Mode {
 ///
 /// Only whole numbers with the units `ms`, `s`, `m` and `h` are accepted, so the same
 /// string parses identically here and in the apiserver's CEL `duration()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(pub std::time::Duration);
 
 /// The schema pattern for [`Duration`]; kept in one place so CRD and parser agree.

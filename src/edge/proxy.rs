@@ -236,15 +236,17 @@ pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>)
     let settings = state.settings.load();
     let src = state.source(peer, req.headers(), &settings);
     let class = settings.classifier.classify(req.headers(), req.uri().path());
-    // Allowlisted traffic is left out of the counts, so no baseline or aggregate the operator
-    // judges is made of it; it is only tallied.
-    if settings.allowlist.iter().any(|n| n.contains(&src.ip)) {
-        lock(&state.stats).2 += 1;
-    } else {
-        lock(&state.counter).count(&src, class);
-    }
-
     let check = state.rules.load().check(&src, class, unix_now());
+    // What is let through is counted: a limited source then shows at its limit and a contained
+    // surge stops looking like one, so detection sees what still reaches the upstream.
+    // Allowlisted traffic is left out, so no baseline or aggregate is made of it.
+    if check.outcome == Outcome::Pass {
+        if settings.allowlist.iter().any(|n| n.contains(&src.ip)) {
+            lock(&state.stats).2 += 1;
+        } else {
+            lock(&state.counter).count(&src, class);
+        }
+    }
     if check.shadow_limited {
         lock(&state.stats).1 += 1;
         state.metrics.shadow_limited.inc();

@@ -24,7 +24,7 @@ pub struct EdgeReport {
     pub edge: String,
     /// Length of the interval counted.
     pub interval_secs: f64,
-    /// Requests counted (all but allowlisted ones).
+    /// Requests let through and counted (all but limited, blocked and allowlisted ones).
     pub requests: u64,
     /// Requests from a client IP not seen in the edge's memory window (about ten minutes).
     pub new_source_requests: u64,

@@ -2,6 +2,7 @@
 //! autoscalers on a scenario and to benchmark levee.
 
 pub mod controllers;
+pub mod guard;
 pub mod metrics;
 pub mod platform;
 pub mod pool;

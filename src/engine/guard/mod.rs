@@ -102,6 +102,12 @@ pub struct Finding {
     pub ratio: f64,
 }
 
+/// The rate a mitigation for `f` admits: `multiple` times the baseline it was judged against,
+/// and never less than one request a second.
+pub fn mitigation_limit(f: &Finding, multiple: f64) -> f64 {
+    (multiple * f.baseline).max(1.0)
+}
+
 /// The verdict on one sample.
 #[derive(Clone, Debug, Default)]
 pub struct Observation {
@@ -111,6 +117,9 @@ pub struct Observation {
     pub total_score: f64,
     pub new_source_ratio: f64,
     pub new_source_baseline: f64,
+    /// How far the mix of prefixes, ASNs or countries moved from the usual (0: same, 1: all
+    /// traffic from elsewhere).
+    pub mix_distance: f64,
     /// The total is surging and the source mix changed.
     pub surge: bool,
     /// The total is far above baseline from the usual mix: demand, not an attack.
@@ -122,12 +131,13 @@ impl Observation {
     /// One sentence for status and Events.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "total {:.1} req/s against a baseline of {:.1} ({:+.1} deviations); new sources {:.0}% (usually {:.0}%)",
+            "total {:.1} req/s against a baseline of {:.1} ({:+.1} deviations); new sources {:.0}% (usually {:.0}%); source mix moved {:.0}%",
             self.total_rate,
             self.total_baseline,
             self.total_score,
             self.new_source_ratio * 100.0,
-            self.new_source_baseline * 100.0
+            self.new_source_baseline * 100.0,
+            self.mix_distance * 100.0
         );
         if self.surge {
             s.push_str("; distributed surge");
@@ -159,6 +169,10 @@ struct Judged {
     key: String,
     rate: f64,
     baseline: f64,
+    /// Its own learned baseline, when it has one.
+    own: Option<f64>,
+    /// The step it was first seen (this one, for a key never seen before).
+    born: u64,
     hot: bool,
     /// Its share of the dimension's counted requests.
     share: f64,
@@ -171,14 +185,17 @@ struct KeyState {
     hot: u32,
     last_step: u64,
     share: f64,
+    /// The step it was first seen.
+    born: u64,
 }
 
 /// Samples after which a key's own baseline is trusted over the population's.
 const KEY_WARMUP: u32 = 10;
 /// Keys remembered per guard; the stalest go first.
 const MAX_KEYS: usize = 50_000;
-/// A key's share of its dimension rising by this much is a change in the source mix.
-const SHARE_SHIFT: f64 = 0.1;
+/// Shares of an aggregate dimension moving this far (total variation distance) from the usual
+/// ones is a change in the source mix.
+const MIX_SHIFT: f64 = 0.2;
 /// The new-source ratio rising by this much is a change in the source mix.
 const NEW_SOURCE_SHIFT: f64 = 0.1;
 
@@ -193,7 +210,21 @@ pub struct GuardDetector {
     /// Per dimension, a typical heavy key's rate: the baseline of a key seen for the first time.
     reference: HashMap<Dimension, f64>,
     step: u64,
+    /// Keys named recently, until the step given: a surge's remaining excess is looked for
+    /// among other keys, since an edge counts what it receives, limited or not.
+    recent: HashMap<(Dimension, String), u64>,
 }
+
+/// An aggregate is named only when its count is this many Poisson deviations above its
+/// baseline: with hundreds of small aggregates, chance alone puts some at twice their rate.
+const POISSON_Z: f64 = 6.0;
+
+/// An aggregate first seen at most this many samples before a surge began counts as part of
+/// it; older ones carry real clients and are never limited as a whole.
+const NEW_BEFORE_SURGE: u64 = 30;
+
+/// Samples a named key is left out of further surge findings.
+const NAMED_FOR: u64 = 30;
 
 impl GuardDetector {
     pub fn new(tuning: Tuning, allowlist: Vec<IpNet>) -> Self {
@@ -213,6 +244,7 @@ impl GuardDetector {
             keys: HashMap::new(),
             reference: HashMap::new(),
             step: 0,
+            recent: HashMap::new(),
         }
     }
 
@@ -253,10 +285,12 @@ impl GuardDetector {
 
         // Per key: rate, the baseline it is judged against, and whether it is hot.
         let mut judged: Vec<Judged> = Vec::new();
-        let mut share_shift = 0.0f64;
+        let mut mix_distance = 0.0f64;
         for (&dim, keys) in &s.top {
             let dim_total: f64 = keys.iter().map(|(_, n)| *n as f64).sum::<f64>().max(1.0);
             let reference = self.reference.get(&dim).copied();
+            let aggregate = dim != Dimension::Ip && dim != Dimension::ApiKey;
+            let (mut moved, mut usual_present) = (0.0, 0.0);
             for (key, n) in keys {
                 let rate = *n as f64 / secs;
                 let st = self.keys.get(&(dim, key.clone()));
@@ -264,20 +298,40 @@ impl GuardDetector {
                 let baseline = own.or(reference).unwrap_or(0.0).max(self.tuning.min_rate);
                 let hot = warm && rate > self.tuning.multiple * baseline;
                 let share = *n as f64 / dim_total;
-                if dim != Dimension::Ip && dim != Dimension::ApiKey {
+                if aggregate {
                     let usual = st.map_or(0.0, |k| k.share);
-                    share_shift = share_shift.max(share - usual);
+                    moved += (share - usual).abs();
+                    usual_present += usual;
                 }
-                judged.push(Judged { dim, key: key.clone(), rate, baseline, hot, share });
+                judged.push(Judged {
+                    dim,
+                    key: key.clone(),
+                    rate,
+                    baseline,
+                    own,
+                    born: st.map_or(self.step, |k| k.born),
+                    hot,
+                    share,
+                });
+            }
+            if aggregate {
+                // Total variation distance between this sample's shares and the usual ones;
+                // the usual share of keys absent now counts as moved too.
+                mix_distance = mix_distance.max(0.5 * (moved + (1.0 - usual_present).max(0.0)));
             }
         }
-        let mix_changed = new_ratio - self.new_ratio >= NEW_SOURCE_SHIFT || share_shift >= SHARE_SHIFT;
+        obs.mix_distance = mix_distance;
+        let mix_changed = new_ratio - self.new_ratio >= NEW_SOURCE_SHIFT || mix_distance >= MIX_SHIFT;
         obs.surge = self.total_hot >= self.tuning.confirm && mix_changed;
         obs.demand_rise = self.total_hot >= self.tuning.confirm && !mix_changed;
 
         // Single sources: hot for `confirm` samples in a row.
         for j in &judged {
-            let st = self.keys.entry((j.dim, j.key.clone())).or_default();
+            let step = self.step;
+            let st = self
+                .keys
+                .entry((j.dim, j.key.clone()))
+                .or_insert_with(|| KeyState { born: step, ..KeyState::default() });
             st.hot = if j.hot { st.hot + 1 } else { 0 };
             let single = matches!(j.dim, Dimension::Ip | Dimension::ApiKey);
             if single && st.hot >= self.tuning.confirm && !self.allowlisted(j.dim, &j.key) {
@@ -302,8 +356,12 @@ impl GuardDetector {
                     obs.findings.iter().map(|f| (f.dimension, f.key.clone())).collect();
                 let others: Vec<Judged> =
                     judged.into_iter().filter(|j| !named.iter().any(|(d, k)| *d == j.dim && *k == j.key)).collect();
-                obs.findings.extend(self.dominant_aggregates(&others, rest));
+                obs.findings.extend(self.dominant_aggregates(&others, rest, secs));
                 judged = others;
+                let until = self.step + NAMED_FOR;
+                for f in &obs.findings {
+                    self.recent.insert((f.dimension, f.key.clone()), until);
+                }
             } else {
                 obs.surge = false;
             }
@@ -316,14 +374,33 @@ impl GuardDetector {
     }
 
     /// The keys of one aggregate dimension that explain the surge's excess: per dimension,
-    /// keys well above their baseline, heaviest excess first, until half the excess is
-    /// covered; the dimension that covers it while catching the least usual traffic wins.
-    fn dominant_aggregates(&self, judged: &[Judged], excess: f64) -> Vec<Finding> {
+    /// keys with no usual traffic of their own that are well above the floor, heaviest excess
+    /// first, until half the excess is covered; the dimension that covers it while catching the
+    /// least usual traffic wins.
+    fn dominant_aggregates(&mut self, judged: &[Judged], excess: f64, secs: f64) -> Vec<Finding> {
+        let step = self.step;
+        self.recent.retain(|_, until| *until > step);
+        let surge_began = step.saturating_sub(u64::from(self.total_hot));
         let mut best: Option<(f64, f64, Vec<Finding>)> = None; // (covered, collateral, findings)
+        let best_len = |b: &Option<(f64, f64, Vec<Finding>)>| b.as_ref().map_or(0, |b| b.2.len());
         for dim in [Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::Ip] {
+            let is_recent = |j: &Judged| self.recent.contains_key(&(j.dim, j.key.clone()));
+            // What keys of this dimension named in the last samples already account for.
+            let already: f64 =
+                judged.iter().filter(|j| j.dim == dim && is_recent(j)).map(|j| (j.rate - j.baseline).max(0.0)).sum();
+            let excess = (excess - already).max(0.0);
+            // Only aggregates that appeared with the surge: limiting the whole of an ISP or a
+            // country that real clients used before would refuse them along with the attack.
             let mut cands: Vec<&Judged> = judged
                 .iter()
-                .filter(|j| j.dim == dim && j.rate > 2.0 * j.baseline && !self.allowlisted(dim, &j.key))
+                .filter(|j| {
+                    j.dim == dim
+                        && j.born + NEW_BEFORE_SURGE >= surge_began
+                        && j.rate > 2.0 * j.baseline
+                        && (j.rate - j.baseline) * (secs / j.baseline).sqrt() > POISSON_Z
+                        && !self.allowlisted(dim, &j.key)
+                        && !is_recent(j)
+                })
                 .collect();
             if cands.is_empty() {
                 continue;
@@ -335,7 +412,7 @@ impl GuardDetector {
                     break;
                 }
                 covered += j.rate - j.baseline;
-                collateral += j.baseline;
+                collateral += j.own.unwrap_or(0.0);
                 picked.push(Finding {
                     kind: Kind::DistributedSurge,
                     dimension: j.dim,
@@ -346,6 +423,7 @@ impl GuardDetector {
                 });
             }
             let enough = covered >= 0.5 * excess;
+            let bn = best_len(&best);
             let better = match &best {
                 None => true,
                 Some((bc, bcol, _)) => {
@@ -353,7 +431,8 @@ impl GuardDetector {
                     match (enough, best_enough) {
                         (true, false) => true,
                         (false, true) => false,
-                        (true, true) => collateral < *bcol,
+                        // Least usual traffic caught; then fewest rules.
+                        (true, true) => (collateral, picked.len()) < (*bcol, bn),
                         (false, false) => covered > *bc,
                     }
                 }
@@ -380,7 +459,11 @@ impl GuardDetector {
                 }
             }
             for j in judged.iter().filter(|j| !j.hot) {
-                let st = self.keys.entry((j.dim, j.key.clone())).or_default();
+                let step = self.step;
+                let st = self
+                    .keys
+                    .entry((j.dim, j.key.clone()))
+                    .or_insert_with(|| KeyState { born: step, ..KeyState::default() });
                 st.samples += 1;
                 let w = a.max(1.0 / f64::from(st.samples));
                 st.rate = (1.0 - w) * st.rate + w * j.rate;

@@ -31,7 +31,7 @@ use crate::{
         mitigation::{Evidence, MatchSpec, MitigationAction, RateLimit},
         traffic_guard::{AggregationKey as Dimension, GuardAction},
     },
-    engine::guard::{Finding, GuardDetector, Observation, Tuning},
+    engine::guard::{Finding, GuardDetector, Observation, Tuning, mitigation_limit},
 };
 use hub::{PoolExtras, ReportHub};
 
@@ -177,7 +177,7 @@ impl Guards {
 
     fn finding_mitigation(&self, guard: &TrafficGuard, f: &Finding, obs: &Observation) -> Wanted {
         let m = &guard.spec.mitigation;
-        let limit = (m.rate_limit_multiple * f.baseline).max(1.0);
+        let limit = mitigation_limit(f, m.rate_limit_multiple);
         let (action, rate_limit) = match m.action {
             GuardAction::Block => (MitigationAction::Block, None),
             GuardAction::RateLimit => (

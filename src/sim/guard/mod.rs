@@ -1,0 +1,471 @@
+//! `levee simulate --scenario surge|flood`: the traffic guard against simulated attacks.
+//!
+//! Every second each client sends a Poisson number of requests. The edge enforces the
+//! Mitigations in force as token buckets shared by everything a rule matches, counts what it
+//! lets through (as `levee edge` does), and reports; the report reaches the
+//! same [`GuardDetector`] the operator runs one interval later, and a Mitigation it causes is
+//! in force on the edges after the propagation delay. Admitted cache misses load the
+//! database; misses beyond its capacity fail.
+//!
+//! Two runs per scenario: no guard, and levee. Deterministic for a seed.
+
+pub mod scenario;
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::{SeedableRng, distr::StandardUniform, rngs::StdRng};
+use rand_distr::{Distribution, LogNormal, Poisson};
+use serde::Serialize;
+
+use crate::{
+    api::traffic_guard::AggregationKey as Dimension,
+    engine::guard::{GuardDetector, Sample, Tuning, mitigation_limit},
+};
+use scenario::GuardScenario;
+
+const DIMS: [Dimension; 4] = [Dimension::Ip, Dimension::Prefix, Dimension::Asn, Dimension::Country];
+/// Keys per dimension an edge report carries (as `levee edge` does by default).
+const TOP_KEYS: usize = 1024;
+/// A client unseen for this long is new again (the edge's filter keeps about this much).
+const NEW_AFTER_SECS: f64 = 600.0;
+
+struct Client {
+    /// Key id per dimension of [`DIMS`].
+    ids: [usize; 4],
+    legit_rate: f64,
+    attack: Option<usize>,
+    last_seen: Option<f64>,
+}
+
+/// The population: clients and the names of every key.
+struct World {
+    clients: Vec<Client>,
+    names: [Vec<String>; 4],
+}
+
+fn intern(names: &mut Vec<String>, index: &mut HashMap<String, usize>, name: String) -> usize {
+    *index.entry(name.clone()).or_insert_with(|| {
+        names.push(name);
+        names.len() - 1
+    })
+}
+
+impl World {
+    fn new(sc: &GuardScenario, rng: &mut StdRng) -> Self {
+        let mut names: [Vec<String>; 4] = Default::default();
+        let mut index: [HashMap<String, usize>; 4] = Default::default();
+        let countries: Vec<String> =
+            (0..200u8).map(|i| format!("{}{}", (b'A' + i / 26 % 26) as char, (b'A' + i % 26) as char)).collect();
+        // Big ISPs and big countries: a skewed (squared uniform) pick.
+        let skewed = |rng: &mut StdRng, n: usize| {
+            let u: f64 = StandardUniform.sample(rng);
+            (u * u * n as f64) as usize
+        };
+        let lognormal = LogNormal::new(0.0, 1.0).expect("valid lognormal");
+        let mut clients = Vec::new();
+        let weights: Vec<f64> = (0..sc.legit.sources).map(|_| lognormal.sample(rng)).collect();
+        let total: f64 = weights.iter().sum();
+        for (i, w) in weights.iter().enumerate() {
+            let p = i / sc.legit.sources_per_prefix;
+            let ip =
+                format!("{}.{}.{}.{}", 11 + p / 65536, p / 256 % 256, p % 256, 1 + i % sc.legit.sources_per_prefix);
+            let keys = [
+                ip,
+                format!("{}.{}.{}.0/24", 11 + p / 65536, p / 256 % 256, p % 256),
+                (64_000 + skewed(rng, sc.legit.asns)).to_string(),
+                countries[skewed(rng, sc.legit.countries)].clone(),
+            ];
+            let ids = std::array::from_fn(|d| intern(&mut names[d], &mut index[d], keys[d].clone()));
+            clients.push(Client { ids, legit_rate: sc.legit.rate * w / total, attack: None, last_seen: None });
+        }
+        let mut next = 0usize;
+        for (a, attack) in sc.attacks.iter().enumerate() {
+            for j in 0..attack.sources {
+                // Each attacking address in a /24 of its own, as botnets are spread.
+                let q = next;
+                next += 1;
+                let asn_pick = j % attack.asns;
+                let asn = if asn_pick < attack.shared_asns { 64_000 + asn_pick } else { 90_000 + a * 1000 + asn_pick };
+                let keys = [
+                    format!("{}.{}.{}.7", 150 + q / 65536, q / 256 % 256, q % 256),
+                    format!("{}.{}.{}.0/24", 150 + q / 65536, q / 256 % 256, q % 256),
+                    asn.to_string(),
+                    countries[j % attack.countries].clone(),
+                ];
+                let ids = std::array::from_fn(|d| intern(&mut names[d], &mut index[d], keys[d].clone()));
+                clients.push(Client { ids, legit_rate: 0.0, attack: Some(a), last_seen: None });
+            }
+        }
+        Self { clients, names }
+    }
+}
+
+/// A rule in force at the edges.
+struct Rule {
+    in_force_from: f64,
+    expires: f64,
+    rate: f64,
+    tokens: f64,
+    burst: f64,
+}
+
+/// Per-attack timings, seconds after its onset.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AttackTiming {
+    pub name: String,
+    /// First finding naming one of its sources or their aggregates.
+    pub detect_secs: Option<f64>,
+    /// First second in which part of it was refused at the edges.
+    pub enforce_secs: Option<f64>,
+    /// Fraction of its requests admitted.
+    pub admitted_ratio: f64,
+}
+
+/// One run's summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GuardSummary {
+    pub guard: String,
+    /// Legitimate requests served (admitted, and not failed by an overloaded database).
+    pub legit_success_ratio: f64,
+    /// The same, only while some attack runs.
+    pub legit_success_ratio_under_attack: f64,
+    /// Legitimate requests refused by a mitigation, as a fraction of all legitimate requests.
+    pub false_positive_ratio: f64,
+    pub peak_db_load_ratio: f64,
+    pub db_overloaded_secs: f64,
+    pub mitigations: usize,
+    pub attacks: Vec<AttackTiming>,
+    pub detect_p50_secs: Option<f64>,
+    pub detect_p95_secs: Option<f64>,
+    pub enforce_p95_secs: Option<f64>,
+}
+
+#[derive(Default)]
+struct Tally {
+    legit: f64,
+    legit_admitted: f64,
+    legit_ok: f64,
+    legit_under_attack: f64,
+    legit_ok_under_attack: f64,
+    peak_db: f64,
+    db_over: f64,
+    attack: Vec<(f64, f64)>,
+}
+
+/// Runs the scenario without a guard and with levee's.
+pub fn run(sc: &GuardScenario, mut progress: impl FnMut(f64)) -> Vec<GuardSummary> {
+    let with = [false, true];
+    let mut out = Vec::new();
+    for (k, &guarded) in with.iter().enumerate() {
+        out.push(run_once(sc, guarded, |f| progress((k as f64 + f) / with.len() as f64)));
+    }
+    progress(1.0);
+    out
+}
+
+fn attack_rate(sc: &GuardScenario, a: usize, t: f64) -> f64 {
+    let at = &sc.attacks[a];
+    let (start, end, ramp) = (at.start.as_secs_f64(), at.end.as_secs_f64(), at.ramp.as_secs_f64());
+    if t < start || t >= end {
+        return 0.0;
+    }
+    let full = if ramp > 0.0 { ((t - start) / ramp).min(1.0) } else { 1.0 };
+    at.rate * full / at.sources as f64
+}
+
+fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) -> GuardSummary {
+    let mut rng = StdRng::seed_from_u64(sc.seed);
+    let mut world = World::new(sc, &mut rng);
+    let dims: Vec<usize> = (0..4).filter(|&d| sc.guard.aggregation_keys.contains(&DIMS[d])).collect();
+    let g = &sc.guard;
+    let mut detector = GuardDetector::new(Tuning::new(g.sensitivity, 3600.0, g.report_interval.as_secs_f64()), vec![]);
+    let mut rules: HashMap<(usize, usize), Rule> = HashMap::new();
+    let mut offences: HashMap<(usize, usize), u32> = HashMap::new();
+    let mut pending: Vec<(f64, Sample)> = Vec::new();
+    let mut attacks: Vec<AttackTiming> =
+        sc.attacks.iter().map(|a| AttackTiming { name: a.name.clone(), ..AttackTiming::default() }).collect();
+    let mut tally = Tally { attack: vec![(0.0, 0.0); sc.attacks.len()], ..Tally::default() };
+    let mut mitigations = 0;
+    let duration = sc.duration.as_secs_f64().floor() as usize;
+    let report_every = g.report_interval.as_secs_f64().max(1.0);
+    let mut counts: [Vec<u64>; 4] = std::array::from_fn(|d| vec![0; world.names[d].len()]);
+    let (mut received, mut new_requests, mut since_report) = (0u64, 0u64, 0.0);
+    // Which keys belong to which attack, to tell when a finding is about it.
+    let mut attack_keys: Vec<[std::collections::HashSet<usize>; 4]> = vec![Default::default(); sc.attacks.len()];
+    for c in &world.clients {
+        if let Some(a) = c.attack {
+            for (keys, id) in attack_keys[a].iter_mut().zip(c.ids) {
+                keys.insert(id);
+            }
+        }
+    }
+    let miss = sc.legit.cache_miss_ratio;
+
+    for step in 0..duration {
+        let t = step as f64;
+        // Refill the buckets of rules in force.
+        rules.retain(|_, r| r.expires > t);
+        for r in rules.values_mut() {
+            r.tokens = (r.tokens + r.rate).min(r.burst.max(r.rate));
+        }
+        // Demand per client, then per rule.
+        let mut demand: Vec<(usize, f64)> = Vec::with_capacity(world.clients.len());
+        let mut rule_demand: HashMap<(usize, usize), f64> = HashMap::new();
+        for (i, c) in world.clients.iter_mut().enumerate() {
+            let rate = match c.attack {
+                Some(a) => attack_rate(sc, a, t),
+                None => c.legit_rate,
+            };
+            if rate <= 0.0 {
+                continue;
+            }
+            let n = Poisson::new(rate).map_or(rate, |p| p.sample(&mut rng));
+            if n <= 0.0 {
+                continue;
+            }
+            if c.last_seen.is_none_or(|s| t - s > NEW_AFTER_SECS) {
+                new_requests += n as u64;
+            }
+            c.last_seen = Some(t);
+            for &d in &dims {
+                if let Some(r) = rules.get(&(d, c.ids[d]))
+                    && r.in_force_from <= t
+                {
+                    *rule_demand.entry((d, c.ids[d])).or_default() += n;
+                }
+            }
+            demand.push((i, n));
+        }
+        let fraction: HashMap<(usize, usize), f64> = rule_demand
+            .iter()
+            .map(|(k, &dem)| (*k, if dem > 0.0 { (rules[k].tokens / dem).min(1.0) } else { 1.0 }))
+            .collect();
+        for (k, &dem) in &rule_demand {
+            if let Some(r) = rules.get_mut(k) {
+                r.tokens = (r.tokens - dem).max(0.0);
+            }
+        }
+        let any_attack = (0..sc.attacks.len()).any(|a| attack_rate(sc, a, t) > 0.0);
+        let (mut legit_admitted, mut db_load) = (0.0, 0.0);
+        let mut legit_this = 0.0;
+        for (i, n) in demand {
+            let c = &world.clients[i];
+            let frac = dims.iter().filter_map(|&d| fraction.get(&(d, c.ids[d]))).fold(1.0f64, |a, &f| a.min(f));
+            let admitted = n * frac;
+            // The edge reports what it let through: a limited source shows at its limit, and
+            // a surge that is contained no longer looks like one.
+            let passed = admitted.round() as u64;
+            received += passed;
+            for &d in &dims {
+                counts[d][c.ids[d]] += passed;
+            }
+            match c.attack {
+                Some(a) => {
+                    tally.attack[a].0 += n;
+                    tally.attack[a].1 += admitted;
+                    let cb = sc.attacks[a].cache_busting;
+                    db_load += admitted * (cb + (1.0 - cb) * miss);
+                    if frac < 1.0 && attacks[a].enforce_secs.is_none() {
+                        attacks[a].enforce_secs = Some(t - sc.attacks[a].start.as_secs_f64());
+                    }
+                }
+                None => {
+                    legit_this += n;
+                    legit_admitted += admitted;
+                    db_load += admitted * miss;
+                }
+            }
+        }
+        let db_ok = if db_load > sc.database.capacity { sc.database.capacity / db_load } else { 1.0 };
+        let legit_ok = legit_admitted * (1.0 - miss) + legit_admitted * miss * db_ok;
+        tally.legit += legit_this;
+        tally.legit_admitted += legit_admitted;
+        tally.legit_ok += legit_ok;
+        if any_attack {
+            tally.legit_under_attack += legit_this;
+            tally.legit_ok_under_attack += legit_ok;
+        }
+        tally.peak_db = tally.peak_db.max(db_load / sc.database.capacity);
+        if db_load > sc.database.capacity {
+            tally.db_over += 1.0;
+        }
+
+        // Report, detect, mitigate.
+        since_report += 1.0;
+        if since_report >= report_every {
+            let top = dims
+                .iter()
+                .map(|&d| {
+                    let mut v: Vec<(usize, u64)> =
+                        counts[d].iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (k, *n)).collect();
+                    v.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
+                    v.truncate(TOP_KEYS);
+                    (DIMS[d], v.into_iter().map(|(k, n)| (world.names[d][k].clone(), n)).collect())
+                })
+                .collect::<BTreeMap<_, _>>();
+            let sample =
+                Sample { secs: since_report, requests: received as f64, new_source_requests: new_requests as f64, top };
+            pending.push((t + report_every, sample));
+            for c in &mut counts {
+                c.fill(0);
+            }
+            (received, new_requests, since_report) = (0, 0, 0.0);
+        }
+        while guarded && pending.first().is_some_and(|(at, _)| *at <= t) {
+            let (_, sample) = pending.remove(0);
+            let obs = detector.observe(&sample);
+            for f in &obs.findings {
+                let Some(d) = DIMS.iter().position(|x| *x == f.dimension) else { continue };
+                let Some(id) = world.names[d].iter().position(|n| *n == f.key) else { continue };
+                for (a, keys) in attack_keys.iter().enumerate() {
+                    if keys[d].contains(&id) && attacks[a].detect_secs.is_none() && attack_rate(sc, a, t) > 0.0 {
+                        attacks[a].detect_secs = Some(t - sc.attacks[a].start.as_secs_f64());
+                    }
+                }
+                if rules.contains_key(&(d, id)) {
+                    continue;
+                }
+                let offence = offences.entry((d, id)).or_insert(0);
+                let ttl = g.ttl.as_secs_f64() * [1.0, 3.0, 12.0][(*offence as usize).min(2)];
+                *offence += 1;
+                let limit = mitigation_limit(f, g.rate_limit_multiple);
+                let from = t + g.propagation.as_secs_f64();
+                rules.insert(
+                    (d, id),
+                    Rule { in_force_from: from, expires: from + ttl, rate: limit, tokens: limit, burst: limit.ceil() },
+                );
+                mitigations += 1;
+            }
+        }
+        if step % 60 == 0 {
+            progress(step as f64 / duration as f64);
+        }
+    }
+
+    for (a, at) in attacks.iter_mut().enumerate() {
+        let (sent, admitted) = tally.attack[a];
+        at.admitted_ratio = if sent > 0.0 { admitted / sent } else { 1.0 };
+    }
+    let quantile = |mut v: Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[((v.len() as f64 - 1.0) * q).round() as usize])
+    };
+    let detects: Vec<f64> = attacks.iter().filter_map(|a| a.detect_secs).collect();
+    let enforces: Vec<f64> = attacks.iter().filter_map(|a| a.enforce_secs).collect();
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 1.0 };
+    GuardSummary {
+        guard: if guarded { "levee" } else { "none" }.to_owned(),
+        legit_success_ratio: ratio(tally.legit_ok, tally.legit),
+        legit_success_ratio_under_attack: ratio(tally.legit_ok_under_attack, tally.legit_under_attack),
+        false_positive_ratio: 1.0 - ratio(tally.legit_admitted, tally.legit),
+        peak_db_load_ratio: tally.peak_db,
+        db_overloaded_secs: tally.db_over,
+        mitigations,
+        detect_p50_secs: quantile(detects.clone(), 0.5),
+        detect_p95_secs: quantile(detects, 0.95),
+        enforce_p95_secs: quantile(enforces, 0.95),
+        attacks,
+    }
+}
+
+/// The comparison as a table.
+pub fn table(runs: &[GuardSummary]) -> String {
+    let pct = |x: f64| format!("{:.3}%", x * 100.0);
+    let secs = |x: Option<f64>| x.map_or("-".to_owned(), |s| format!("{s:.0}s"));
+    let mut s = format!(
+        "{:<6} {:>11} {:>14} {:>10} {:>9} {:>11} {:>11} {:>12} {:>12}\n",
+        "guard",
+        "legit ok",
+        "ok in attack",
+        "false pos",
+        "peak DB",
+        "DB over",
+        "mitigations",
+        "detect p95",
+        "enforce p95"
+    );
+    for r in runs {
+        s.push_str(&format!(
+            "{:<6} {:>11} {:>14} {:>10} {:>8.1}x {:>10.0}s {:>11} {:>12} {:>12}\n",
+            r.guard,
+            pct(r.legit_success_ratio),
+            pct(r.legit_success_ratio_under_attack),
+            pct(r.false_positive_ratio),
+            r.peak_db_load_ratio,
+            r.db_overloaded_secs,
+            r.mitigations,
+            secs(r.detect_p95_secs),
+            secs(r.enforce_p95_secs),
+        ));
+    }
+    if let Some(levee) = runs.iter().find(|r| r.guard == "levee") {
+        s.push_str("\nlevee, per attack (seconds after onset):\n");
+        for a in &levee.attacks {
+            s.push_str(&format!(
+                "  {:<10} detected {:>5}  enforced {:>5}  attack admitted {:.1}%\n",
+                a.name,
+                secs(a.detect_secs),
+                secs(a.enforce_secs),
+                a.admitted_ratio * 100.0
+            ));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(yaml_name: &str) -> GuardScenario {
+        let mut sc = GuardScenario::load(yaml_name).unwrap().unwrap();
+        sc.legit.sources = 1000;
+        sc.legit.rate = 300.0;
+        sc
+    }
+
+    #[test]
+    fn floods_are_stopped_within_seconds_without_hurting_legit_clients() {
+        let mut sc = small("flood");
+        sc.attacks.truncate(3);
+        sc.duration = crate::api::Duration::from_secs(9 * 60);
+        let runs = run(&sc, |_| {});
+        let (none, levee) = (&runs[0], &runs[1]);
+        assert_eq!(none.mitigations, 0);
+        for a in &levee.attacks {
+            assert!(a.detect_secs.is_some_and(|s| s <= 5.0), "{a:?}");
+            assert!(a.enforce_secs.is_some_and(|s| s <= 6.0), "{a:?}");
+            assert!(a.admitted_ratio < 0.2, "{a:?}");
+        }
+        assert!(levee.false_positive_ratio <= 0.001, "{levee:?}");
+    }
+
+    #[test]
+    fn most_of_the_surge_is_refused_and_no_legitimate_client() {
+        let mut sc = small("surge");
+        // An abrupt onset (no ramp), so the time to detect is the detector's alone.
+        sc.attacks[0].rate = 6000.0;
+        sc.attacks[0].ramp = crate::api::Duration::default();
+        sc.duration = crate::api::Duration::from_secs(9 * 60);
+        sc.attacks[0].end = crate::api::Duration::from_secs(8 * 60);
+        let runs = run(&sc, |_| {});
+        let (none, levee) = (&runs[0], &runs[1]);
+        assert!(none.db_overloaded_secs > 120.0, "{none:?}");
+        let a = &levee.attacks[0];
+        assert!(a.detect_secs.is_some_and(|s| s <= 15.0), "{a:?}");
+        assert!(a.admitted_ratio < 0.35, "{a:?}");
+        assert!(levee.false_positive_ratio <= 0.001, "{levee:?}");
+        assert!(levee.peak_db_load_ratio < none.peak_db_load_ratio, "{levee:?}");
+        assert!(levee.legit_success_ratio_under_attack > none.legit_success_ratio_under_attack, "{levee:?}");
+    }
+
+    #[test]
+    fn deterministic_for_a_seed() {
+        let mut sc = small("flood");
+        sc.attacks.truncate(1);
+        sc.duration = crate::api::Duration::from_secs(300);
+        let a = serde_json::to_string(&run(&sc, |_| {})).unwrap();
+        let b = serde_json::to_string(&run(&sc, |_| {})).unwrap();
+        assert_eq!(a, b);
+    }
+}
