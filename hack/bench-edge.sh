@@ -68,6 +68,13 @@ run() {
 run upstream "$UP"
 run nginx "$NGX"
 run levee "$EDGE"
+# Added latency without queueing: one connection, one request at a time.
+latency() {
+  local name=$1 port=$2
+  wrk -t1 -c1 -d"${SECS}s" --latency "http://127.0.0.1:$port/" >"$dir/$name-c1.txt"
+}
+log "wrk -t1 -c1 -d${SECS}s against each (latency without queueing)"
+latency upstream "$UP"; latency nginx "$NGX"; latency levee "$EDGE"
 
 summary() {
   local f="$dir/$1.txt"
@@ -80,3 +87,6 @@ summary() {
 echo
 echo "summary (wrk -t$THREADS -c$CONNS -d${SECS}s, $(nproc) cores shared by wrk, nginx and levee):"
 for n in upstream nginx levee; do summary $n; done
+echo
+echo "one connection at a time (wrk -t1 -c1 -d${SECS}s):"
+for n in upstream nginx levee; do summary $n-c1; done

@@ -125,14 +125,25 @@ impl GuardScenario {
         if s.duration.as_secs_f64() < 1.0 {
             return bad("duration must be at least 1s");
         }
-        if s.legit.sources == 0 || s.legit.countries == 0 || s.legit.asns == 0 || s.legit.rate.is_nan() || s.legit.rate <= 0.0 {
+        if s.legit.sources == 0
+            || s.legit.countries == 0
+            || s.legit.asns == 0
+            || s.legit.rate.is_nan()
+            || s.legit.rate <= 0.0
+        {
             return bad("legit needs sources, countries, asns and a positive rate");
         }
         if s.legit.sources_per_prefix == 0 {
             return bad("legit.sourcesPerPrefix must be at least 1");
         }
         for a in &s.attacks {
-            if a.sources == 0 || a.countries == 0 || a.asns == 0 || a.rate.is_nan() || a.rate <= 0.0 || a.shared_asns > a.asns {
+            if a.sources == 0
+                || a.countries == 0
+                || a.asns == 0
+                || a.rate.is_nan()
+                || a.rate <= 0.0
+                || a.shared_asns > a.asns
+            {
                 return bad(&format!(
                     "attack {}: needs sources, countries, asns, a positive rate and sharedAsns <= asns",
                     a.name
