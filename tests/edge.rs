@@ -176,6 +176,21 @@ spec:
     )
 }
 
+/// A namespace with an operator, a TrafficGuard in `mode` for pool `public`, an upstream and
+/// an edge in front of it that reports to the operator.
+async fn guarded_edge(prefix: &str, mode: &str) -> (TestNs, Operator, Upstream, Edge) {
+    let ns = TestNs::new(prefix).await;
+    let op = Operator::start(&ns.name).await;
+    ns.create_yaml(&guard_yaml(&ns.name, mode)).await.unwrap();
+    let up = Upstream::start().await;
+    let edge = Edge::start(
+        &up.url(),
+        &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1", "--operator-url", &op.url("")],
+    )
+    .await;
+    (ns, op, up, edge)
+}
+
 /// Normal clients for `secs` from `base`.0..5, and a flood from 203.0.113.9 after `flood_after`.
 async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge::Tally>, common::edge::Tally) {
     let regulars: Vec<_> =
@@ -194,15 +209,7 @@ async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge:
 
 #[tokio::test]
 async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
-    let ns = TestNs::new("edge-flood").await;
-    let op = Operator::start(&ns.name).await;
-    ns.create_yaml(&guard_yaml(&ns.name, "Enforce")).await.unwrap();
-    let up = Upstream::start().await;
-    let edge = Edge::start(
-        &up.url(),
-        &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1", "--operator-url", &op.url("")],
-    )
-    .await;
+    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce").await;
 
     // 15 s of normal traffic to learn from, then 15 s with a flood at 15× a regular client.
     let (regulars, flood) = traffic(&edge, 30.0, 15.0).await;
@@ -231,15 +238,7 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
 
 #[tokio::test]
 async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
-    let ns = TestNs::new("edge-shadow").await;
-    let op = Operator::start(&ns.name).await;
-    ns.create_yaml(&guard_yaml(&ns.name, "Shadow")).await.unwrap();
-    let up = Upstream::start().await;
-    let edge = Edge::start(
-        &up.url(),
-        &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1", "--operator-url", &op.url("")],
-    )
-    .await;
+    let (ns, _op, _up, edge) = guarded_edge("edge-shadow", "Shadow").await;
     let (regulars, flood) = traffic(&edge, 25.0, 13.0).await;
     assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0));
     assert_eq!((flood.limited, flood.other), (0, 0), "shadow mode limits nothing: {flood:?}");

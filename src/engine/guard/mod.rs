@@ -102,6 +102,21 @@ pub struct Finding {
     pub ratio: f64,
 }
 
+impl Finding {
+    /// One clause: what, where, and how far above which baseline.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {:?} {} at {:.1} req/s, {:.0}x its baseline of {:.1} req/s",
+            self.kind.as_str(),
+            self.dimension,
+            self.key,
+            self.rate,
+            self.ratio,
+            self.baseline
+        )
+    }
+}
+
 /// The rate a mitigation for `f` admits: `multiple` times the baseline it was judged against,
 /// and never less than one request a second.
 pub fn mitigation_limit(f: &Finding, multiple: f64) -> f64 {
@@ -145,16 +160,7 @@ impl Observation {
             s.push_str("; a rise from the usual sources (demand, not mitigated)");
         }
         if let Some(f) = self.findings.first() {
-            s.push_str(&format!(
-                "; {} {} {:?} {} at {:.1} req/s ({:.0}× its baseline {:.1})",
-                self.findings.len(),
-                f.kind.as_str(),
-                f.dimension,
-                f.key,
-                f.rate,
-                f.ratio,
-                f.baseline
-            ));
+            s.push_str(&format!("; {} findings, the heaviest {}", self.findings.len(), f.describe()));
             if self.findings.len() > 1 {
                 s.push_str(" and others");
             }

@@ -192,15 +192,7 @@ impl Guards {
             MitigationAction::Block => "block".to_owned(),
             MitigationAction::RateLimit => format!("limit to {limit:.1} req/s"),
         };
-        let reason = format!(
-            "{} {:?} {} at {:.1} req/s, {:.0}x its baseline of {:.1} req/s; {what}",
-            f.kind.as_str(),
-            f.dimension,
-            f.key,
-            f.rate,
-            f.ratio,
-            f.baseline
-        );
+        let reason = format!("{}; {what}", f.describe());
         let spec = MitigationSpec {
             edge_pool: guard.spec.edge_pool.clone(),
             guard: Some(guard.name_any()),
