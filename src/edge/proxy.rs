@@ -74,7 +74,6 @@ pub struct EdgeState {
     /// (limited, shadow limited, allowlisted) since the last report.
     stats: Mutex<(u64, u64, u64)>,
     pub metrics: EdgeMetrics,
-    client: Client<HttpConnector, Incoming>,
     epoch: Instant,
     upstream_base: String,
 }
@@ -90,10 +89,6 @@ impl EdgeState {
         };
         let upstream_base = format!("http://{authority}");
         let settings = GuardSettings::default();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
         Ok(Self {
             counter: Mutex::new(TrafficCounter::new(cfg.counter, &settings.dimensions)),
             breaker: Mutex::new((settings.breaker, Breaker::new(settings.breaker), UpstreamCounts::default())),
@@ -102,7 +97,6 @@ impl EdgeState {
             stats: Mutex::new((0, 0, 0)),
             table,
             metrics,
-            client,
             epoch: Instant::now(),
             upstream_base,
             cfg,
@@ -231,8 +225,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The upstream client of one worker thread: its pooled connections live on that thread.
+pub type Upstream = Client<HttpConnector, Incoming>;
+
+fn upstream_client() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector)
+}
+
 /// Handles one request.
-pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<EdgeState>,
+    client: Upstream,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let settings = state.settings.load();
     let src = state.source(peer, req.headers(), &settings);
     let class = settings.classifier.classify(req.headers(), req.uri().path());
@@ -314,7 +323,7 @@ pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>)
         parts.headers.insert("x-forwarded-for", v);
     }
     let result =
-        tokio::time::timeout(state.cfg.upstream_timeout, state.client.request(Request::from_parts(parts, body))).await;
+        tokio::time::timeout(state.cfg.upstream_timeout, client.request(Request::from_parts(parts, body))).await;
     let ended = state.now();
     state.metrics.upstream_seconds.observe(ended - started);
     let (response, failed) = match result {
@@ -342,8 +351,58 @@ pub async fn handle(state: Arc<EdgeState>, peer: IpAddr, req: Request<Incoming>)
     Ok(response)
 }
 
-/// Serves `listener` until `shutdown`, then lets open requests finish (for up to 10 s).
-pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
+/// Binds `addr` `workers` times with `SO_REUSEPORT`, so the kernel spreads connections over
+/// the workers. Errors here (address in use, no permission) are the caller's to report.
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out: Vec<std::net::TcpListener> = Vec::new();
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(4096)?;
+        let l: std::net::TcpListener = s.into();
+        // Port 0: the others join the port the first one got.
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Serves every listener on a thread of its own (a single-threaded runtime each, like nginx's
+/// workers: a request never hops between threads) until `shutdown`, then lets open requests
+/// finish for up to 10 s.
+pub async fn serve(listeners: Vec<std::net::TcpListener>, state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let mut done = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new().name(format!("edge-worker-{i}")).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(async move {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => serve_worker(l, state, shutdown).await,
+                        Err(e) => warn!(error = %e, "edge worker cannot listen"),
+                    }
+                }),
+                Err(e) => warn!(error = %e, "edge worker cannot start its runtime"),
+            }
+            let _ = tx.send(());
+        });
+        match spawned {
+            Ok(_) => done.push(rx),
+            Err(e) => warn!(error = %e, "cannot start edge worker thread"),
+        }
+    }
+    for rx in done {
+        let _ = rx.await;
+    }
+}
+
+async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
+    let client = upstream_client();
     let slots = Arc::new(Semaphore::new(state.cfg.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -371,9 +430,11 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let st = state.clone();
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(st.clone(), peer.ip(), req)));
+        let (st, cl) = (state.clone(), client.clone());
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| handle(st.clone(), cl.clone(), peer.ip(), req)),
+        );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -382,7 +443,7 @@ pub async fn serve(listener: TcpListener, state: Arc<EdgeState>, shutdown: Cance
             drop(permit);
         });
     }
-    info!("edge stopping: finishing open requests");
+    info!("edge worker stopping: finishing open requests");
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         warn!("open requests did not finish within 10s");
     }

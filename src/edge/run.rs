@@ -79,11 +79,11 @@ pub async fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--admin-listen)", cfg.admin_listen))?;
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let listeners = proxy::bind(cfg.listen, workers).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     info!(
-        addr = %listener.local_addr()?, admin = %admin.local_addr()?, upstream = %cfg.proxy.upstream,
-        pool = %cfg.pool, namespace = %cfg.namespace, standalone = cfg.standalone, "edge serving"
+        addr = %listeners[0].local_addr()?, admin = %admin.local_addr()?, upstream = %cfg.proxy.upstream,
+        pool = %cfg.pool, namespace = %cfg.namespace, standalone = cfg.standalone, workers, "edge serving"
     );
     let admin_task =
         tokio::spawn(server::serve(admin, server::router(Arc::new(registry), health.clone()), shutdown.clone()));
@@ -95,7 +95,7 @@ pub async fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
     if let Some(url) = cfg.operator_url.clone() {
         tokio::spawn(report_loop(url, cfg.clone(), state.clone(), shutdown.clone()));
     }
-    proxy::serve(listener, state, shutdown.clone()).await;
+    proxy::serve(listeners, state, shutdown.clone()).await;
     health.set_ready(false);
     admin_task.await.context("admin server panicked")?.context("admin server failed")?;
     info!("edge shut down cleanly");
