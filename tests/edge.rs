@@ -168,7 +168,7 @@ kind: TrafficGuard
 metadata: {{name: public, namespace: {ns}}}
 spec:
   edgePool: public
-  aggregationKeys: [Ip, Prefix]
+  aggregationKeys: [Ip, Prefix, Asn, Country]
   mode: {mode}
   allowlist: ["10.0.0.0/8"]
   mitigation: {{ttl: 2m, rateLimitMultiple: 2}}
@@ -177,17 +177,17 @@ spec:
 }
 
 /// A namespace with an operator, a TrafficGuard in `mode` for pool `public`, an upstream and
-/// an edge in front of it that reports to the operator.
-async fn guarded_edge(prefix: &str, mode: &str) -> (TestNs, Operator, Upstream, Edge) {
+/// an edge in front of it that reports to the operator (with `extra` arguments).
+async fn guarded_edge(prefix: &str, mode: &str, extra: &[&str]) -> (TestNs, Operator, Upstream, Edge) {
     let ns = TestNs::new(prefix).await;
     let op = Operator::start(&ns.name).await;
     ns.create_yaml(&guard_yaml(&ns.name, mode)).await.unwrap();
     let up = Upstream::start().await;
-    let edge = Edge::start(
-        &up.url(),
-        &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1", "--operator-url", &op.url("")],
-    )
-    .await;
+    let mut args = vec!["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1"];
+    let url = op.url("");
+    args.extend(["--operator-url", &url]);
+    args.extend(extra);
+    let edge = Edge::start(&up.url(), &args).await;
     (ns, op, up, edge)
 }
 
@@ -209,7 +209,7 @@ async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge:
 
 #[tokio::test]
 async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
-    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce").await;
+    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce", &[]).await;
 
     // 15 s of normal traffic to learn from, then 15 s with a flood at 15× a regular client.
     let (regulars, flood) = traffic(&edge, 30.0, 15.0).await;
@@ -238,7 +238,7 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
 
 #[tokio::test]
 async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
-    let (ns, _op, _up, edge) = guarded_edge("edge-shadow", "Shadow").await;
+    let (ns, _op, _up, edge) = guarded_edge("edge-shadow", "Shadow", &[]).await;
     let (regulars, flood) = traffic(&edge, 25.0, 13.0).await;
     assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0));
     assert_eq!((flood.limited, flood.other), (0, 0), "shadow mode limits nothing: {flood:?}");
@@ -246,4 +246,56 @@ async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
     let m = ms.items.iter().find(|m| m.spec.match_.ip.as_deref() == Some("203.0.113.9")).expect("a shadow mitigation");
     assert_eq!(m.spec.mode, levee::api::Mode::Shadow);
     assert!(edge.metric("levee_edge_shadow_limited_total").await > 100.0);
+}
+
+#[tokio::test]
+async fn a_distributed_surge_is_limited_by_its_aggregate_while_regular_clients_keep_succeeding() {
+    // Regular clients in a prefix of ASN 64500 (DE); the surge from sixty addresses of an ASN
+    // never seen before (BR), each at half a regular client's rate.
+    let table = std::env::temp_dir().join(format!("levee-prefixes-{}.csv", std::process::id()));
+    std::fs::write(&table, "198.51.100.0/24,64500,DE\n203.0.113.0/24,64666,BR\n").unwrap();
+    let (ns, _op, _up, edge) =
+        guarded_edge("edge-surge", "Enforce", &["--prefix-table", table.to_str().unwrap()]).await;
+    let (secs, onset) = (35.0, 15.0);
+    let regulars: Vec<_> =
+        (0..10).map(|i| tokio::spawn(load(edge.url("/"), format!("198.51.100.{}", 10 + i), 10.0, secs))).collect();
+    let attackers: Vec<_> = (1..=60)
+        .map(|i| {
+            let url = edge.url("/");
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(onset)).await;
+                load(url, format!("203.0.113.{i}"), 5.0, secs - onset).await
+            })
+        })
+        .collect();
+    for r in regulars {
+        let t = r.await.unwrap();
+        assert_eq!((t.limited, t.other), (0, 0), "a regular client was limited: {t:?}");
+    }
+    let (mut sent, mut limited, mut first) = (0, 0, f64::MAX);
+    for a in attackers {
+        let t = a.await.unwrap();
+        sent += t.ok + t.limited + t.other;
+        limited += t.limited;
+        first = first.min(t.first_limited_after.unwrap_or(f64::MAX));
+    }
+    eprintln!("surge limited {first:.1}s after onset; {limited} of {sent} attack requests refused");
+    assert!(first <= 15.0, "limited only after {first:.1}s");
+    assert!(limited * 4 > sent * 3, "only {limited} of {sent} refused");
+    let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
+    let surge: Vec<&Mitigation> = ms
+        .items
+        .iter()
+        .filter(|m| m.spec.evidence.as_ref().is_some_and(|e| e.detector == "distributed-surge"))
+        .collect();
+    assert!(!surge.is_empty(), "no distributed-surge mitigation: {:#?}", ms.items);
+    for m in &surge {
+        let mm = &m.spec.match_;
+        let names_attack = mm.prefix.as_deref() == Some("203.0.113.0/24")
+            || mm.asn == Some(64666)
+            || mm.country.as_deref() == Some("BR")
+            || mm.ip.as_deref().is_some_and(|ip| ip.starts_with("203.0.113."));
+        assert!(names_attack, "a mitigation names a regular aggregate: {mm:?}");
+    }
+    std::fs::remove_file(table).ok();
 }

@@ -219,7 +219,16 @@ pub struct GuardDetector {
     /// Keys named recently, until the step given: a surge's remaining excess is looked for
     /// among other keys, since an edge counts what it receives, limited or not.
     recent: HashMap<(Dimension, String), u64>,
+    /// The step the current surge episode began, if one is under way.
+    episode: Option<u64>,
+    /// Samples in a row since the total was last hot.
+    calm: u32,
+    /// Aggregates named in a surge before: candidates again in the next one, however old.
+    offenders: std::collections::HashSet<(Dimension, String)>,
 }
+
+/// A surge episode ends after this many samples in a row with the total not hot.
+const EPISODE_ENDS_AFTER: u32 = 60;
 
 /// An aggregate is named only when its count is this many Poisson deviations above its
 /// baseline: with hundreds of small aggregates, chance alone puts some at twice their rate.
@@ -251,6 +260,9 @@ impl GuardDetector {
             reference: HashMap::new(),
             step: 0,
             recent: HashMap::new(),
+            episode: None,
+            calm: 0,
+            offenders: std::collections::HashSet::new(),
         }
     }
 
@@ -275,7 +287,12 @@ impl GuardDetector {
         self.step += 1;
         let secs = s.secs.max(1e-3);
         let total_rate = s.requests / secs;
-        let verdict = self.total.observe(total_rate);
+        // Within a surge episode nothing is learnt, not even by the total's baseline: a long
+        // surge must not become normal while it lasts.
+        let verdict = match self.episode {
+            Some(_) => self.total.clone().observe(total_rate),
+            None => self.total.observe(total_rate),
+        };
         let warm = self.step > u64::from(self.tuning.warmup);
         let new_ratio = if s.requests > 0.0 { s.new_source_requests / s.requests } else { 0.0 };
         let mut obs = Observation {
@@ -288,6 +305,15 @@ impl GuardDetector {
         };
         let total_hot = warm && verdict.anomalous && total_rate > 1.5 * verdict.baseline;
         self.total_hot = if total_hot { self.total_hot + 1 } else { 0 };
+        if total_hot {
+            self.calm = 0;
+            self.episode.get_or_insert(self.step);
+        } else {
+            self.calm += 1;
+            if self.calm >= EPISODE_ENDS_AFTER {
+                self.episode = None;
+            }
+        }
 
         // Per key: rate, the baseline it is judged against, and whether it is hot.
         let mut judged: Vec<Judged> = Vec::new();
@@ -375,7 +401,16 @@ impl GuardDetector {
         obs.findings.sort_by(|a, b| b.rate.total_cmp(&a.rate));
         obs.findings.truncate(self.tuning.max_findings);
 
-        self.learn(s, &judged, total_hot, new_ratio);
+        let named: Vec<(Dimension, String)> = obs
+            .findings
+            .iter()
+            .filter(|f| f.kind == Kind::DistributedSurge)
+            .map(|f| (f.dimension, f.key.clone()))
+            .collect();
+        self.offenders.extend(named);
+        if self.episode.is_none() {
+            self.learn(s, &judged, new_ratio);
+        }
         obs
     }
 
@@ -386,14 +421,18 @@ impl GuardDetector {
     fn dominant_aggregates(&mut self, judged: &[Judged], excess: f64, secs: f64) -> Vec<Finding> {
         let step = self.step;
         self.recent.retain(|_, until| *until > step);
-        let surge_began = step.saturating_sub(u64::from(self.total_hot));
+        let surge_began = self.episode.unwrap_or(step);
+        // An aggregate that came with the surge had no traffic before it: its baseline is the
+        // floor, not a typical aggregate's rate, so its limit holds it near nothing.
+        let min_rate = self.tuning.min_rate;
+        let base = |j: &Judged| j.own.unwrap_or(min_rate).max(min_rate);
         let mut best: Option<(f64, f64, Vec<Finding>)> = None; // (covered, collateral, findings)
         let best_len = |b: &Option<(f64, f64, Vec<Finding>)>| b.as_ref().map_or(0, |b| b.2.len());
         for dim in [Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::Ip] {
             let is_recent = |j: &Judged| self.recent.contains_key(&(j.dim, j.key.clone()));
             // What keys of this dimension named in the last samples already account for.
             let already: f64 =
-                judged.iter().filter(|j| j.dim == dim && is_recent(j)).map(|j| (j.rate - j.baseline).max(0.0)).sum();
+                judged.iter().filter(|j| j.dim == dim && is_recent(j)).map(|j| (j.rate - base(j)).max(0.0)).sum();
             let excess = (excess - already).max(0.0);
             // Only aggregates that appeared with the surge: limiting the whole of an ISP or a
             // country that real clients used before would refuse them along with the attack.
@@ -401,9 +440,10 @@ impl GuardDetector {
                 .iter()
                 .filter(|j| {
                     j.dim == dim
-                        && j.born + NEW_BEFORE_SURGE >= surge_began
-                        && j.rate > 2.0 * j.baseline
-                        && (j.rate - j.baseline) * (secs / j.baseline).sqrt() > POISSON_Z
+                        && (j.born + NEW_BEFORE_SURGE >= surge_began
+                            || self.offenders.contains(&(j.dim, j.key.clone())))
+                        && j.rate > 2.0 * base(j)
+                        && (j.rate - base(j)) * (secs / base(j)).sqrt() > POISSON_Z
                         && !self.allowlisted(dim, &j.key)
                         && !is_recent(j)
                 })
@@ -411,21 +451,21 @@ impl GuardDetector {
             if cands.is_empty() {
                 continue;
             }
-            cands.sort_by(|a, b| (b.rate - b.baseline).total_cmp(&(a.rate - a.baseline)));
+            cands.sort_by(|a, b| (b.rate - base(b)).total_cmp(&(a.rate - base(a))));
             let (mut covered, mut collateral, mut picked) = (0.0, 0.0, Vec::new());
             for j in cands {
                 if covered >= 0.5 * excess || picked.len() >= self.tuning.max_findings {
                     break;
                 }
-                covered += j.rate - j.baseline;
+                covered += j.rate - base(j);
                 collateral += j.own.unwrap_or(0.0);
                 picked.push(Finding {
                     kind: Kind::DistributedSurge,
                     dimension: j.dim,
                     key: j.key.clone(),
                     rate: j.rate,
-                    baseline: j.baseline,
-                    ratio: j.rate / j.baseline,
+                    baseline: base(j),
+                    ratio: j.rate / base(j),
                 });
             }
             let enough = covered >= 0.5 * excess;
@@ -450,10 +490,10 @@ impl GuardDetector {
         best.map(|b| b.2).unwrap_or_default()
     }
 
-    fn learn(&mut self, s: &Sample, judged: &[Judged], total_hot: bool, new_ratio: f64) {
+    fn learn(&mut self, s: &Sample, judged: &[Judged], new_ratio: f64) {
         let a = self.tuning.alpha;
         let w_step = a.max(1.0 / self.step as f64);
-        if !total_hot {
+        {
             self.new_ratio = (1.0 - w_step) * self.new_ratio + w_step * new_ratio;
             for (&dim, keys) in &s.top {
                 // A typical heavy key: the tenth heaviest, or the lightest of fewer; a flooder
