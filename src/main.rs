@@ -43,10 +43,11 @@ enum Command {
     /// Run the edge: a reverse proxy that enforces the pool's Mitigations, protects its upstream
     /// with a circuit breaker and reports traffic to the operator.
     Edge(Box<EdgeArgs>),
-    /// Replay a scenario in a simulated platform and compare autoscalers (no cluster needed).
+    /// Replay a scenario in a simulated platform: autoscalers compared, or the traffic guard
+    /// against attacks (no cluster needed).
     Simulate {
-        /// A built-in scenario (incident, nasa, diurnal) or a scenario file. Default: incident,
-        /// or nasa when --trace is given.
+        /// A built-in scenario (incident, nasa, diurnal; surge and flood for the traffic guard)
+        /// or a scenario file. Default: incident, or nasa when --trace is given.
         #[arg(long)]
         scenario: Option<String>,
         /// A `timestamp,count` CSV replayed as the arrival process (replaces the scenario's).
