@@ -22,7 +22,7 @@ struct Bucket {
 }
 
 /// Settings (the `circuitBreakers[]` of a TrafficGuard).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BreakerConfig {
     pub consecutive_failures: u32,
     pub error_ratio: f64,

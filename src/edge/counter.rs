@@ -266,9 +266,20 @@ impl TrafficCounter {
         }
     }
 
-    /// Bytes held by the counting structures (not the keys' strings, bounded by `top_keys`).
+    /// Bytes held by the counting structures: filter, sketches, heavy hitters and exact maps
+    /// (not the API keys' names, at most `top_keys` of them).
     pub fn memory_bytes(&self) -> usize {
-        self.seen.memory_bytes() + self.dims.iter().map(|d| d.sketch.memory_bytes()).sum::<usize>()
+        let exact_entry = std::mem::size_of::<(u128, u64)>() + 1;
+        self.seen.memory_bytes()
+            + self
+                .dims
+                .iter()
+                .map(|d| {
+                    d.sketch.memory_bytes()
+                        + d.top.memory_bytes()
+                        + d.exact.as_ref().map_or(0, |m| m.capacity() * exact_entry)
+                })
+                .sum::<usize>()
     }
 }
 
@@ -353,13 +364,17 @@ mod tests {
 
     #[test]
     fn memory_is_fixed_however_many_sources() {
-        let mut c = TrafficCounter::new(small(), &[Dimension::Ip, Dimension::Prefix]);
-        let before = c.memory_bytes();
-        for i in 0..100_000u32 {
-            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
-            c.count(&src(&ip.to_string(), 1), None);
-        }
-        assert_eq!(c.memory_bytes(), before);
+        let mut c = TrafficCounter::new(small(), &[Dimension::Ip, Dimension::Prefix, Dimension::Country]);
+        let count = |c: &mut TrafficCounter, range: std::ops::Range<u32>| {
+            for i in range {
+                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+                c.count(&src(&ip.to_string(), 1), None);
+            }
+        };
+        count(&mut c, 0..50_000);
+        let after_50k = c.memory_bytes();
+        count(&mut c, 50_000..200_000);
+        assert_eq!(c.memory_bytes(), after_50k, "four times the sources, no more memory");
         assert_eq!(c.take().top[&Dimension::Ip].len(), 16);
     }
 

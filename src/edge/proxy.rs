@@ -31,7 +31,7 @@ use super::{
     breaker::{Breaker, BreakerConfig, State},
     counter::{CounterConfig, TrafficCounter},
     metrics::EdgeMetrics,
-    report::{Dimension, UpstreamReport},
+    report::UpstreamReport,
     rules::{Outcome, RuleSet},
     settings::GuardSettings,
     source::{PrefixTable, Source, client_ip, prefix_of},
@@ -112,7 +112,7 @@ impl EdgeState {
         }
         {
             let mut b = lock(&self.breaker);
-            if !same_breaker(&b.0, &s.breaker) {
+            if b.0 != s.breaker {
                 b.0 = s.breaker;
                 b.1 = Breaker::new(s.breaker);
             }
@@ -162,14 +162,6 @@ impl EdgeState {
     pub fn upstream_name(&self) -> String {
         self.cfg.upstream_name.clone()
     }
-
-    pub fn dimensions(&self) -> Vec<Dimension> {
-        self.settings.load().dimensions.clone()
-    }
-}
-
-fn same_breaker(a: &BreakerConfig, b: &BreakerConfig) -> bool {
-    format!("{a:?}") == format!("{b:?}")
 }
 
 fn state_name(s: State) -> &'static str {
@@ -287,18 +279,18 @@ pub async fn handle(
     drop(settings);
 
     let started = state.now();
-    let allowed = {
+    // Seconds until the breaker probes again, when it refuses this call.
+    let refused_for = {
         let mut b = lock(&state.breaker);
         let allowed = b.1.allow(started);
         if !allowed {
             b.2.refused += 1;
         }
         state.metrics.breaker_open.set(i64::from(matches!(b.1.state(), State::Open { .. })));
-        allowed
+        (!allowed).then(|| b.0.open_for_secs.ceil().max(1.0) as u64)
     };
-    if !allowed {
+    if let Some(retry) = refused_for {
         state.metrics.breaker_refused.inc();
-        let retry = lock(&state.breaker).0.open_for_secs.ceil().max(1.0) as u64;
         return Ok(local(
             StatusCode::SERVICE_UNAVAILABLE,
             &[(header::RETRY_AFTER, retry.to_string())],

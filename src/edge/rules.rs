@@ -2,16 +2,7 @@
 //! each rate-limited key, blocks, and traffic-class shedding. Expired rules are skipped at
 //! lookup, so a rule lapses at its TTL even before the watch removes it.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    num::NonZeroU32,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use ipnet::IpNet;
@@ -34,8 +25,6 @@ pub struct Rule {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// (requests per second, burst) the limiter was built with, to reuse it across rebuilds.
     quota: Option<(u64, u32)>,
-    /// Requests this rule limited (or, in shadow, would have).
-    pub hits: AtomicU64,
 }
 
 /// What a request gets.
@@ -197,7 +186,6 @@ impl RuleSet {
             if verdict == Outcome::Pass {
                 continue;
             }
-            rule.hits.fetch_add(1, Ordering::Relaxed);
             if rule.shadow {
                 check.shadow_limited = true;
             } else if matches!(verdict, Outcome::Blocked { .. }) || check.outcome == Outcome::Pass {
@@ -243,7 +231,6 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
         expires_at,
         limiter,
         quota,
-        hits: AtomicU64::new(previous.map_or(0, |p| p.hits.load(Ordering::Relaxed))),
     })
 }
 

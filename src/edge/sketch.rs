@@ -174,6 +174,12 @@ impl HeavyHitters {
         self.pos.contains_key(&key)
     }
 
+    /// Bytes held by the heap and its index (their capacity, not their length).
+    pub fn memory_bytes(&self) -> usize {
+        self.heap.capacity() * std::mem::size_of::<(u64, u128)>()
+            + self.pos.capacity() * (std::mem::size_of::<(u128, usize)>() + 1)
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

@@ -266,10 +266,6 @@ impl GuardDetector {
         }
     }
 
-    pub fn set_allowlist(&mut self, allowlist: Vec<IpNet>) {
-        self.allowlist = allowlist;
-    }
-
     fn allowlisted(&self, dim: Dimension, key: &str) -> bool {
         match dim {
             Dimension::Ip => {

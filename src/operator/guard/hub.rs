@@ -24,8 +24,6 @@ struct Window {
     edges: HashMap<String, Instant>,
     top: BTreeMap<Dimension, HashMap<String, u64>>,
     classes: BTreeMap<String, u64>,
-    limited: u64,
-    shadow_limited: u64,
     /// Latest breaker state per (edge, upstream).
     breakers: HashMap<(String, String), String>,
     last_report: Option<Instant>,
@@ -35,8 +33,6 @@ struct Window {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PoolExtras {
     pub edges: usize,
-    pub limited: u64,
-    pub shadow_limited: u64,
     /// Upstreams with a breaker open on some edge.
     pub open_breakers: Vec<String>,
     /// Requests per traffic class per second.
@@ -73,8 +69,6 @@ impl ReportHub {
         w.requests = w.requests.saturating_add(r.requests);
         w.new_source_requests = w.new_source_requests.saturating_add(r.new_source_requests);
         w.interval_secs += r.interval_secs;
-        w.limited = w.limited.saturating_add(r.limited);
-        w.shadow_limited = w.shadow_limited.saturating_add(r.shadow_limited);
         for (dim, keys) in r.top {
             let m = w.top.entry(dim).or_default();
             for (k, n) in keys.into_iter().take(MERGED_TOP) {
@@ -119,8 +113,6 @@ impl ReportHub {
         open.dedup();
         let extras = PoolExtras {
             edges: w.edges.len(),
-            limited: std::mem::take(&mut w.limited),
-            shadow_limited: std::mem::take(&mut w.shadow_limited),
             open_breakers: open,
             class_rates: std::mem::take(&mut w.classes).into_iter().map(|(c, n)| (c, n as f64 / secs)).collect(),
         };

@@ -71,7 +71,6 @@ pub struct Guards {
 struct Wanted {
     name: String,
     spec: MitigationSpec,
-    event: String,
 }
 
 impl Guards {
@@ -86,21 +85,25 @@ impl Guards {
         let name = guard.name_any();
         let key = format!("{ns}/{name}");
         let spec = &guard.spec;
-        let allowlist: Vec<ipnet::IpNet> = spec.allowlist.iter().filter_map(|c| c.parse().ok()).collect();
+        let detector = || {
+            let allowlist = spec.allowlist.iter().filter_map(|c| c.parse().ok()).collect();
+            GuardDetector::new(tuning(guard), allowlist)
+        };
         let taken = self.hub.take(&ns, &spec.edge_pool);
         let observation = {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let generation = guard.metadata.generation.unwrap_or(0);
             let st = states.entry(key.clone()).or_insert_with(|| GuardState {
                 generation,
-                detector: GuardDetector::new(tuning(guard), allowlist.clone()),
+                detector: detector(),
                 last_summary: None,
                 last_active: None,
                 last_edges: None,
             });
             if st.generation != generation {
-                // Sensitivity or window may have changed; baselines stay, tuning is rebuilt.
-                st.detector = GuardDetector::new(tuning(guard), allowlist.clone());
+                // Sensitivity, window or allowlist may have changed: the detector starts afresh
+                // (its baselines are relearnt within the warm-up).
+                st.detector = detector();
                 st.generation = generation;
             }
             taken.as_ref().map(|(sample, _)| st.detector.observe(sample))
@@ -166,7 +169,7 @@ impl Guards {
                 w.name,
                 crate::api::Duration(ttl),
                 offence + 1,
-                w.event
+                m.spec.reason
             );
             info!(guard = %key, "{note}");
             self.event(guard, if shadow { "WouldMitigate" } else { "Mitigated" }, note).await;
@@ -200,7 +203,7 @@ impl Guards {
             action,
             rate_limit,
             expires_at: Time(Timestamp::now()),
-            reason: reason.clone(),
+            reason,
             evidence: Some(Evidence {
                 detector: f.kind.as_str().to_owned(),
                 observed_rate: round2(f.rate),
@@ -211,7 +214,7 @@ impl Guards {
             offence: 0,
             mode: guard.spec.mode,
         };
-        Wanted { name: mitigation_name(&guard.name_any(), f.dimension, &f.key), spec, event: reason }
+        Wanted { name: mitigation_name(&guard.name_any(), f.dimension, &f.key), spec }
     }
 
     async fn event(&self, guard: &TrafficGuard, reason: &str, note: String) {
@@ -337,7 +340,8 @@ fn match_for(dim: Dimension, key: &str) -> MatchSpec {
 /// `<guard>-<dimension>-<key as a DNS label>-<hash>`: stable, so the same key maps to the
 /// same object (and its offence count), and valid whatever the key holds.
 pub fn mitigation_name(guard: &str, dim: Dimension, key: &str) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // FNV: the name must be the same in every build and release, which std's hasher is not.
+    let mut h = fnv::FnvHasher::default();
     key.hash(&mut h);
     let slug: String =
         key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(30).collect();
@@ -382,16 +386,12 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
         action: MitigationAction::RateLimit,
         rate_limit: Some(RateLimit { requests_per_second: limit, burst: (limit.ceil() as i32).max(1) }),
         expires_at: Time(Timestamp::now()),
-        reason: reason.clone(),
+        reason,
         evidence: None,
         offence: 0,
         mode: guard.spec.mode,
     };
-    Some(Wanted {
-        name: mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", class.name)),
-        spec,
-        event: reason,
-    })
+    Some(Wanted { name: mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", class.name)), spec })
 }
 
 fn owner(guard: &TrafficGuard) -> Option<OwnerReference> {

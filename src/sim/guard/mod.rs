@@ -41,6 +41,8 @@ struct Client {
 struct World {
     clients: Vec<Client>,
     names: [Vec<String>; 4],
+    /// Key id by name, per dimension: the inverse of `names`.
+    index: [HashMap<String, usize>; 4],
 }
 
 fn intern(names: &mut Vec<String>, index: &mut HashMap<String, usize>, name: String) -> usize {
@@ -96,7 +98,7 @@ impl World {
                 clients.push(Client { ids, legit_rate: 0.0, attack: Some(a), last_seen: None });
             }
         }
-        Self { clients, names }
+        Self { clients, names, index }
     }
 }
 
@@ -181,7 +183,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
     let mut detector = GuardDetector::new(Tuning::new(g.sensitivity, 3600.0, g.report_interval.as_secs_f64()), vec![]);
     let mut rules: HashMap<(usize, usize), Rule> = HashMap::new();
     let mut offences: HashMap<(usize, usize), u32> = HashMap::new();
-    let mut pending: Vec<(f64, Sample)> = Vec::new();
+    let mut pending: std::collections::VecDeque<(f64, Sample)> = std::collections::VecDeque::new();
     let mut attacks: Vec<AttackTiming> =
         sc.attacks.iter().map(|a| AttackTiming { name: a.name.clone(), ..AttackTiming::default() }).collect();
     let mut tally = Tally { attack: vec![(0.0, 0.0); sc.attacks.len()], ..Tally::default() };
@@ -305,18 +307,18 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
                 .collect::<BTreeMap<_, _>>();
             let sample =
                 Sample { secs: since_report, requests: received as f64, new_source_requests: new_requests as f64, top };
-            pending.push((t + report_every, sample));
+            pending.push_back((t + report_every, sample));
             for c in &mut counts {
                 c.fill(0);
             }
             (received, new_requests, since_report) = (0, 0, 0.0);
         }
-        while guarded && pending.first().is_some_and(|(at, _)| *at <= t) {
-            let (_, sample) = pending.remove(0);
+        while guarded && pending.front().is_some_and(|(at, _)| *at <= t) {
+            let Some((_, sample)) = pending.pop_front() else { break };
             let obs = detector.observe(&sample);
             for f in &obs.findings {
                 let Some(d) = DIMS.iter().position(|x| *x == f.dimension) else { continue };
-                let Some(id) = world.names[d].iter().position(|n| *n == f.key) else { continue };
+                let Some(&id) = world.index[d].get(&f.key) else { continue };
                 for (a, keys) in attack_keys.iter().enumerate() {
                     if keys[d].contains(&id) && attacks[a].detect_secs.is_none() && attack_rate(sc, a, t) > 0.0 {
                         attacks[a].detect_secs = Some(t - sc.attacks[a].start.as_secs_f64());
