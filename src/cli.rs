@@ -11,7 +11,6 @@ use kube::{
 
 use crate::{
     api::{self, Duration, scaling_policy::Seasonality},
-    engine::detect::DetectorConfig,
     replay::{backtest, nab, trace::Trace},
     sim::{self, controllers::Kind, report, scenario::Scenario},
 };
@@ -236,16 +235,19 @@ fn simulate_guard(mut scenario: sim::guard::scenario::GuardScenario, args: &Simu
 pub fn nab(
     data: &Path,
     windows: &Path,
-    cfg: DetectorConfig,
+    detector: nab::Detector,
     json: bool,
     detections_out: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let valid = cfg.alpha > 0.0 && cfg.alpha <= 1.0 && cfg.threshold > 0.0;
-    if !valid {
-        bail!("--alpha must be in (0, 1] and --threshold positive");
+    match detector {
+        nab::Detector::Robust(cfg) if !(cfg.alpha > 0.0 && cfg.alpha <= 1.0 && cfg.threshold > 0.0) => {
+            bail!("--alpha must be in (0, 1] and --threshold positive")
+        }
+        nab::Detector::Novelty { levels } if levels < 2 => bail!("--levels must be at least 2"),
+        _ => {}
     }
     let series = nab::load(data, windows)?;
-    let detections: Vec<Vec<usize>> = series.iter().map(|s| nab::detect(&s.values, cfg)).collect();
+    let detections: Vec<Vec<usize>> = series.iter().map(|s| nab::detect(&s.values, detector)).collect();
     if let Some(path) = detections_out {
         let mut csv = String::from("file,timestamp\n");
         for (s, d) in series.iter().zip(&detections) {

@@ -20,6 +20,15 @@ enum LogFormat {
     Json,
 }
 
+/// The detectors `levee nab` can score.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NabDetector {
+    /// Transition novelty (first-seen steps between quantised levels).
+    Novelty,
+    /// The robust EWMA/MAD baseline the traffic guard uses.
+    Robust,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator against the cluster in KUBECONFIG (or in-cluster config).
@@ -107,13 +116,19 @@ enum Command {
         /// Write every flagged point as CSV `file,timestamp`.
         #[arg(long)]
         detections: Option<PathBuf>,
-        /// Flag at this many robust deviations from the baseline.
+        /// Which detector to score: transition novelty, or the robust baseline.
+        #[arg(long, value_enum, default_value_t = NabDetector::Novelty)]
+        detector: NabDetector,
+        /// Novelty: quantisation levels across the warm-up range.
+        #[arg(long, default_value_t = 6)]
+        levels: u32,
+        /// Robust: flag at this many robust deviations from the baseline.
         #[arg(long, default_value_t = levee::engine::detect::DetectorConfig::default().threshold)]
         threshold: f64,
-        /// Weight of each new point in the baseline.
+        /// Robust: weight of each new point in the baseline.
         #[arg(long, default_value_t = levee::engine::detect::DetectorConfig::default().alpha)]
         alpha: f64,
-        /// Points after a flag with no new flag.
+        /// Robust: points after a flag with no new flag.
         #[arg(long, default_value_t = levee::engine::detect::DetectorConfig::default().cooldown)]
         cooldown: usize,
     },
@@ -257,15 +272,20 @@ fn main() -> ExitCode {
             Command::Backtest { trace, horizon, step, quantile, warmup, json } => {
                 levee::cli::backtest(&trace, horizon, step, quantile, warmup, json)
             }
-            Command::Nab { data, windows, json, detections, threshold, alpha, cooldown } => {
+            Command::Nab { data, windows, json, detections, detector, levels, threshold, alpha, cooldown } => {
                 let windows = windows.unwrap_or_else(|| data.join("windows.json"));
-                let cfg = levee::engine::detect::DetectorConfig {
-                    threshold,
-                    alpha,
-                    cooldown,
-                    ..levee::engine::detect::DetectorConfig::default()
+                let detector = match detector {
+                    NabDetector::Novelty => levee::replay::nab::Detector::Novelty { levels },
+                    NabDetector::Robust => {
+                        levee::replay::nab::Detector::Robust(levee::engine::detect::DetectorConfig {
+                            threshold,
+                            alpha,
+                            cooldown,
+                            ..levee::engine::detect::DetectorConfig::default()
+                        })
+                    }
                 };
-                levee::cli::nab(&data, &windows, cfg, json, detections.as_deref())
+                levee::cli::nab(&data, &windows, detector, json, detections.as_deref())
             }
             Command::Crd { dir, check: true, .. } => levee::cli::check_crds(&dir),
             Command::Crd { apply: true, .. } => levee::cli::apply_crds().await,

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, path::Path};
 use chrono::NaiveDateTime;
 use serde::Serialize;
 
-use crate::engine::detect::{DetectorConfig, RobustDetector};
+use crate::engine::detect::{
+    DetectorConfig, RobustDetector,
+    novelty::{NoveltyConfig, NoveltyDetector},
+};
 
 /// A NAB cost profile.
 #[derive(Clone, Copy, Debug)]
@@ -106,10 +109,30 @@ pub fn score(series: &[Series], detections: &[Vec<usize>]) -> NabScores {
     }
 }
 
-/// Runs the detector over one series; returns the flagged rows.
-pub fn detect(values: &[f64], cfg: DetectorConfig) -> Vec<usize> {
-    let mut d = RobustDetector::new(cfg);
-    values.iter().enumerate().filter_map(|(i, &v)| d.observe(v).anomalous.then_some(i)).collect()
+/// The detector to score.
+#[derive(Clone, Copy, Debug)]
+pub enum Detector {
+    /// Transition novelty over this many levels. It warms up on the probation period, as NAB
+    /// lets every detector, and rests a fifth of it after each change.
+    Novelty { levels: u32 },
+    /// The robust EWMA/MAD baseline.
+    Robust(DetectorConfig),
+}
+
+/// Runs `detector` over one series; returns the flagged rows.
+pub fn detect(values: &[f64], detector: Detector) -> Vec<usize> {
+    let mut judge: Box<dyn FnMut(f64) -> bool> = match detector {
+        Detector::Novelty { levels } => {
+            let warmup = probation(values.len());
+            let mut d = NoveltyDetector::new(NoveltyConfig { levels, rest: warmup / 5, warmup });
+            Box::new(move |x| d.observe(x))
+        }
+        Detector::Robust(cfg) => {
+            let mut d = RobustDetector::new(cfg);
+            Box::new(move |x| d.observe(x).anomalous)
+        }
+    };
+    values.iter().enumerate().filter_map(|(i, &v)| judge(v).then_some(i)).collect()
 }
 
 #[derive(Debug, thiserror::Error)]

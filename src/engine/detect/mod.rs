@@ -4,6 +4,8 @@
 //! Pure and online: one value in, one verdict out, in constant memory, so the same detector
 //! serves per-aggregate traffic baselines and offline scoring (`levee nab`).
 
+pub mod novelty;
+
 /// Settings of a [`RobustDetector`].
 #[derive(Clone, Copy, Debug)]
 pub struct DetectorConfig {
