@@ -119,6 +119,10 @@ pub fn backtest(
         report.points - report.zero_actuals,
         report.mdape
     );
+    println!(
+        "  noise     {:6.2} %   MAPE of an oracle averaging the buckets either side (it sees the future)",
+        report.noise_floor_mape
+    );
     println!("  MASE      {:6.3}     (vs. the same bucket one day earlier; < 1 beats it)", report.mase);
     println!(
         "  coverage  {:6.1} %   inside the band (nominal {:.0} %); {:.1} % at or below its upper edge",

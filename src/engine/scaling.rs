@@ -191,15 +191,13 @@ impl Planner {
         if demand_signals {
             d.reactive = Some(replicas_for(cap, d.arrival_rate.unwrap_or(0.0), d.backlog.unwrap_or(0.0)));
             d.forecast = self.forecaster.forecast(now, lead_secs);
-            // The expected demand gets the policy's headroom; the band's upper edge only has
-            // to fit in raw capacity. Applying both to the upper edge would count the same
-            // uncertainty twice.
+            // The forecast's headroom is its band: demand at the band's upper edge has to fit
+            // in raw capacity. The target utilisation is headroom for what current load cannot
+            // see coming; applying it to the forecast as well pays twice for the same
+            // uncertainty, and a band of the same cost then has to be narrower.
             let full = CapacityModel { target_utilization: 1.0, ..cap.clone() };
             let backlog = d.backlog.unwrap_or(0.0);
-            d.predictive = d
-                .forecast
-                .as_ref()
-                .map(|f| replicas_for(cap, f.value, backlog).max(replicas_for(&full, f.upper, backlog)));
+            d.predictive = d.forecast.as_ref().map(|f| replicas_for(&full, f.upper, backlog));
         }
         let lag_need = d.lag_secs.zip(cap.max_replica_lag).map(|(lag, max)| {
             let max = max.as_secs_f64();

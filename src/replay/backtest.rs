@@ -30,6 +30,10 @@ pub struct BacktestReport {
     pub mape: f64,
     /// Median absolute percentage error, in percent: MAPE without its tail of near-zero actuals.
     pub mdape: f64,
+    /// MAPE, on the same points, of an oracle that sees the future: the mean of the buckets
+    /// either side of the actual. It measures the bucket-to-bucket noise of the trace, which
+    /// no forecaster removes; a MAPE near it is as good as this bucket width allows.
+    pub noise_floor_mape: f64,
     /// Mean absolute scaled error against the daily seasonal-naive forecast (< 1 beats it).
     pub mase: f64,
     /// Fraction of actuals inside [lower, upper].
@@ -62,6 +66,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         seasonality: cfg.seasonality,
     });
     let (mut ape, mut ae, mut ae_naive) = (Vec::new(), 0.0, 0.0);
+    let mut floor_ape = 0.0;
     let (mut inside, mut below, mut points, mut zeros) = (0usize, 0usize, 0usize, 0usize);
     let mut models: Vec<(String, usize)> = Vec::new();
     for i in 0..buckets.len() {
@@ -82,6 +87,8 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         ae_naive += (y - buckets[target - season]).abs();
         if y > 0.0 {
             ape.push((y - fc.value).abs() / y);
+            let neighbours = buckets.get(target + 1).map_or(buckets[target - 1], |n| (buckets[target - 1] + n) / 2.0);
+            floor_ape += (y - neighbours).abs() / y;
         } else {
             zeros += 1;
         }
@@ -97,10 +104,12 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         return None;
     }
     let mape = 100.0 * ape.iter().sum::<f64>() / ape.len() as f64;
+    let noise_floor_mape = 100.0 * floor_ape / ape.len() as f64;
     ape.sort_by(f64::total_cmp);
     Some(BacktestReport {
         mape,
         mdape: 100.0 * ape[ape.len() / 2],
+        noise_floor_mape,
         mase: if ae_naive > 0.0 { ae / ae_naive } else { f64::INFINITY },
         coverage: inside as f64 / points as f64,
         nominal_coverage: 2.0 * cfg.quantile - 1.0,
@@ -136,6 +145,7 @@ mod tests {
         };
         let r = run(&trace, cfg, |_| {}).unwrap();
         assert!(r.mape < 2.0, "{r:?}");
+        assert!(r.noise_floor_mape < 0.1, "a smooth curve has almost no bucket-to-bucket noise: {r:?}");
         assert!(r.points > 500);
     }
 }
