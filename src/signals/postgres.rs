@@ -12,7 +12,8 @@ const NAME: &str = "postgres";
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ReplicaLag {
     /// Seconds since the last replayed transaction committed on the primary; 0 when the
-    /// replica has replayed everything it received.
+    /// replica has replayed everything it received. A replica that has replayed nothing since
+    /// it started while WAL waits counts as behind since it started.
     pub seconds: f64,
     /// WAL bytes received but not yet replayed.
     pub bytes: f64,
@@ -37,13 +38,15 @@ pub async fn replica_lag_within(conninfo: &str, timeout: Duration) -> Result<Rep
         let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await.map_err(unreachable)?;
         let conn = tokio::spawn(connection);
         // Lag in seconds is only meaningful while WAL is outstanding: an idle primary sends
-        // nothing, and now() - last replay time would grow without any real lag.
+        // nothing, and now() - last replay time would grow without any real lag. A replica
+        // restarted and stuck has no last replay time at all; it must not read as caught up.
         let row = client
             .query_one(
                 "SELECT pg_is_in_recovery(),
                         COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::float8,
                         CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-                             ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8",
+                             ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()),
+                                           EXTRACT(EPOCH FROM now() - pg_postmaster_start_time()), 0) END::float8",
                 &[],
             )
             .await
