@@ -161,27 +161,31 @@ spec:
     assert!(ns.api::<Mitigation>().get_opt("block-one").await.unwrap().is_some(), "lapsed, not deleted");
 }
 
-fn guard_yaml(ns: &str, mode: &str) -> String {
+/// A TrafficGuard `name` for the pool of the same name; `extra` is more of its spec, indented
+/// two spaces.
+fn guard_yaml(ns: &str, name: &str, mode: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: levee.dev/v1alpha1
 kind: TrafficGuard
-metadata: {{name: public, namespace: {ns}}}
+metadata: {{name: {name}, namespace: {ns}}}
 spec:
-  edgePool: public
+  edgePool: {name}
   aggregationKeys: [Ip, Prefix, Asn, Country]
   mode: {mode}
   allowlist: ["10.0.0.0/8"]
   mitigation: {{ttl: 2m, rateLimitMultiple: 2}}
+{extra}
 "#
     )
 }
 
-/// A namespace with an operator, a TrafficGuard in `mode` for pool `public`, an upstream and
-/// an edge in front of it that reports to the operator (with `extra` arguments).
-async fn guarded_edge(prefix: &str, mode: &str, extra: &[&str]) -> (TestNs, Operator, Upstream, Edge) {
+/// A namespace with an operator, a TrafficGuard in `mode` for pool `public` (with `spec` more
+/// of its spec), an upstream and an edge in front of it that reports to the operator (with
+/// `extra` arguments).
+async fn guarded_edge(prefix: &str, mode: &str, spec: &str, extra: &[&str]) -> (TestNs, Operator, Upstream, Edge) {
     let ns = TestNs::new(prefix).await;
     let op = Operator::start(&ns.name).await;
-    ns.create_yaml(&guard_yaml(&ns.name, mode)).await.unwrap();
+    ns.create_yaml(&guard_yaml(&ns.name, "public", mode, spec)).await.unwrap();
     let up = Upstream::start().await;
     let mut args = vec!["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1"];
     let url = op.url("");
@@ -209,7 +213,7 @@ async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge:
 
 #[tokio::test]
 async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
-    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce", &[]).await;
+    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce", "", &[]).await;
 
     // 15 s of normal traffic to learn from, then 15 s with a flood at 15× a regular client.
     let (regulars, flood) = traffic(&edge, 30.0, 15.0).await;
@@ -242,8 +246,46 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
 }
 
 #[tokio::test]
+async fn prometheus_history_seeds_baselines_so_a_usually_heavy_source_is_not_taken_for_a_flood() {
+    // Prometheus says 203.0.113.9 usually sends 250 req/s, and the pool 350 in all. The
+    // same traffic as the flood test (where it is limited within seconds) now comes from a
+    // source doing what it always does.
+    let query = r#"label_replace(vector(250), "ip", "203.0.113.9", "", "") or vector(350)"#;
+    let baseline = format!("  baseline: {{source: Prometheus, window: 10m, prometheusQuery: '{query}'}}");
+    let (ns, _op, _up, edge) = guarded_edge("edge-seeded", "Enforce", &baseline, &[]).await;
+    // A second guard whose query parses but fails in Prometheus: an Event says why, and
+    // nothing stops. (One that does not parse never gets this far: the guard is invalid.)
+    let bad = r#"  baseline: {source: Prometheus, window: 10m, prometheusQuery: 'label_replace(vector(1), "a", "b", "c", "(")'}"#;
+    ns.create_yaml(&guard_yaml(&ns.name, "private", "Enforce", bad)).await.unwrap();
+
+    let (regulars, heavy) = traffic(&edge, 25.0, 10.0).await;
+    assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0), "{regulars:?}");
+    assert_eq!((heavy.limited, heavy.other), (0, 0), "a source as heavy as usual is not limited: {heavy:?}");
+    assert!(heavy.ok > 3000, "{heavy:?}");
+    let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
+    assert!(ms.items.is_empty(), "no mitigations: {:?}", ms.items.iter().map(|m| &m.spec.reason).collect::<Vec<_>>());
+
+    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
+    let note = |reason: &str, object: &str| {
+        events
+            .items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object)
+            })
+            .and_then(|e| e.note.clone())
+            .unwrap_or_else(|| panic!("no {reason} Event for {object}"))
+    };
+    let seeded = note("BaselineSeeded", "public");
+    assert!(seeded.contains("the total") && seeded.contains("1 Ip keys"), "{seeded}");
+    let failed = note("BaselineSeedFailed", "private");
+    assert!(failed.contains("invalid regular expression") && failed.contains("retrying"), "{failed}");
+}
+
+#[tokio::test]
 async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
-    let (ns, _op, _up, edge) = guarded_edge("edge-shadow", "Shadow", &[]).await;
+    let (ns, _op, _up, edge) = guarded_edge("edge-shadow", "Shadow", "", &[]).await;
     let (regulars, flood) = traffic(&edge, 25.0, 13.0).await;
     assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0));
     assert_eq!((flood.limited, flood.other), (0, 0), "shadow mode limits nothing: {flood:?}");
@@ -260,7 +302,7 @@ async fn a_distributed_surge_is_limited_by_its_aggregate_while_regular_clients_k
     let table = std::env::temp_dir().join(format!("levee-prefixes-{}.csv", std::process::id()));
     std::fs::write(&table, "198.51.100.0/24,64500,DE\n203.0.113.0/24,64666,BR\n").unwrap();
     let (ns, _op, _up, edge) =
-        guarded_edge("edge-surge", "Enforce", &["--prefix-table", table.to_str().unwrap()]).await;
+        guarded_edge("edge-surge", "Enforce", "", &["--prefix-table", table.to_str().unwrap()]).await;
     let (secs, onset) = (35.0, 15.0);
     let regulars: Vec<_> =
         (0..10).map(|i| tokio::spawn(load(edge.url("/"), format!("198.51.100.{}", 10 + i), 10.0, secs))).collect();

@@ -89,7 +89,8 @@ pub enum BaselineSource {
     /// Learned online from edge reports (robust EWMA and MAD); useful within minutes.
     #[default]
     Edge,
-    /// Seeded from Prometheus history, then kept up to date from edge reports.
+    /// Seeded from Prometheus history over `window` (when the guard starts or changes; retried
+    /// every minute while Prometheus fails), then kept up to date from edge reports.
     Prometheus,
 }
 
@@ -100,7 +101,10 @@ pub struct Baseline {
     /// `Edge` or `Prometheus`.
     #[serde(default)]
     pub source: BaselineSource,
-    /// PromQL returning per-source request rates, when source is `Prometheus`.
+    /// PromQL returning request rates (req/s) when source is `Prometheus`. A series labelled
+    /// `ip`, `prefix`, `asn`, `country` or `api_key` is that source's rate (for example
+    /// `sum by (country) (rate(http_requests_total[1m]))`); series with none of these labels
+    /// are summed into the pool's total. The operator's `--prometheus-url` is queried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub prometheus_query: Option<String>,

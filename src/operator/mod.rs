@@ -65,7 +65,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         () = shutdown.cancelled() => return finish(server).await,
     }
     let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone());
-    let guards = guard::Guards::new(client.clone(), hub);
+    let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone());
     let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards });
     health.set_ready(true);
     info!(

@@ -1,6 +1,6 @@
 //! Prometheus instant and range queries through `prometheus-http-query`.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use prometheus_http_query::Client;
 
@@ -15,6 +15,9 @@ pub struct Prometheus {
     url: String,
     timeout: Duration,
 }
+
+/// One series of a range query: its labels and its samples.
+pub type Series = (BTreeMap<String, String>, Vec<Sample>);
 
 /// One sample: seconds since the epoch and a value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,22 +79,38 @@ impl Prometheus {
     /// # Errors
     /// As [`Prometheus::instant`].
     pub async fn range(&self, query: &str, start: i64, end: i64, step: f64) -> Result<Vec<Sample>, SignalError> {
+        let mut series = self.range_series(query, start, end, step).await?;
+        match series.len() {
+            1 => Ok(series.remove(0).1),
+            0 => Err(SignalError::NoData { source_name: NAME.into(), what: query.to_owned() }),
+            n => Err(SignalError::BadResponse {
+                source_name: NAME.into(),
+                detail: format!("{query:?} returned {n} series; aggregate it to one"),
+            }),
+        }
+    }
+
+    /// Evaluates `query` over `[start, end]` every `step` seconds: every series with its
+    /// labels.
+    ///
+    /// # Errors
+    /// Unreachable server, timeout, a query Prometheus refuses (with its message), or a result
+    /// that is not a range vector.
+    pub async fn range_series(&self, query: &str, start: i64, end: i64, step: f64) -> Result<Vec<Series>, SignalError> {
         with_timeout(NAME, self.timeout * 3, async {
             let res = self.client.query_range(query, start, end, step).get().await.map_err(|e| self.error(e))?;
             let matrix = res.data().as_matrix().ok_or_else(|| SignalError::BadResponse {
                 source_name: NAME.into(),
                 detail: format!("{query:?} did not return a range vector"),
             })?;
-            match matrix.as_slice() {
-                [one] => {
-                    Ok(one.samples().iter().map(|s| Sample { timestamp: s.timestamp(), value: s.value() }).collect())
-                }
-                [] => Err(SignalError::NoData { source_name: NAME.into(), what: query.to_owned() }),
-                many => Err(SignalError::BadResponse {
-                    source_name: NAME.into(),
-                    detail: format!("{query:?} returned {} series; aggregate it to one", many.len()),
-                }),
-            }
+            Ok(matrix
+                .iter()
+                .map(|r| {
+                    let labels = r.metric().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    let samples = r.samples().iter().map(|s| Sample { timestamp: s.timestamp(), value: s.value() });
+                    (labels, samples.collect())
+                })
+                .collect())
         })
         .await
     }

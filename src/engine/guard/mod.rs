@@ -19,8 +19,11 @@ use ipnet::IpNet;
 use super::detect::{DetectorConfig, RobustDetector};
 use crate::api::traffic_guard::{AggregationKey as Dimension, Sensitivity};
 
+mod seed;
 #[cfg(test)]
 mod tests;
+
+pub use seed::History;
 
 /// Tuning derived from a TrafficGuard's sensitivity and baseline window.
 #[derive(Clone, Copy, Debug)]

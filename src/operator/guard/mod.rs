@@ -5,6 +5,7 @@
 //! repeat offences).
 
 pub mod hub;
+mod seed;
 
 use std::{
     collections::HashMap,
@@ -29,7 +30,7 @@ use crate::{
     api::{
         Mitigation, MitigationSpec, Mode, TrafficGuard,
         mitigation::{Evidence, MatchSpec, MitigationAction, RateLimit},
-        traffic_guard::{AggregationKey as Dimension, GuardAction},
+        traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction},
     },
     engine::guard::{Finding, GuardDetector, Observation, Tuning, mitigation_limit},
 };
@@ -55,6 +56,9 @@ pub enum GuardError {
 struct GuardState {
     generation: i64,
     detector: GuardDetector,
+    /// When to (try to) seed baselines from Prometheus; `None` once seeded or when the guard
+    /// learns from edge reports only.
+    seed_due: Option<Instant>,
     last_summary: Option<String>,
     last_active: Option<i32>,
     last_edges: Option<i32>,
@@ -65,7 +69,12 @@ pub struct Guards {
     pub hub: Arc<ReportHub>,
     recorder: Recorder,
     states: Mutex<HashMap<String, GuardState>>,
+    /// Where `baseline.source: Prometheus` guards read their history.
+    prometheus_url: Option<String>,
 }
+
+/// A failed seeding is retried after this long; meanwhile baselines come from edge reports.
+const SEED_RETRY: Duration = Duration::from_secs(60);
 
 /// A mitigation the guard wants in force.
 struct Wanted {
@@ -74,9 +83,58 @@ struct Wanted {
 }
 
 impl Guards {
-    pub fn new(client: Client, hub: Arc<ReportHub>) -> Self {
+    pub fn new(client: Client, hub: Arc<ReportHub>, prometheus_url: Option<String>) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
-        Self { hub, recorder: Recorder::new(client, reporter), states: Mutex::new(HashMap::new()) }
+        Self { hub, recorder: Recorder::new(client, reporter), states: Mutex::new(HashMap::new()), prometheus_url }
+    }
+
+    /// Seeds the guard's baselines from Prometheus when that is configured and due. A failure
+    /// is an Event and a retry later, never a stop: edge reports keep baselines learning.
+    async fn seed_if_due(&self, guard: &TrafficGuard, key: &str) {
+        let due = {
+            let states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            states.get(key).and_then(|s| s.seed_due).is_some_and(|t| t <= Instant::now())
+        };
+        if !due {
+            return;
+        }
+        let baseline = &guard.spec.baseline;
+        let query = baseline.prometheus_query.as_deref().unwrap_or_default();
+        let result = match &self.prometheus_url {
+            None => Err("baseline.source is Prometheus but the operator runs without --prometheus-url".to_owned()),
+            Some(url) => match crate::signals::prometheus::Prometheus::new(url) {
+                Err(e) => Err(e.to_string()),
+                Ok(prom) => seed::history(&prom, query, baseline.window.as_secs_f64(), Timestamp::now().as_second())
+                    .await
+                    .map_err(|e| e.to_string()),
+            },
+        };
+        let (event, note) = {
+            let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(st) = states.get_mut(key) else { return };
+            match result {
+                Ok((history, summary)) => {
+                    st.detector.seed(&history);
+                    st.seed_due = None;
+                    (
+                        (EventType::Normal, "BaselineSeeded"),
+                        format!("baselines seeded from Prometheus over the last {}: {summary}", baseline.window),
+                    )
+                }
+                Err(e) => {
+                    st.seed_due = Some(Instant::now() + SEED_RETRY);
+                    (
+                        (EventType::Warning, "BaselineSeedFailed"),
+                        format!(
+                            "cannot seed baselines from Prometheus: {e}; retrying in {}s, learning from edge reports meanwhile",
+                            SEED_RETRY.as_secs()
+                        ),
+                    )
+                }
+            }
+        };
+        info!(guard = %key, "{note}");
+        self.event(guard, event.0, event.1, "SeedBaseline", note).await;
     }
 
     /// One look at the guard's pool.
@@ -89,24 +147,32 @@ impl Guards {
             let allowlist = spec.allowlist.iter().filter_map(|c| c.parse().ok()).collect();
             GuardDetector::new(tuning(guard), allowlist)
         };
-        let taken = self.hub.take(&ns, &spec.edge_pool);
-        let observation = {
+        let seed_due = (spec.baseline.source == BaselineSource::Prometheus).then(Instant::now);
+        {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let generation = guard.metadata.generation.unwrap_or(0);
             let st = states.entry(key.clone()).or_insert_with(|| GuardState {
                 generation,
                 detector: detector(),
+                seed_due,
                 last_summary: None,
                 last_active: None,
                 last_edges: None,
             });
             if st.generation != generation {
-                // Sensitivity, window or allowlist may have changed: the detector starts afresh
-                // (its baselines are relearnt within the warm-up).
+                // Sensitivity, window, baseline or allowlist may have changed: the detector
+                // starts afresh (seeded again, or relearnt within the warm-up).
                 st.detector = detector();
+                st.seed_due = seed_due;
                 st.generation = generation;
             }
-            taken.as_ref().map(|(sample, _)| st.detector.observe(sample))
+        }
+        self.seed_if_due(guard, &key).await;
+        let taken = self.hub.take(&ns, &spec.edge_pool);
+        let observation = {
+            let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let st = states.get_mut(&key);
+            taken.as_ref().and_then(|(sample, _)| st.map(|st| st.detector.observe(sample)))
         };
 
         let api: Api<Mitigation> = Api::namespaced(client.clone(), &ns);
@@ -172,7 +238,8 @@ impl Guards {
                 m.spec.reason
             );
             info!(guard = %key, "{note}");
-            self.event(guard, if shadow { "WouldMitigate" } else { "Mitigated" }, note).await;
+            self.event(guard, EventType::Warning, if shadow { "WouldMitigate" } else { "Mitigated" }, "Mitigate", note)
+                .await;
         }
         let active_now = i32::try_from(active.len() + created).unwrap_or(i32::MAX);
         self.write_status(client, guard, observation.as_ref(), active_now, taken.map(|t| t.1)).await
@@ -217,14 +284,8 @@ impl Guards {
         Wanted { name: mitigation_name(&guard.name_any(), f.dimension, &f.key), spec }
     }
 
-    async fn event(&self, guard: &TrafficGuard, reason: &str, note: String) {
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Mitigate".into(),
-            secondary: None,
-        };
+    async fn event(&self, guard: &TrafficGuard, type_: EventType, reason: &str, action: &str, note: String) {
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &guard.object_ref(&())).await {
             warn!(error = %e, "cannot publish event");
         }
