@@ -157,6 +157,10 @@ impl Breaker {
                 b.failures += u32::from(failed);
                 b.slow += u32::from(slow);
                 self.consecutive = if failed { self.consecutive + 1 } else { 0 };
+                // A good call only lowers both ratios: the window is judged on bad ones.
+                if !failed && !slow {
+                    return;
+                }
                 let live = self.buckets.iter().filter(|b| b.index > index - BUCKETS as i64 && b.calls > 0);
                 let (calls, failures, slows) =
                     live.fold((0u32, 0u32, 0u32), |(c, f, s), b| (c + b.calls, f + b.failures, s + b.slow));

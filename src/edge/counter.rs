@@ -89,19 +89,26 @@ struct DimensionCounter {
 }
 
 impl DimensionCounter {
-    fn count(&mut self, key: u128) -> Option<u128> {
+    /// Counts `key`; returns the key it displaced from the heavy hitters, if any, and whether
+    /// it was a heavy hitter already.
+    fn count(&mut self, key: u128) -> (Option<u128>, bool) {
         if let Some(exact) = &mut self.exact {
             if let Some(n) = exact.get_mut(&key) {
                 *n += 1;
-                return None;
+                return (None, true);
             }
             if exact.len() < EXACT_KEYS {
                 exact.insert(key, 1);
-                return None;
+                return (None, false);
             }
         }
+        // A heavy hitter's own count is the one reported: the sketch only decides who gets in,
+        // so it is spared the cache misses for the keys already there.
+        if self.top.increment(key) {
+            return (None, true);
+        }
         let estimate = self.sketch.add(hash_key(key));
-        self.top.offer(key, u64::from(estimate))
+        (self.top.offer(key, u64::from(estimate)), false)
     }
 
     /// The name of a key, as reports and Mitigations write it.
@@ -195,11 +202,7 @@ impl TrafficCounter {
     pub fn count(&mut self, src: &Source, class: Option<&str>) {
         self.requests += 1;
         let ip = ip_key(src.ip);
-        // A heavy hitter of this interval has been seen: skip the filter's cache misses for it.
-        let tracked = self.dims.first().is_some_and(|d| d.dimension == Dimension::Ip && d.top.contains(ip));
-        if !tracked && !self.seen.check_and_insert(hash_key(ip)) {
-            self.new_source_requests += 1;
-        }
+        let mut ip_tracked = false;
         if let Some(c) = class {
             // Classes are a short configured list: a lookup, and an allocation only the first
             // time a class is seen in an interval.
@@ -223,7 +226,8 @@ impl TrafficCounter {
                 }),
             };
             let Some(key) = key else { continue };
-            let evicted = d.count(key);
+            let (evicted, tracked) = d.count(key);
+            ip_tracked |= tracked && d.dimension == Dimension::Ip;
             if d.dimension == Dimension::ApiKey {
                 if let Some(old) = evicted {
                     d.names.remove(&old);
@@ -235,6 +239,10 @@ impl TrafficCounter {
                     d.names.insert(key, truncate(k, 256).into());
                 }
             }
+        }
+        // A heavy hitter of this interval has been seen: skip the filter's cache misses for it.
+        if !ip_tracked && !self.seen.check_and_insert(hash_key(ip)) {
+            self.new_source_requests += 1;
         }
     }
 

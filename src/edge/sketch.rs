@@ -7,9 +7,14 @@
 //! # Guarantees
 //! Memory is fixed at construction, whatever the number of distinct keys. Sketch estimates
 //! never undercount; they overcount by at most `total / width` with high probability. The
-//! heavy-hitter list does O(log capacity) work per key.
+//! heavy-hitter list does one lookup for a tracked key, and O(log capacity) work only when a
+//! newcomer may displace one.
 
-use std::{collections::HashMap, hash::BuildHasher};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    hash::BuildHasher,
+};
 
 /// Hashes a key for the sketch and the filters (fast, fixed seed: the hash never leaves the
 /// process).
@@ -75,13 +80,17 @@ impl CountMin {
 }
 
 /// The heaviest keys (space-saving): at most `capacity` keys, each with a count that
-/// overestimates its true count by at most the count it inherited. Kept as a min-heap with
-/// a position index, so the lightest key is at hand and every step is O(log capacity).
+/// overestimates its true count by at most the count it inherited.
+///
+/// Counts live in a map, so counting a tracked key is one lookup. The lightest key is found
+/// through a lazy min-heap holding one entry per key whose count is a lower bound of the
+/// key's (it is not updated when the key is counted): an entry is refreshed only when it
+/// reaches the top, so the heap is touched only when a newcomer may displace someone.
 #[derive(Clone, Debug)]
 pub struct HeavyHitters {
     capacity: usize,
-    heap: Vec<(u64, u128)>,
-    pos: HashMap<u128, usize, foldhash::fast::FixedState>,
+    counts: HashMap<u128, u64, foldhash::fast::FixedState>,
+    heap: BinaryHeap<Reverse<(u64, u128)>>,
 }
 
 impl HeavyHitters {
@@ -89,8 +98,10 @@ impl HeavyHitters {
         let capacity = capacity.max(1);
         Self {
             capacity,
-            heap: Vec::with_capacity(capacity),
-            pos: HashMap::with_capacity_and_hasher(capacity, foldhash::fast::FixedState::with_seed(7)),
+            // Room for twice the keys: displacing leaves tombstones, and with this much room
+            // the map cleans them up in place instead of growing.
+            counts: HashMap::with_capacity_and_hasher(2 * capacity, foldhash::fast::FixedState::with_seed(7)),
+            heap: BinaryHeap::with_capacity(capacity),
         }
     }
 
@@ -99,106 +110,83 @@ impl HeavyHitters {
         self.offer(key, u64::MAX)
     }
 
+    /// Counts one occurrence of `key` if it is tracked; false if it is not.
+    pub fn increment(&mut self, key: u128) -> bool {
+        self.counts.get_mut(&key).map(|c| *c += 1).is_some()
+    }
+
     /// Counts one occurrence of `key`, whose count a sketch estimates at `estimate`. A key not
     /// yet tracked displaces the lightest one only if its estimate is higher, so the long tail
-    /// of one-off sources costs a lookup. Returns the key it displaced, if any.
+    /// of one-off sources costs a lookup and a comparison. Returns the key it displaced, if any.
     pub fn offer(&mut self, key: u128, estimate: u64) -> Option<u128> {
-        if let Some(&i) = self.pos.get(&key) {
-            self.heap[i].0 += 1;
-            self.sift_down(i);
+        if self.increment(key) {
             return None;
         }
-        if self.heap.len() < self.capacity {
-            self.heap.push((1, key));
-            let i = self.heap.len() - 1;
-            self.pos.insert(key, i);
-            self.sift_up(i);
+        if self.counts.len() < self.capacity {
+            self.counts.insert(key, 1);
+            self.heap.push(Reverse((1, key)));
             return None;
         }
-        let (min, old) = self.heap[0];
+        // The top is a lower bound of the lightest count: at or below it, no need to look.
+        if self.heap.peek().is_none_or(|Reverse((bound, _))| estimate <= *bound) {
+            return None;
+        }
+        let min = self.lightest();
         if estimate <= min {
             return None;
         }
         // Replace the lightest key; the newcomer inherits its count (space-saving).
-        self.pos.remove(&old);
-        self.heap[0] = (min + 1, key);
-        self.pos.insert(key, 0);
-        self.sift_down(0);
+        let Reverse((_, old)) = self.heap.pop()?;
+        self.counts.remove(&old);
+        self.counts.insert(key, min + 1);
+        self.heap.push(Reverse((min + 1, key)));
         Some(old)
     }
 
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.pos.insert(self.heap[a].1, a);
-        self.pos.insert(self.heap[b].1, b);
-    }
-
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.heap[parent].0 <= self.heap[i].0 {
-                break;
+    /// The lightest tracked count, with its entry at the top of the heap, refreshing stale
+    /// entries on the way.
+    fn lightest(&mut self) -> u64 {
+        while let Some(mut top) = self.heap.peek_mut() {
+            let Reverse((bound, key)) = *top;
+            let count = self.counts.get(&key).copied().unwrap_or(bound);
+            if count == bound {
+                return count;
             }
-            self.swap(i, parent);
-            i = parent;
+            *top = Reverse((count, key));
         }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut smallest = i;
-            if l < self.heap.len() && self.heap[l].0 < self.heap[smallest].0 {
-                smallest = l;
-            }
-            if r < self.heap.len() && self.heap[r].0 < self.heap[smallest].0 {
-                smallest = r;
-            }
-            if smallest == i {
-                return;
-            }
-            self.swap(i, smallest);
-            i = smallest;
-        }
+        0
     }
 
     /// Keys by count, heaviest first.
     pub fn top(&self, n: usize) -> Vec<(u128, u64)> {
-        let mut v: Vec<(u128, u64)> = self.heap.iter().map(|&(c, k)| (k, c)).collect();
+        let mut v: Vec<(u128, u64)> = self.counts.iter().map(|(&k, &c)| (k, c)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
     }
 
     pub fn contains(&self, key: u128) -> bool {
-        self.pos.contains_key(&key)
+        self.counts.contains_key(&key)
     }
 
-    /// Bytes held by the heap and its index (their capacity, not their length).
+    /// Bytes held by the map and the heap (their capacity, not their length).
     pub fn memory_bytes(&self) -> usize {
         self.heap.capacity() * std::mem::size_of::<(u64, u128)>()
-            + self.pos.capacity() * (std::mem::size_of::<(u128, usize)>() + 1)
+            + self.counts.capacity() * (std::mem::size_of::<(u128, u64)>() + 1)
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.counts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.counts.is_empty()
     }
 
     /// Forgets every key, keeping the memory for the next interval.
     pub fn clear(&mut self) {
         self.heap.clear();
-        self.pos.clear();
-    }
-
-    /// Halves every count, like [`CountMin::decay`]. Halving keeps the heap order.
-    pub fn decay(&mut self) {
-        for e in &mut self.heap {
-            e.0 >>= 1;
-        }
+        self.counts.clear();
     }
 }
 
@@ -233,7 +221,7 @@ mod tests {
         }
         assert_eq!(cm.memory_bytes(), before);
         assert_eq!(hh.len(), 1024);
-        assert_eq!(hh.pos.len(), 1024);
+        assert_eq!(hh.heap.len(), 1024);
     }
 
     #[test]
@@ -285,11 +273,14 @@ mod tests {
                 hh.add(u128::from(*k));
                 *truth.entry(u128::from(*k)).or_default() += 1;
             }
-            for (i, &(_, k)) in hh.heap.iter().enumerate() {
-                prop_assert_eq!(hh.pos[&k], i);
-                if i > 0 {
-                    prop_assert!(hh.heap[(i - 1) / 2].0 <= hh.heap[i].0);
-                }
+            // One heap entry per tracked key, each a lower bound of its count.
+            prop_assert_eq!(hh.heap.len(), hh.counts.len());
+            let mut keys: Vec<u128> = hh.heap.iter().map(|Reverse((_, k))| *k).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            prop_assert_eq!(keys.len(), hh.counts.len());
+            for Reverse((bound, k)) in hh.heap.iter() {
+                prop_assert!(*bound <= hh.counts[k]);
             }
             if truth.len() <= cap {
                 for (k, n) in hh.top(cap) {
@@ -300,7 +291,7 @@ mod tests {
             let total: u64 = truth.values().sum();
             let (&heaviest, &n) = truth.iter().max_by_key(|(k, n)| (**n, std::cmp::Reverse(**k))).unwrap();
             if n > total / cap as u64 {
-                prop_assert!(hh.pos.contains_key(&heaviest));
+                prop_assert!(hh.contains(heaviest));
             }
         }
     }
