@@ -20,42 +20,52 @@ cargo build --release --locked --quiet
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NGX=$(free_port); EDGE=$(free_port); ADMIN=$(free_port)
-cat >"$dir/nginx.conf" <<CONF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
+# Two nginx instances: the upstream (one worker), and the proxy with one worker per core, as
+# `levee edge` runs one worker per core; sharing one nginx between the two roles would give
+# the proxy under test different resources than levee gets.
+nginx_conf() {
+  local name=$1 workers=$2 body=$3
+  mkdir -p "$dir/$name"
+  cat >"$dir/$name/nginx.conf" <<CONF
+worker_processes $workers;
+pid $dir/$name/nginx.pid;
+error_log $dir/$name/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  client_body_temp_path $dir/body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi;
-  scgi_temp_path $dir/scgi;
-  # A per-client limit high enough never to refuse the benchmark: the work is measured, not
-  # the refusals.
+  client_body_temp_path $dir/$name/body;
+  proxy_temp_path $dir/$name/proxy;
+  fastcgi_temp_path $dir/$name/fastcgi;
+  uwsgi_temp_path $dir/$name/uwsgi;
+  scgi_temp_path $dir/$name/scgi;
+$body
+}
+CONF
+  "$NGINX" -c "$dir/$name/nginx.conf" -p "$dir/$name" 2>/dev/null || "$NGINX" -c "$dir/$name/nginx.conf"
+}
+nginx_conf upstream 1 "  server { listen 127.0.0.1:$UP; location / { return 200 \"ok\\n\"; } }"
+# A per-client limit high enough never to refuse the benchmark: the work is measured, not the
+# refusals.
+nginx_conf proxy auto "
   limit_req_zone \$binary_remote_addr zone=per_ip:10m rate=1000000r/s;
   upstream app { server 127.0.0.1:$UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:$UP;
-    location / { return 200 "ok\n"; }
-  }
   server {
     listen 127.0.0.1:$NGX;
     location / {
       limit_req zone=per_ip burst=1000000 nodelay;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
       proxy_pass http://app;
     }
-  }
-}
-CONF
-"$NGINX" -c "$dir/nginx.conf" -p "$dir" 2>/dev/null || "$NGINX" -c "$dir/nginx.conf"
+  }"
 target/release/levee edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
   --upstream "http://127.0.0.1:$UP" >"$dir/edge.log" 2>&1 &
 edge_pid=$!
-cleanup() { kill "$edge_pid" 2>/dev/null || true; kill "$(cat "$dir/nginx.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$dir"; }
+cleanup() {
+  kill "$edge_pid" 2>/dev/null || true
+  for n in upstream proxy; do kill "$(cat "$dir/$n/nginx.pid" 2>/dev/null)" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
 trap cleanup EXIT
 wait_for "levee edge" 20 curl -sf "http://127.0.0.1:$ADMIN/readyz"
 wait_for "nginx" 20 curl -sf "http://127.0.0.1:$NGX/"

@@ -75,7 +75,9 @@ pub struct EdgeState {
     stats: Mutex<(u64, u64, u64)>,
     pub metrics: EdgeMetrics,
     epoch: Instant,
-    upstream_base: String,
+    /// The upstream's host and port: each request's target keeps its path and query and gets
+    /// this authority, without formatting and re-parsing a URI.
+    upstream_authority: http::uri::Authority,
 }
 
 impl EdgeState {
@@ -87,7 +89,7 @@ impl EdgeState {
         let Some(authority) = cfg.upstream.authority() else {
             anyhow::bail!("--upstream {}: needs a host, as in http://127.0.0.1:8080", cfg.upstream);
         };
-        let upstream_base = format!("http://{authority}");
+        let upstream_authority = authority.clone();
         let settings = GuardSettings::default();
         Ok(Self {
             counter: Mutex::new(TrafficCounter::new(cfg.counter, &settings.dimensions)),
@@ -98,7 +100,7 @@ impl EdgeState {
             table,
             metrics,
             epoch: Instant::now(),
-            upstream_base,
+            upstream_authority,
             cfg,
         })
     }
@@ -299,8 +301,12 @@ pub async fn handle(
     }
 
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match format!("{}{path}", state.upstream_base).parse() {
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(state.upstream_authority.clone());
+    target.path_and_query =
+        Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    parts.uri = match http::Uri::from_parts(target) {
         Ok(u) => u,
         Err(_) => return Ok(local(StatusCode::BAD_REQUEST, &[], "bad request target\n".to_owned())),
     };
