@@ -49,7 +49,9 @@ kube_module() {
       echo ")"
     } >go.mod
     log "$(echo "$staging" | wc -l) staging modules replaced with $staging_version"
-    go mod tidy >/dev/null 2>&1 || true
+    # The imports go in before the first tidy: a tidy with nothing importing k8s.io/kubernetes
+    # drops its requirement, and the next one would resolve the import to the latest
+    # release instead of $KUBE_VERSION.
     cat >tools.go <<'GO'
 //go:build tools
 
@@ -61,6 +63,9 @@ import (
 )
 GO
     go mod tidy -e >/dev/null 2>&1 || true
+    local got
+    got=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
+    [ "$got" = "$KUBE_VERSION" ] || die "the wrapper module resolved k8s.io/kubernetes to $got, not $KUBE_VERSION"
   ) >&2
   touch "$mod/.ready"
   echo "$mod"

@@ -328,7 +328,7 @@ impl Planner {
         }
         if let (Some(f), Some(p)) = (&d.forecast, d.predictive) {
             parts.push(format!(
-                "forecast {:.1}/s (p{:.0} {:.1}/s, {}) in {:.0}s needs {p}",
+                "forecast {:.1}/s (p{:.0} {:.1}/s, {}) in {:.0}s needs {p} at full use",
                 f.value,
                 self.spec.forecast.quantile * 100.0,
                 f.upper,
