@@ -40,7 +40,7 @@ fn mitigation(ip: String) -> MitigationSpec {
     MitigationSpec {
         edge_pool: "public".into(),
         guard: None,
-        match_: MatchSpec { ip: Some(ip), prefix: None, asn: None, country: None, api_key: None, traffic_class: None },
+        match_: MatchSpec { ip: Some(ip), ..MatchSpec::default() },
         action: MitigationAction::RateLimit,
         rate_limit: Some(RateLimit { requests_per_second: 10.0, burst: 10 }),
         expires_at: Time(Timestamp::from_second(4_000_000_000).unwrap()),

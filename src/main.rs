@@ -48,6 +48,10 @@ enum Command {
         /// AWS endpoint override (for an emulator such as moto).
         #[arg(long, env = "LEVEE_AWS_ENDPOINT")]
         aws_endpoint: Option<String>,
+        /// Where pages to a PagerDuty routing key are sent (a TrafficGuard's `page` route
+        /// holding a URL is posted to directly).
+        #[arg(long, default_value = levee::operator::pager::PAGERDUTY_EVENTS_URL, env = "LEVEE_PAGERDUTY_URL")]
+        pagerduty_url: String,
     },
     /// Run the edge: a reverse proxy that enforces the pool's Mitigations, protects its upstream
     /// with a circuit breaker and reports traffic to the operator.
@@ -212,9 +216,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { listen, namespace, tick, prometheus_url, aws_endpoint } => {
+            Command::Run { listen, namespace, tick, prometheus_url, aws_endpoint, pagerduty_url } => {
                 let scaler = levee::operator::scaling::ScalerConfig { tick: tick.0, prometheus_url, aws_endpoint };
-                levee::operator::run(levee::operator::RunConfig { listen, namespace, scaler }).await
+                levee::operator::run(levee::operator::RunConfig { listen, namespace, scaler, pagerduty_url }).await
             }
             Command::Edge(args) => {
                 let EdgeArgs {

@@ -10,7 +10,7 @@ use std::{
 
 use common::{
     Operator, TestNs,
-    edge::{Edge, Upstream, kubectl, load},
+    edge::{Edge, PageReceiver, Upstream, kubectl, load},
     eventually,
 };
 use levee::api::{Mitigation, TrafficGuard};
@@ -213,9 +213,18 @@ async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge:
 
 #[tokio::test]
 async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
-    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce", "", &[]).await;
+    let page = "  page: {when: Mitigation, routeSecretRef: {name: pager, key: route}}";
+    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce", page, &[]).await;
+    let pager = PageReceiver::start().await;
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: pager, namespace: {}}}\nstringData: {{route: '{}'}}\n",
+        ns.name,
+        pager.url()
+    );
+    ns.create_yaml(&secret).await.unwrap();
 
     // 15 s of normal traffic to learn from, then 15 s with a flood at 15× a regular client.
+    let onset = Instant::now() + Duration::from_secs(15);
     let (regulars, flood) = traffic(&edge, 30.0, 15.0).await;
     for (i, t) in regulars.iter().enumerate() {
         assert_eq!((t.limited, t.other), (0, 0), "regular client {i} was limited: {t:?}");
@@ -243,6 +252,23 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
     let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
     let notes: Vec<&str> = events.items.iter().filter_map(|e| e.note.as_deref()).collect();
     assert!(notes.iter().any(|n| n.contains("203.0.113.9") && n.contains("single-source")), "{notes:#?}");
+
+    // The on-call was paged once, with the explanation, within a minute of onset (the
+    // incident's acceptance bar), and the guard says so in an Event.
+    let pages = pager.pages.lock().unwrap().clone();
+    assert_eq!(pages.len(), 1, "one page for one incident: {pages:#?}");
+    let (at, body) = &pages[0];
+    let after = at.saturating_duration_since(onset).as_secs_f64();
+    eprintln!("paged {after:.1}s after the flood began");
+    assert!(after <= 60.0, "paged {after:.1}s after onset");
+    assert_eq!(body["event"], "levee.page");
+    let summary = body["summary"].as_str().unwrap();
+    assert!(summary.contains("203.0.113.9") && summary.contains(&format!("{}/public", ns.name)), "{summary}");
+    let m0 = &body["details"]["mitigations"][0];
+    assert_eq!(m0["match"]["ip"], "203.0.113.9");
+    assert_eq!(m0["evidence"]["detector"], "single-source");
+    assert!(body["details"]["inspect"].as_str().unwrap().contains("get mitigations"), "{body}");
+    assert!(notes.iter().any(|n| n.starts_with("paged the on-call")), "{notes:#?}");
 }
 
 #[tokio::test]
@@ -297,38 +323,56 @@ async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
 
 #[tokio::test]
 async fn a_distributed_surge_is_limited_by_its_aggregate_while_regular_clients_keep_succeeding() {
-    // Regular clients in a prefix of ASN 64500 (DE); the surge from sixty addresses of an ASN
-    // never seen before (BR), each at half a regular client's rate.
+    // Regular clients in a prefix of ASN 64500 (DE). The surge: sixty addresses of an ASN never
+    // seen before (BR), each at half a regular client's rate, and forty more through ASN 64500
+    // itself, each from a /24 of its own, none of which stands out.
     let table = std::env::temp_dir().join(format!("levee-prefixes-{}.csv", std::process::id()));
-    std::fs::write(&table, "198.51.100.0/24,64500,DE\n203.0.113.0/24,64666,BR\n").unwrap();
+    std::fs::write(&table, "198.51.0.0/16,64500,DE\n203.0.113.0/24,64666,BR\n").unwrap();
     let (ns, _op, _up, edge) =
         guarded_edge("edge-surge", "Enforce", "", &["--prefix-table", table.to_str().unwrap()]).await;
-    let (secs, onset) = (35.0, 15.0);
+    // Onset after the detector's first 30 s: what came within 30 s of a surge counts as
+    // part of it, so only clients seen before then are established.
+    let (secs, onset) = (60.0, 35.0);
     let regulars: Vec<_> =
         (0..10).map(|i| tokio::spawn(load(edge.url("/"), format!("198.51.100.{}", 10 + i), 10.0, secs))).collect();
-    let attackers: Vec<_> = (1..=60)
-        .map(|i| {
-            let url = edge.url("/");
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs_f64(onset)).await;
-                load(url, format!("203.0.113.{i}"), 5.0, secs - onset).await
-            })
+    let attack = |ip: String| {
+        let url = edge.url("/");
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(onset)).await;
+            load(url, ip, 5.0, secs - onset).await
         })
-        .collect();
+    };
+    let attackers: Vec<_> = (1..=60).map(|i| attack(format!("203.0.113.{i}"))).collect();
+    let through_isp: Vec<_> = (1..=40).map(|i| attack(format!("198.51.{i}.7"))).collect();
     for r in regulars {
         let t = r.await.unwrap();
         assert_eq!((t.limited, t.other), (0, 0), "a regular client was limited: {t:?}");
     }
-    let (mut sent, mut limited, mut first) = (0, 0, f64::MAX);
+    let tally = |tallies: Vec<common::edge::Tally>| {
+        let (mut sent, mut limited, mut first) = (0, 0, f64::MAX);
+        for t in tallies {
+            sent += t.ok + t.limited + t.other;
+            limited += t.limited;
+            first = first.min(t.first_limited_after.unwrap_or(f64::MAX));
+        }
+        (sent, limited, first)
+    };
+    let mut done = Vec::new();
     for a in attackers {
-        let t = a.await.unwrap();
-        sent += t.ok + t.limited + t.other;
-        limited += t.limited;
-        first = first.min(t.first_limited_after.unwrap_or(f64::MAX));
+        done.push(a.await.unwrap());
     }
+    let (sent, limited, first) = tally(done);
+    let mut done = Vec::new();
+    for a in through_isp {
+        done.push(a.await.unwrap());
+    }
+    let (isp_sent, isp_limited, isp_first) = tally(done);
     eprintln!("surge limited {first:.1}s after onset; {limited} of {sent} attack requests refused");
+    eprintln!("through the shared ISP: limited {isp_first:.1}s after onset; {isp_limited} of {isp_sent} refused");
     assert!(first <= 15.0, "limited only after {first:.1}s");
     assert!(limited * 4 > sent * 3, "only {limited} of {sent} refused");
+    assert!(isp_first <= 20.0, "the part through the shared ISP limited only after {isp_first:.1}s");
+    assert!(isp_limited * 2 > isp_sent, "only {isp_limited} of {isp_sent} refused through the shared ISP");
     let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
     let surge: Vec<&Mitigation> = ms
         .items
@@ -341,8 +385,11 @@ async fn a_distributed_surge_is_limited_by_its_aggregate_while_regular_clients_k
         let names_attack = mm.prefix.as_deref() == Some("203.0.113.0/24")
             || mm.asn == Some(64666)
             || mm.country.as_deref() == Some("BR")
-            || mm.ip.as_deref().is_some_and(|ip| ip.starts_with("203.0.113."));
+            || mm.ip.as_deref().is_some_and(|ip| ip.starts_with("203.0.113."))
+            || (mm.asn == Some(64500) && mm.except_prefixes == ["198.51.100.0/24"]);
         assert!(names_attack, "a mitigation names a regular aggregate: {mm:?}");
     }
+    let isp = surge.iter().find(|m| m.spec.match_.asn == Some(64500)).expect("the shared ISP is limited");
+    assert!(isp.spec.reason.contains("outside its 1 established prefixes"), "{}", isp.spec.reason);
     std::fs::remove_file(table).ok();
 }

@@ -60,10 +60,12 @@ pub struct MitigationSpec {
     pub mode: Mode,
 }
 
-/// What traffic a rule matches. Exactly one field is set.
-#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// What traffic a rule matches. Exactly one field is set (and `exceptPrefixes` with `asn` or
+/// `country`).
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.ip), has(self.prefix), has(self.asn), has(self.country), has(self.apiKey), has(self.trafficClass)].exists_one(x, x)").message("spec.match: exactly one of ip, prefix, asn, country, apiKey, trafficClass must be set"))]
+#[x_kube(validation = Rule::new("!has(self.exceptPrefixes) || has(self.asn) || has(self.country)").message("spec.match.exceptPrefixes is only for a match on asn or country"))]
 pub struct MatchSpec {
     /// One client IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +93,12 @@ pub struct MatchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub traffic_class: Option<String>,
+    /// With `asn` or `country`: prefixes (CIDRs) of it the rule leaves alone. A surge that
+    /// comes partly through an ISP real clients use is limited in the ISP's other prefixes,
+    /// while the prefixes its clients came from before the surge are served as usual.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub except_prefixes: Vec<String>,
 }
 
 /// What a rule does.

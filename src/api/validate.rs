@@ -170,6 +170,11 @@ impl Validate for MitigationSpec {
         {
             errors.push(FieldError::new("spec.match.prefix", format!("{p:?} is not a CIDR")));
         }
+        for (i, p) in self.match_.except_prefixes.iter().enumerate() {
+            if p.parse::<ipnet::IpNet>().is_err() {
+                errors.push(FieldError::new(format!("spec.match.exceptPrefixes[{i}]"), format!("{p:?} is not a CIDR")));
+            }
+        }
         errors
     }
 }

@@ -161,6 +161,8 @@ pub struct Counts {
     pub new_source_requests: u64,
     pub top: BTreeMap<Dimension, Vec<(String, u64)>>,
     pub classes: BTreeMap<String, u64>,
+    /// The ASN of reported prefixes (filled in by the edge, which holds the prefix table).
+    pub prefix_asns: BTreeMap<String, u32>,
 }
 
 impl TrafficCounter {
@@ -271,6 +273,7 @@ impl TrafficCounter {
             new_source_requests: std::mem::take(&mut self.new_source_requests),
             top,
             classes: std::mem::take(&mut self.classes),
+            prefix_asns: BTreeMap::new(),
         }
     }
 

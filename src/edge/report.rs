@@ -34,6 +34,10 @@ pub struct EdgeReport {
     /// Requests per traffic class.
     #[serde(default)]
     pub classes: BTreeMap<String, u64>,
+    /// The ASN of each prefix in `top` that has one in the prefix table: it tells the
+    /// prefixes an ISP's clients use apart from those a surge through the same ISP uses.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prefix_asns: BTreeMap<String, u32>,
     /// Requests answered 429 or 403 by a mitigation.
     pub limited: u64,
     /// Requests a shadow mitigation would have limited.

@@ -2,7 +2,13 @@
 //! each rate-limited key, blocks, and traffic-class shedding. Expired rules are skipped at
 //! lookup, so a rule lapses at its TTL even before the watch removes it.
 
-use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use ipnet::IpNet;
@@ -25,6 +31,17 @@ pub struct Rule {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// (requests per second, burst) the limiter was built with, to reuse it across rebuilds.
     quota: Option<(u64, u32)>,
+    /// Prefixes the rule leaves alone (`match.exceptPrefixes`), with the lengths present.
+    except: HashSet<IpNet>,
+    except_lens: Vec<u8>,
+}
+
+impl Rule {
+    /// Whether `ip` is in one of the rule's excepted prefixes.
+    fn excepts(&self, ip: IpAddr) -> bool {
+        !self.except.is_empty()
+            && self.except_lens.iter().any(|&len| IpNet::new(ip, len).is_ok_and(|n| self.except.contains(&n.trunc())))
+    }
 }
 
 /// What a request gets.
@@ -168,7 +185,7 @@ impl RuleSet {
         candidates[4] = src.api_key.as_deref().and_then(|k| self.by_api_key.get(k));
         candidates[5] = class.and_then(|c| self.by_class.get(c));
         for rule in candidates.into_iter().flatten().flatten() {
-            if rule.expires_at <= now {
+            if rule.expires_at <= now || rule.excepts(src.ip) {
                 continue;
             }
             let verdict = match rule.action {
@@ -223,6 +240,15 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
         (MitigationAction::RateLimit, None) => return Err("action RateLimit without rateLimit".to_owned()),
         (MitigationAction::Block, _) => (None, None),
     };
+    let mut except = HashSet::new();
+    let mut except_lens = Vec::new();
+    for p in &spec.match_.except_prefixes {
+        let n = p.parse::<IpNet>().map_err(|e| format!("match.exceptPrefixes: {p:?}: {e}"))?.trunc();
+        if !except_lens.contains(&n.prefix_len()) {
+            except_lens.push(n.prefix_len());
+        }
+        except.insert(n);
+    }
     Ok(Rule {
         name: name.to_owned(),
         reason: spec.reason.clone(),
@@ -231,6 +257,8 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
         expires_at,
         limiter,
         quota,
+        except,
+        except_lens,
     })
 }
 
@@ -266,7 +294,7 @@ mod tests {
     }
 
     fn none() -> MatchSpec {
-        MatchSpec { ip: None, prefix: None, asn: None, country: None, api_key: None, traffic_class: None }
+        MatchSpec::default()
     }
 
     const NOW: f64 = 1_800_000_000.0;
@@ -327,6 +355,28 @@ mod tests {
         assert!(blocked(&Source { country: Country::parse("FR"), ..src("192.0.2.1") }, None));
         assert!(blocked(&src("192.0.2.1"), Some("batch")));
         assert!(!blocked(&src("192.0.2.1"), Some("checkout")));
+    }
+
+    #[test]
+    fn excepted_prefixes_of_a_matched_asn_are_left_alone() {
+        let m = MatchSpec {
+            asn: Some(64500),
+            except_prefixes: vec!["198.51.100.0/24".into(), "2001:db8:1::/48".into()],
+            ..none()
+        };
+        let s = spec(m, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        let (set, skipped) = RuleSet::build([("ns/isp".to_owned(), &s)], vec![], &RuleSet::default());
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let blocked = |ip: &str| matches!(set.check(&src(ip), None, NOW).outcome, Outcome::Blocked { .. });
+        assert!(!blocked("198.51.100.77"), "an established prefix of the ASN");
+        assert!(!blocked("2001:db8:1:2::5"));
+        assert!(blocked("198.51.101.77"), "another prefix of the same ASN");
+        assert!(blocked("2001:db8:2::5"));
+
+        let bad = MatchSpec { asn: Some(64500), except_prefixes: vec!["nonsense".into()], ..none() };
+        let s = spec(bad, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        let (_, skipped) = RuleSet::build([("ns/bad".to_owned(), &s)], vec![], &RuleSet::default());
+        assert!(skipped[0].why.contains("exceptPrefixes") && skipped[0].why.contains("nonsense"), "{skipped:?}");
     }
 
     #[test]

@@ -201,6 +201,7 @@ async fn report_loop(url: String, cfg: EdgeConfig, state: Arc<EdgeState>, stop: 
             new_source_requests: counts.new_source_requests,
             top: counts.top,
             classes: counts.classes,
+            prefix_asns: counts.prefix_asns,
             limited,
             shadow_limited,
             allowlisted_requests,

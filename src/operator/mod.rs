@@ -5,8 +5,10 @@ pub mod conditions;
 pub mod controller;
 pub mod guard;
 pub mod metrics;
+pub mod pager;
 pub mod policy;
 pub mod scaling;
+pub mod secrets;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -36,6 +38,8 @@ pub struct RunConfig {
     /// Watch only this namespace; all namespaces when unset.
     pub namespace: Option<String>,
     pub scaler: scaling::ScalerConfig,
+    /// Where pages to a PagerDuty routing key go.
+    pub pagerduty_url: String,
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -44,6 +48,7 @@ pub struct RunConfig {
 /// When no Kubernetes configuration can be found or the listen address cannot be bound.
 /// Apiserver errors after start-up are retried, never fatal.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let pager = pager::Pager::new(&config.pagerduty_url)?;
     let client =
         Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG, or run in a cluster")?;
     let shutdown = CancellationToken::new();
@@ -65,7 +70,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         () = shutdown.cancelled() => return finish(server).await,
     }
     let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone());
-    let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone());
+    let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone(), pager);
     let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards });
     health.set_ready(true);
     info!(

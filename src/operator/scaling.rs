@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -221,20 +221,12 @@ impl Scaler {
     }
 
     async fn secret(&self, client: &Client, ns: &str, r: &SecretKeyRef) -> Result<String, SignalError> {
-        let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt(&r.name).await.map_err(|e| {
-            SignalError::BadResponse {
+        super::secrets::read(client, ns, r).await.map_err(|e| match e {
+            super::secrets::SecretError::NotFound { name, key } => SignalError::NotFound {
                 source_name: "kubernetes".into(),
-                detail: format!("cannot read Secret {}: {e}", r.name),
-            }
-        })?;
-        let bytes = s.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get(&r.key)).map(|b| b.0.clone());
-        let value = bytes.ok_or_else(|| SignalError::NotFound {
-            source_name: "kubernetes".into(),
-            what: format!("key {:?} of Secret {:?}", r.key, r.name),
-        })?;
-        String::from_utf8(value).map(|v| v.trim().to_owned()).map_err(|_| SignalError::BadResponse {
-            source_name: "kubernetes".into(),
-            detail: format!("key {:?} of Secret {:?} is not UTF-8", r.key, r.name),
+                what: format!("key {key:?} of Secret {name:?}"),
+            },
+            e => SignalError::BadResponse { source_name: "kubernetes".into(), detail: e.to_string() },
         })
     }
 

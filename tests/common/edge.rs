@@ -45,6 +45,31 @@ impl Upstream {
     }
 }
 
+/// A pager webhook on loopback: records each page's JSON body with the time it arrived.
+#[derive(Clone, Default)]
+pub struct PageReceiver {
+    pub pages: Arc<std::sync::Mutex<Vec<(Instant, serde_json::Value)>>>,
+    pub port: u16,
+}
+
+impl PageReceiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = Self { port: listener.local_addr().unwrap().port(), ..Self::default() };
+        let pages = me.pages.clone();
+        let app = Router::new().fallback(any(move |body: axum::Json<serde_json::Value>| async move {
+            pages.lock().unwrap().push((Instant::now(), body.0));
+            StatusCode::ACCEPTED
+        }));
+        tokio::spawn(axum::serve(listener, app).into_future());
+        me
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/page", self.port)
+    }
+}
+
 /// `levee edge` as a child process.
 pub struct Edge {
     child: Child,

@@ -73,6 +73,9 @@ pub struct Sample {
     pub new_source_requests: f64,
     /// Heaviest keys per dimension with their counts.
     pub top: BTreeMap<Dimension, Vec<(String, u64)>>,
+    /// The ASN of prefixes in `top`, where the edges know it: what tells the prefixes an ISP's
+    /// clients use from those a surge through the same ISP comes from.
+    pub prefix_asns: HashMap<String, String>,
 }
 
 /// What was found.
@@ -99,15 +102,44 @@ pub struct Finding {
     pub key: String,
     /// Requests/s now.
     pub rate: f64,
-    /// Requests/s it is judged against (its own baseline, or a typical source's).
+    /// Requests/s it is judged against (its own baseline, or a typical source's); with
+    /// `except`, its usual rate outside those prefixes.
     pub baseline: f64,
-    /// `rate / baseline`.
+    /// How many times its usual rate it sends.
     pub ratio: f64,
+    /// For an aggregate real clients used before the surge: its established prefixes, which a
+    /// mitigation leaves alone.
+    pub except: Vec<String>,
+    /// An aggregate that came with the surge: its baseline is its share of what new sources
+    /// usually send.
+    pub born_with_surge: bool,
 }
 
 impl Finding {
     /// One clause: what, where, and how far above which baseline.
     pub fn describe(&self) -> String {
+        if !self.except.is_empty() {
+            return format!(
+                "{} {:?} {} at {:.1} req/s, {:.0}x its baseline; outside its {} established prefixes it usually sends {:.1} req/s",
+                self.kind.as_str(),
+                self.dimension,
+                self.key,
+                self.rate,
+                self.ratio,
+                self.except.len(),
+                self.baseline
+            );
+        }
+        if self.born_with_surge {
+            return format!(
+                "{} {:?} {} at {:.1} req/s, new with the surge (its share of what new sources usually send: {:.1} req/s)",
+                self.kind.as_str(),
+                self.dimension,
+                self.key,
+                self.rate,
+                self.baseline
+            );
+        }
         format!(
             "{} {:?} {} at {:.1} req/s, {:.0}x its baseline of {:.1} req/s",
             self.kind.as_str(),
@@ -196,7 +228,16 @@ struct KeyState {
     share: f64,
     /// The step it was first seen.
     born: u64,
+    /// A prefix's ASN, as the edges last reported it.
+    parent: Option<String>,
+    /// It came with a surge: never an established prefix, and judged as a newcomer in later
+    /// surges too, even after it has been seen (at its limit) between them.
+    surge_born: bool,
 }
+
+/// Most prefixes a mitigation of a shared aggregate leaves alone (the CRD's limit); the
+/// busiest are kept.
+pub const MAX_EXCEPT: usize = 1024;
 
 /// Samples after which a key's own baseline is trusted over the population's.
 const KEY_WARMUP: u32 = 10;
@@ -240,6 +281,13 @@ const POISSON_Z: f64 = 6.0;
 /// An aggregate first seen at most this many samples before a surge began counts as part of
 /// it; older ones carry real clients and are never limited as a whole.
 const NEW_BEFORE_SURGE: u64 = 30;
+
+/// The smallest baseline a surge finding is given (requests/s): the mitigation's limit is a
+/// multiple of it, and never below one request a second.
+const MIN_BASELINE: f64 = 0.1;
+
+/// The new-source ratio assumed at least, for the budget of aggregates born with a surge.
+const MIN_NEW_RATIO: f64 = 0.01;
 
 /// Samples a named key is left out of further surge findings.
 const NAMED_FOR: u64 = 30;
@@ -306,7 +354,14 @@ impl GuardDetector {
         self.total_hot = if total_hot { self.total_hot + 1 } else { 0 };
         if total_hot {
             self.calm = 0;
-            self.episode.get_or_insert(self.step);
+            if self.episode.is_none() {
+                self.episode = Some(self.step);
+                // Keys that came shortly before the surge was declared came with it.
+                let step = self.step;
+                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= step) {
+                    k.surge_born = true;
+                }
+            }
         } else {
             self.calm += 1;
             if self.calm >= EPISODE_ENDS_AFTER {
@@ -358,12 +413,19 @@ impl GuardDetector {
 
         // Single sources: hot for `confirm` samples in a row.
         for j in &judged {
-            let step = self.step;
-            let st = self
-                .keys
-                .entry((j.dim, j.key.clone()))
-                .or_insert_with(|| KeyState { born: step, ..KeyState::default() });
+            let (step, in_episode) = (self.step, self.episode.is_some());
+            let st = self.keys.entry((j.dim, j.key.clone())).or_insert_with(|| KeyState {
+                born: step,
+                surge_born: in_episode,
+                ..KeyState::default()
+            });
             st.hot = if j.hot { st.hot + 1 } else { 0 };
+            if j.dim == Dimension::Prefix
+                && let Some(asn) = s.prefix_asns.get(&j.key)
+                && st.parent.as_ref() != Some(asn)
+            {
+                st.parent = Some(asn.clone());
+            }
             let single = matches!(j.dim, Dimension::Ip | Dimension::ApiKey);
             if single && st.hot >= self.tuning.confirm && !self.allowlisted(j.dim, &j.key) {
                 obs.findings.push(Finding {
@@ -373,6 +435,8 @@ impl GuardDetector {
                     rate: j.rate,
                     baseline: j.baseline,
                     ratio: j.rate / j.baseline,
+                    except: Vec::new(),
+                    born_with_surge: false,
                 });
             }
         }
@@ -387,7 +451,10 @@ impl GuardDetector {
                     obs.findings.iter().map(|f| (f.dimension, f.key.clone())).collect();
                 let others: Vec<Judged> =
                     judged.into_iter().filter(|j| !named.iter().any(|(d, k)| *d == j.dim && *k == j.key)).collect();
-                obs.findings.extend(self.dominant_aggregates(&others, rest, secs));
+                // What new sources usually send: the budget every aggregate born with the
+                // surge shares.
+                let allowance = verdict.baseline * self.new_ratio.max(MIN_NEW_RATIO);
+                obs.findings.extend(self.dominant_aggregates(&others, rest, secs, allowance));
                 judged = others;
                 let until = self.step + NAMED_FOR;
                 for f in &obs.findings {
@@ -417,7 +484,12 @@ impl GuardDetector {
     /// keys with no usual traffic of their own that are well above the floor, heaviest excess
     /// first, until half the excess is covered; the dimension that covers it while catching the
     /// least usual traffic wins.
-    fn dominant_aggregates(&mut self, judged: &[Judged], excess: f64, secs: f64) -> Vec<Finding> {
+    ///
+    /// Aggregates born with the surge share `allowance` (requests/s) between them as their
+    /// baseline, so the limits add up to what new sources usually send, however many
+    /// aggregates an attack spreads over; an ISP real clients use is measured by what it
+    /// usually sends outside its established prefixes.
+    fn dominant_aggregates(&mut self, judged: &[Judged], excess: f64, secs: f64, allowance: f64) -> Vec<Finding> {
         let step = self.step;
         self.recent.retain(|_, until| *until > step);
         let surge_began = self.episode.unwrap_or(step);
@@ -425,6 +497,7 @@ impl GuardDetector {
         // floor, not a typical aggregate's rate, so its limit holds it near nothing.
         let min_rate = self.tuning.min_rate;
         let base = |j: &Judged| j.own.unwrap_or(min_rate).max(min_rate);
+        let shared = self.established_prefixes(surge_began);
         let mut best: Option<(f64, f64, Vec<Finding>)> = None; // (covered, collateral, findings)
         let best_len = |b: &Option<(f64, f64, Vec<Finding>)>| b.as_ref().map_or(0, |b| b.2.len());
         for dim in [Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::Ip] {
@@ -433,14 +506,17 @@ impl GuardDetector {
             let already: f64 =
                 judged.iter().filter(|j| j.dim == dim && is_recent(j)).map(|j| (j.rate - base(j)).max(0.0)).sum();
             let excess = (excess - already).max(0.0);
-            // Only aggregates that appeared with the surge: limiting the whole of an ISP or a
-            // country that real clients used before would refuse them along with the attack.
+            // Aggregates that appeared with the surge, and ISPs real clients used before it
+            // whose established prefixes are known: limiting the whole of an ISP or a country
+            // real clients use would refuse them along with the attack.
+            let established = |j: &Judged| (j.dim == Dimension::Asn).then(|| shared.get(&j.key)).flatten();
             let mut cands: Vec<&Judged> = judged
                 .iter()
                 .filter(|j| {
                     j.dim == dim
                         && (j.born + NEW_BEFORE_SURGE >= surge_began
-                            || self.offenders.contains(&(j.dim, j.key.clone())))
+                            || self.offenders.contains(&(j.dim, j.key.clone()))
+                            || established(j).is_some())
                         && j.rate > 2.0 * base(j)
                         && (j.rate - base(j)) * (secs / base(j)).sqrt() > POISSON_Z
                         && !self.allowlisted(dim, &j.key)
@@ -457,15 +533,31 @@ impl GuardDetector {
                     break;
                 }
                 covered += j.rate - base(j);
-                collateral += j.own.unwrap_or(0.0);
+                let (baseline, except) = match established(j).filter(|_| j.born + NEW_BEFORE_SURGE < surge_began) {
+                    // What it usually sends from elsewhere than its established prefixes is
+                    // what the limit is measured against, and all the traffic caught with it.
+                    Some((prefixes, usual)) => ((j.own.unwrap_or(0.0) - usual).max(MIN_BASELINE), prefixes.clone()),
+                    None => (base(j), Vec::new()),
+                };
+                collateral += if except.is_empty() { j.own.unwrap_or(0.0) } else { baseline };
                 picked.push(Finding {
                     kind: Kind::DistributedSurge,
                     dimension: j.dim,
                     key: j.key.clone(),
                     rate: j.rate,
-                    baseline: base(j),
+                    baseline,
                     ratio: j.rate / base(j),
+                    except,
+                    born_with_surge: false,
                 });
+            }
+            let newborn = picked.iter().filter(|f| f.except.is_empty() && self.is_newcomer(f)).count();
+            let share = (allowance / newborn.max(1) as f64).max(MIN_BASELINE);
+            for f in picked.iter_mut() {
+                if f.except.is_empty() && self.is_newcomer(f) {
+                    f.baseline = share;
+                    f.born_with_surge = true;
+                }
             }
             let enough = covered >= 0.5 * excess;
             let bn = best_len(&best);
@@ -489,6 +581,37 @@ impl GuardDetector {
         best.map(|b| b.2).unwrap_or_default()
     }
 
+    /// A key with no baseline of its own, or one that came with a surge (what it learnt since
+    /// is what its mitigation let through).
+    fn is_newcomer(&self, f: &Finding) -> bool {
+        self.keys.get(&(f.dimension, f.key.clone())).is_none_or(|k| k.samples < KEY_WARMUP || k.surge_born)
+    }
+
+    /// Per ASN, the prefixes its clients came from before the surge (learnt, and seen before
+    /// it began), busiest first, with their usual rate in all.
+    fn established_prefixes(&self, surge_began: u64) -> HashMap<String, (Vec<String>, f64)> {
+        let mut by_asn: HashMap<&str, Vec<(&str, f64)>> = HashMap::new();
+        for ((dim, key), st) in &self.keys {
+            if *dim == Dimension::Prefix
+                && st.samples > 0
+                && !st.surge_born
+                && st.born + NEW_BEFORE_SURGE < surge_began
+                && let Some(asn) = &st.parent
+            {
+                by_asn.entry(asn).or_default().push((key, st.rate));
+            }
+        }
+        by_asn
+            .into_iter()
+            .map(|(asn, mut prefixes)| {
+                prefixes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+                prefixes.truncate(MAX_EXCEPT);
+                let usual = prefixes.iter().map(|p| p.1).sum();
+                (asn.to_owned(), (prefixes.into_iter().map(|p| p.0.to_owned()).collect(), usual))
+            })
+            .collect()
+    }
+
     fn learn(&mut self, s: &Sample, judged: &[Judged], new_ratio: f64) {
         let a = self.tuning.alpha;
         let w_step = a.max(1.0 / self.step as f64);
@@ -504,11 +627,12 @@ impl GuardDetector {
                 }
             }
             for j in judged.iter().filter(|j| !j.hot) {
-                let step = self.step;
-                let st = self
-                    .keys
-                    .entry((j.dim, j.key.clone()))
-                    .or_insert_with(|| KeyState { born: step, ..KeyState::default() });
+                let (step, in_episode) = (self.step, self.episode.is_some());
+                let st = self.keys.entry((j.dim, j.key.clone())).or_insert_with(|| KeyState {
+                    born: step,
+                    surge_born: in_episode,
+                    ..KeyState::default()
+                });
                 st.samples += 1;
                 let w = a.max(1.0 / f64::from(st.samples));
                 st.rate = (1.0 - w) * st.rate + w * j.rate;

@@ -48,7 +48,16 @@ impl GuardDetector {
             for &(key, rate, samples) in &keys {
                 self.keys.insert(
                     (dim, key.to_owned()),
-                    KeyState { rate, samples, share: rate / dim_total, born: 0, last_step: self.step, hot: 0 },
+                    KeyState {
+                        rate,
+                        samples,
+                        share: rate / dim_total,
+                        born: 0,
+                        last_step: self.step,
+                        hot: 0,
+                        parent: None,
+                        surge_born: false,
+                    },
                 );
             }
             // The same typical key as learning picks: the tenth heaviest, or the lightest of fewer.
@@ -71,6 +80,7 @@ mod tests {
             requests: pairs.iter().map(|p| p.1 as f64).sum(),
             new_source_requests: 0.0,
             top: [(Dimension::Ip, pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect())].into(),
+            ..Sample::default()
         }
     }
 

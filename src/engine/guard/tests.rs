@@ -3,10 +3,12 @@ use super::*;
 /// One second of traffic: (ip, asn, country, requests).
 fn sample(sources: &[(String, u32, &str, u64)], new_sources: u64) -> Sample {
     let mut top: BTreeMap<Dimension, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut prefix_asns = HashMap::new();
     let mut requests = 0;
     for (ip, asn, country, n) in sources {
         requests += n;
         let prefix = crate::edge::source::prefix_of(ip.parse().unwrap()).to_string();
+        prefix_asns.insert(prefix.clone(), asn.to_string());
         for (d, k) in [
             (Dimension::Ip, ip.clone()),
             (Dimension::Prefix, prefix),
@@ -25,17 +27,18 @@ fn sample(sources: &[(String, u32, &str, u64)], new_sources: u64) -> Sample {
             (d, v)
         })
         .collect();
-    Sample { secs: 1.0, requests: requests as f64, new_source_requests: new_sources as f64, top }
+    Sample { secs: 1.0, requests: requests as f64, new_source_requests: new_sources as f64, top, prefix_asns }
 }
 
-/// 40 regular clients in 10 prefixes, 4 ASNs and 2 countries, 15..25 req/s each.
+/// 40 regular clients in 10 prefixes, 4 ASNs and 2 countries, 15..25 req/s each. A prefix
+/// belongs to one ASN and one country.
 fn regulars(t: u64) -> Vec<(String, u32, &'static str, u64)> {
     (0..40u64)
         .map(|i| {
             let jitter = (i * 7919 + t * 104_729) % 11;
             (
                 format!("198.51.{}.{}", i % 10, 10 + i),
-                64500 + (i % 4) as u32,
+                64500 + (i % 10 % 4) as u32,
                 if i % 2 == 0 { "DE" } else { "FR" },
                 15 + jitter,
             )
@@ -179,4 +182,56 @@ fn empty_and_degenerate_samples_do_not_panic() {
     }
     let obs = d.observe(&sample(&regulars(0), 0));
     assert!(obs.total_rate.is_finite());
+}
+
+/// Whether a finding, enforced, would catch traffic from `ip` in `asn`.
+fn catches(f: &Finding, (ip, asn, country, _): &(String, u32, &str, u64)) -> bool {
+    let prefix = crate::edge::source::prefix_of(ip.parse().unwrap()).to_string();
+    match f.dimension {
+        Dimension::Ip => f.key == *ip,
+        Dimension::Prefix => f.key == prefix,
+        Dimension::Asn => f.key == asn.to_string() && !f.except.contains(&prefix),
+        Dimension::Country => f.key == *country && !f.except.contains(&prefix),
+        Dimension::ApiKey => false,
+    }
+}
+
+#[test]
+fn a_surge_through_an_isp_real_clients_use_is_limited_outside_their_prefixes() {
+    let mut d = detector();
+    for t in 0..300 {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    // 1,700 addresses in 150 new ASNs, and 300 more through ASN 64500, which regular clients
+    // (in Germany) in three prefixes use, each from a /24 of its own: 8 req/s per address.
+    let attack: Vec<(String, u32, &str, u64)> = (0..2000u32)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(0x2d00_0000 + i * 256);
+            if i < 300 {
+                (ip.to_string(), 64500, "DE", 8)
+            } else {
+                (ip.to_string(), 70_000 + i % 150, ["BR", "VN", "IN", "ID"][(i % 4) as usize], 8)
+            }
+        })
+        .collect();
+    // Mitigations are applied as they come: what they catch no longer reaches the counts.
+    let mut enforced: Vec<Finding> = Vec::new();
+    for t in 300..360 {
+        let mut s = regulars(t);
+        s.extend(attack.iter().filter(|a| !enforced.iter().any(|f| catches(f, a))).cloned());
+        let obs = d.observe(&sample(&s, if t == 300 { 16_000 } else { 0 }));
+        enforced.extend(obs.findings);
+    }
+    let isp =
+        enforced.iter().find(|f| f.dimension == Dimension::Asn && f.key == "64500").expect("the shared ISP is named");
+    let mut except = isp.except.clone();
+    except.sort();
+    assert_eq!(except, ["198.51.0.0/24", "198.51.4.0/24", "198.51.8.0/24"], "{isp:?}");
+    assert!(isp.baseline <= 5.0, "limited to what it usually sends from other prefixes: {isp:?}");
+    assert!(isp.describe().contains("outside its 3 established prefixes"), "{}", isp.describe());
+    for r in regulars(0) {
+        assert!(!enforced.iter().any(|f| catches(f, &r)), "regular client {} caught: {enforced:?}", r.0);
+    }
+    let leaked = attack.iter().filter(|a| !enforced.iter().any(|f| catches(f, a))).count();
+    assert_eq!(leaked, 0, "every attacking address is under some mitigation");
 }

@@ -24,6 +24,8 @@ struct Window {
     edges: HashMap<String, Instant>,
     top: BTreeMap<Dimension, HashMap<String, u64>>,
     classes: BTreeMap<String, u64>,
+    /// ASN of each reported prefix (the latest word on it).
+    prefix_asns: HashMap<String, String>,
     /// Latest breaker state per (edge, upstream).
     breakers: HashMap<(String, String), String>,
     last_report: Option<Instant>,
@@ -78,6 +80,12 @@ impl ReportHub {
         for (c, n) in r.classes {
             *w.classes.entry(c).or_default() += n;
         }
+        // Bounded like the keys they describe: one per reported prefix.
+        for (p, asn) in r.prefix_asns.into_iter().take(MERGED_TOP) {
+            if w.prefix_asns.len() < 4 * MERGED_TOP || w.prefix_asns.contains_key(&p) {
+                w.prefix_asns.insert(p, asn.to_string());
+            }
+        }
         for u in r.upstreams {
             w.breakers.insert((r.edge.clone(), u.name), u.breaker);
         }
@@ -121,6 +129,7 @@ impl ReportHub {
             requests: std::mem::take(&mut w.requests) as f64,
             new_source_requests: std::mem::take(&mut w.new_source_requests) as f64,
             top,
+            prefix_asns: std::mem::take(&mut w.prefix_asns),
         };
         w.interval_secs = 0.0;
         w.edges.clear();
@@ -156,9 +165,11 @@ mod tests {
     fn edges_add_up_and_rates_stay_per_second() {
         let hub = ReportHub::default();
         let now = Instant::now();
-        hub.ingest(report("a", 100, 10), now).unwrap();
+        let with_asn = EdgeReport { prefix_asns: [("192.0.2.0/24".to_owned(), 64500)].into(), ..report("a", 100, 10) };
+        hub.ingest(with_asn, now).unwrap();
         hub.ingest(report("b", 50, 5), now).unwrap();
         let (s, extras) = hub.take("shop", "public").unwrap();
+        assert_eq!(s.prefix_asns.get("192.0.2.0/24").map(String::as_str), Some("64500"));
         assert_eq!((s.requests, s.secs), (150.0, 1.0));
         assert_eq!(s.top[&Dimension::Ip], vec![("192.0.2.1".to_owned(), 15)]);
         assert_eq!(extras.edges, 2);

@@ -30,9 +30,10 @@ use crate::{
     api::{
         Mitigation, MitigationSpec, Mode, TrafficGuard,
         mitigation::{Evidence, MatchSpec, MitigationAction, RateLimit},
-        traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction},
+        traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction, PageWhen},
     },
-    engine::guard::{Finding, GuardDetector, Observation, Tuning, mitigation_limit},
+    engine::guard::{Finding, GuardDetector, Kind as FindingKind, Observation, Tuning, mitigation_limit},
+    operator::pager::{Page, Pager, Route, Severity},
 };
 use hub::{PoolExtras, ReportHub};
 
@@ -62,7 +63,20 @@ struct GuardState {
     last_summary: Option<String>,
     last_active: Option<i32>,
     last_edges: Option<i32>,
+    /// The incident paged about, if the guard has mitigations in force since.
+    incident: Option<Incident>,
 }
+
+/// An incident: from the first mitigation a guard creates while none of its own is in force,
+/// until none is. Its pages share a dedup key.
+struct Incident {
+    dedup_key: String,
+    last_page: Instant,
+}
+
+/// Within one incident, new mitigations page again only this long after the last page: the
+/// on-call hears of an escalating attack without a page every second.
+const REPAGE_AFTER: Duration = Duration::from_secs(300);
 
 /// Detectors of every TrafficGuard, and the reports they read.
 pub struct Guards {
@@ -71,6 +85,7 @@ pub struct Guards {
     states: Mutex<HashMap<String, GuardState>>,
     /// Where `baseline.source: Prometheus` guards read their history.
     prometheus_url: Option<String>,
+    pager: Pager,
 }
 
 /// A failed seeding is retried after this long; meanwhile baselines come from edge reports.
@@ -80,12 +95,28 @@ const SEED_RETRY: Duration = Duration::from_secs(60);
 struct Wanted {
     name: String,
     spec: MitigationSpec,
+    /// A distributed surge (the incident's shape) rather than one source or a shed class.
+    critical: bool,
+}
+
+/// A mitigation created this tick, as a page tells of it.
+struct PagedMitigation {
+    name: String,
+    ttl: Duration,
+    critical: bool,
+    spec: MitigationSpec,
 }
 
 impl Guards {
-    pub fn new(client: Client, hub: Arc<ReportHub>, prometheus_url: Option<String>) -> Self {
+    pub fn new(client: Client, hub: Arc<ReportHub>, prometheus_url: Option<String>, pager: Pager) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
-        Self { hub, recorder: Recorder::new(client, reporter), states: Mutex::new(HashMap::new()), prometheus_url }
+        Self {
+            hub,
+            recorder: Recorder::new(client, reporter),
+            states: Mutex::new(HashMap::new()),
+            prometheus_url,
+            pager,
+        }
     }
 
     /// Seeds the guard's baselines from Prometheus when that is configured and due. A failure
@@ -158,6 +189,7 @@ impl Guards {
                 last_summary: None,
                 last_active: None,
                 last_edges: None,
+                incident: None,
             });
             if st.generation != generation {
                 // Sensitivity, window, baseline or allowlist may have changed: the detector
@@ -203,6 +235,7 @@ impl Guards {
         }
         let max_active = usize::try_from(spec.mitigation.max_active).unwrap_or(1);
         let mut created = 0;
+        let mut paged = Vec::new();
         for mut w in wanted {
             if active.contains_key(&w.name) {
                 continue;
@@ -228,6 +261,7 @@ impl Guards {
             };
             api.patch(&w.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&m)).await?;
             created += 1;
+            paged.push(PagedMitigation { name: w.name.clone(), ttl, critical: w.critical, spec: m.spec.clone() });
             let shadow = spec.mode == Mode::Shadow;
             let note = format!(
                 "{}{} for {} (offence {}): {}",
@@ -241,6 +275,7 @@ impl Guards {
             self.event(guard, EventType::Warning, if shadow { "WouldMitigate" } else { "Mitigated" }, "Mitigate", note)
                 .await;
         }
+        self.page_if_due(client, guard, &key, observation.as_ref(), active.is_empty(), paged);
         let active_now = i32::try_from(active.len() + created).unwrap_or(i32::MAX);
         self.write_status(client, guard, observation.as_ref(), active_now, taken.map(|t| t.1)).await
     }
@@ -266,7 +301,7 @@ impl Guards {
         let spec = MitigationSpec {
             edge_pool: guard.spec.edge_pool.clone(),
             guard: Some(guard.name_any()),
-            match_: match_for(f.dimension, &f.key),
+            match_: MatchSpec { except_prefixes: f.except.clone(), ..match_for(f.dimension, &f.key) },
             action,
             rate_limit,
             expires_at: Time(Timestamp::now()),
@@ -281,7 +316,90 @@ impl Guards {
             offence: 0,
             mode: guard.spec.mode,
         };
-        Wanted { name: mitigation_name(&guard.name_any(), f.dimension, &f.key), spec }
+        Wanted {
+            name: mitigation_name(&guard.name_any(), f.dimension, &f.key),
+            spec,
+            critical: f.kind == FindingKind::DistributedSurge,
+        }
+    }
+
+    /// Pages the on-call about the mitigations just created, when the guard's `page` asks for
+    /// it: once when an incident begins, again at most every [`REPAGE_AFTER`] while it grows.
+    /// Shadow guards never page: nothing is being done that the on-call must know of.
+    /// Delivery runs apart, so a slow pager never delays the next look at the pool; its outcome
+    /// is an Event on the guard (`Paged` or `PageFailed`).
+    fn page_if_due(
+        &self,
+        client: &Client,
+        guard: &TrafficGuard,
+        key: &str,
+        obs: Option<&Observation>,
+        none_active: bool,
+        created: Vec<PagedMitigation>,
+    ) {
+        let page = {
+            let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(st) = states.get_mut(key) else { return };
+            if none_active {
+                st.incident = None;
+            }
+            let Some(policy) = &guard.spec.page else { return };
+            let wanted = match policy.when {
+                PageWhen::Never => false,
+                PageWhen::Mitigation => !created.is_empty(),
+                PageWhen::Escalation => created.iter().any(|m| m.spec.offence > 0),
+            };
+            if !wanted || guard.spec.mode == Mode::Shadow {
+                return;
+            }
+            let now = Instant::now();
+            let dedup_key = match &mut st.incident {
+                Some(i) if now.duration_since(i.last_page) < REPAGE_AFTER => return,
+                Some(i) => {
+                    i.last_page = now;
+                    i.dedup_key.clone()
+                }
+                None => {
+                    let dedup_key = format!("levee/{key}/{}", Timestamp::now().as_second());
+                    st.incident = Some(Incident { dedup_key: dedup_key.clone(), last_page: now });
+                    dedup_key
+                }
+            };
+            (policy.route_secret_ref.clone(), page_for(guard, key, dedup_key, obs, &created))
+        };
+        let (secret_ref, page) = page;
+        let (client, pager, recorder) = (client.clone(), self.pager.clone(), self.recorder.clone());
+        let (ns, object) = (guard.namespace().unwrap_or_default(), guard.object_ref(&()));
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let result = async {
+                let value =
+                    crate::operator::secrets::read(&client, &ns, &secret_ref).await.map_err(|e| e.to_string())?;
+                let route = Route::parse(&value)
+                    .map_err(|e| format!("key {:?} of Secret {:?}: {e}", secret_ref.key, secret_ref.name))?;
+                pager.send(&route, &page).await.map_err(|e| e.to_string())
+            }
+            .await;
+            let (type_, reason, note) = match result {
+                Ok(()) => {
+                    (EventType::Normal, "Paged", format!("paged the on-call ({}): {}", page.dedup_key, page.summary))
+                }
+                Err(e) => (
+                    EventType::Warning,
+                    "PageFailed",
+                    format!("cannot page the on-call: {e}; the page was: {}", page.summary),
+                ),
+            };
+            if type_ == EventType::Normal {
+                info!(guard = %key, "{note}");
+            } else {
+                warn!(guard = %key, "{note}");
+            }
+            let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Page".into(), secondary: None };
+            if let Err(e) = recorder.publish(&ev, &object).await {
+                warn!(error = %e, "cannot publish event");
+            }
+        });
     }
 
     async fn event(&self, guard: &TrafficGuard, type_: EventType, reason: &str, action: &str, note: String) {
@@ -387,7 +505,7 @@ pub fn ttl_for(guard: &TrafficGuard, offence: i32) -> Duration {
 }
 
 fn match_for(dim: Dimension, key: &str) -> MatchSpec {
-    let mut m = MatchSpec { ip: None, prefix: None, asn: None, country: None, api_key: None, traffic_class: None };
+    let mut m = MatchSpec::default();
     match dim {
         Dimension::Ip => m.ip = Some(key.to_owned()),
         Dimension::Prefix => m.prefix = Some(key.to_owned()),
@@ -436,14 +554,7 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
     let spec = MitigationSpec {
         edge_pool: guard.spec.edge_pool.clone(),
         guard: Some(guard.name_any()),
-        match_: MatchSpec {
-            ip: None,
-            prefix: None,
-            asn: None,
-            country: None,
-            api_key: None,
-            traffic_class: Some(class.name.clone()),
-        },
+        match_: MatchSpec { traffic_class: Some(class.name.clone()), ..MatchSpec::default() },
         action: MitigationAction::RateLimit,
         rate_limit: Some(RateLimit { requests_per_second: limit, burst: (limit.ceil() as i32).max(1) }),
         expires_at: Time(Timestamp::now()),
@@ -452,7 +563,58 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
         offence: 0,
         mode: guard.spec.mode,
     };
-    Some(Wanted { name: mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", class.name)), spec })
+    Some(Wanted {
+        name: mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", class.name)),
+        spec,
+        critical: false,
+    })
+}
+
+/// The page for mitigations just created: a one-line summary the on-call reads first, and
+/// every mitigation with its evidence, and where to look, in the details.
+fn page_for(
+    guard: &TrafficGuard,
+    key: &str,
+    dedup_key: String,
+    obs: Option<&Observation>,
+    created: &[PagedMitigation],
+) -> Page {
+    let first = created.first().map_or("", |m| m.spec.reason.as_str());
+    let more = match created.len() {
+        0 | 1 => String::new(),
+        n => format!(" (+{} more)", n - 1),
+    };
+    let summary = format!("levee: TrafficGuard {key} (pool {}) mitigating: {first}{more}", guard.spec.edge_pool);
+    let ns = guard.namespace().unwrap_or_default();
+    let mitigations: Vec<serde_json::Value> = created
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "match": m.spec.match_,
+                "action": m.spec.action,
+                "rateLimit": m.spec.rate_limit,
+                "ttl": crate::api::Duration(m.ttl).to_string(),
+                "offence": m.spec.offence + 1,
+                "reason": m.spec.reason,
+                "evidence": m.spec.evidence,
+            })
+        })
+        .collect();
+    Page {
+        dedup_key,
+        summary,
+        severity: if created.iter().any(|m| m.critical) { Severity::Critical } else { Severity::Warning },
+        source: format!("TrafficGuard/{key}"),
+        details: json!({
+            "guard": key,
+            "pool": guard.spec.edge_pool,
+            "detection": obs.map(Observation::summary),
+            "mitigations": mitigations,
+            "inspect": format!("kubectl -n {ns} get mitigations -l {GUARD_LABEL}={}", guard.name_any()),
+            "lift": format!("kubectl -n {ns} delete mitigation <name>  (the guard may re-create it while the traffic continues)"),
+        }),
+    }
 }
 
 fn owner(guard: &TrafficGuard) -> Option<OwnerReference> {

@@ -43,6 +43,8 @@ struct World {
     names: [Vec<String>; 4],
     /// Key id by name, per dimension: the inverse of `names`.
     index: [HashMap<String, usize>; 4],
+    /// The ASN id of each prefix id.
+    prefix_asn: Vec<usize>,
 }
 
 fn intern(names: &mut Vec<String>, index: &mut HashMap<String, usize>, name: String) -> usize {
@@ -67,15 +69,23 @@ impl World {
         let mut clients = Vec::new();
         let weights: Vec<f64> = (0..sc.legit.sources).map(|_| lognormal.sample(rng)).collect();
         let total: f64 = weights.iter().sum();
+        // A prefix belongs to one ISP in one country, as address blocks are allocated.
+        let mut origin = (String::new(), String::new());
         for (i, w) in weights.iter().enumerate() {
             let p = i / sc.legit.sources_per_prefix;
+            if i % sc.legit.sources_per_prefix == 0 {
+                origin = (
+                    (64_000 + skewed(rng, sc.legit.asns)).to_string(),
+                    countries[skewed(rng, sc.legit.countries)].clone(),
+                );
+            }
             let ip =
                 format!("{}.{}.{}.{}", 11 + p / 65536, p / 256 % 256, p % 256, 1 + i % sc.legit.sources_per_prefix);
             let keys = [
                 ip,
                 format!("{}.{}.{}.0/24", 11 + p / 65536, p / 256 % 256, p % 256),
-                (64_000 + skewed(rng, sc.legit.asns)).to_string(),
-                countries[skewed(rng, sc.legit.countries)].clone(),
+                origin.0.clone(),
+                origin.1.clone(),
             ];
             let ids = std::array::from_fn(|d| intern(&mut names[d], &mut index[d], keys[d].clone()));
             clients.push(Client { ids, legit_rate: sc.legit.rate * w / total, attack: None, last_seen: None });
@@ -98,7 +108,11 @@ impl World {
                 clients.push(Client { ids, legit_rate: 0.0, attack: Some(a), last_seen: None });
             }
         }
-        Self { clients, names, index }
+        let mut prefix_asn = vec![0; names[1].len()];
+        for c in &clients {
+            prefix_asn[c.ids[1]] = c.ids[2];
+        }
+        Self { clients, names, index, prefix_asn }
     }
 }
 
@@ -108,6 +122,8 @@ struct Rule {
     expires: f64,
     rate: f64,
     tokens: f64,
+    /// Prefix ids the rule leaves alone (an ISP's established prefixes).
+    except: std::collections::HashSet<usize>,
     burst: f64,
 }
 
@@ -232,6 +248,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
             for &d in &dims {
                 if let Some(r) = rules.get(&(d, c.ids[d]))
                     && r.in_force_from <= t
+                    && !r.except.contains(&c.ids[1])
                 {
                     *rule_demand.entry((d, c.ids[d])).or_default() += n;
                 }
@@ -252,7 +269,11 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
         let mut legit_this = 0.0;
         for (i, n) in demand {
             let c = &world.clients[i];
-            let frac = dims.iter().filter_map(|&d| fraction.get(&(d, c.ids[d]))).fold(1.0f64, |a, &f| a.min(f));
+            let frac = dims
+                .iter()
+                .filter(|&&d| rules.get(&(d, c.ids[d])).is_none_or(|r| !r.except.contains(&c.ids[1])))
+                .filter_map(|&d| fraction.get(&(d, c.ids[d])))
+                .fold(1.0f64, |a, &f| a.min(f));
             let admitted = n * frac;
             // The edge reports what it let through: a limited source shows at its limit, and
             // a surge that is contained no longer looks like one.
@@ -305,8 +326,23 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
                     (DIMS[d], v.into_iter().map(|(k, n)| (world.names[d][k].clone(), n)).collect())
                 })
                 .collect::<BTreeMap<_, _>>();
-            let sample =
-                Sample { secs: since_report, requests: received as f64, new_source_requests: new_requests as f64, top };
+            // The edge names each reported prefix's ASN from its prefix table.
+            let prefix_asns = top
+                .get(&Dimension::Prefix)
+                .into_iter()
+                .flatten()
+                .filter_map(|(p, _): &(String, u64)| {
+                    let id = *world.index[1].get(p)?;
+                    Some((p.clone(), world.names[2][world.prefix_asn[id]].clone()))
+                })
+                .collect();
+            let sample = Sample {
+                secs: since_report,
+                requests: received as f64,
+                new_source_requests: new_requests as f64,
+                top,
+                prefix_asns,
+            };
             pending.push_back((t + report_every, sample));
             for c in &mut counts {
                 c.fill(0);
@@ -332,9 +368,17 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
                 *offence += 1;
                 let limit = mitigation_limit(f, g.rate_limit_multiple);
                 let from = t + g.propagation.as_secs_f64();
+                let except = f.except.iter().filter_map(|p| world.index[1].get(p).copied()).collect();
                 rules.insert(
                     (d, id),
-                    Rule { in_force_from: from, expires: from + ttl, rate: limit, tokens: limit, burst: limit.ceil() },
+                    Rule {
+                        in_force_from: from,
+                        expires: from + ttl,
+                        rate: limit,
+                        tokens: limit,
+                        burst: limit.ceil(),
+                        except,
+                    },
                 );
                 mitigations += 1;
             }
@@ -455,10 +499,14 @@ mod tests {
         assert!(none.db_overloaded_secs > 120.0, "{none:?}");
         let a = &levee.attacks[0];
         assert!(a.detect_secs.is_some_and(|s| s <= 15.0), "{a:?}");
-        assert!(a.admitted_ratio < 0.35, "{a:?}");
+        assert!(a.enforce_secs.is_some_and(|s| s <= 30.0), "{a:?}");
+        assert!(a.admitted_ratio < 0.1, "{a:?}");
         assert!(levee.false_positive_ratio <= 0.001, "{levee:?}");
+        // INCIDENT.md's bar: legitimate traffic keeps 99%, the primary is over capacity for
+        // no more than a minute (here: until the limits are in force).
+        assert!(levee.legit_success_ratio_under_attack >= 0.99, "{levee:?}");
+        assert!(levee.db_overloaded_secs <= 60.0, "{levee:?}");
         assert!(levee.peak_db_load_ratio < none.peak_db_load_ratio, "{levee:?}");
-        assert!(levee.legit_success_ratio_under_attack > none.legit_success_ratio_under_attack, "{levee:?}");
     }
 
     #[test]
