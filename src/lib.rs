@@ -12,3 +12,4 @@ pub mod replay;
 pub mod server;
 pub mod signals;
 pub mod sim;
+pub mod text;

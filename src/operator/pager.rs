@@ -138,7 +138,7 @@ impl Pager {
 fn webhook_body(page: &Page) -> serde_json::Value {
     let mut v = serde_json::to_value(page).unwrap_or_default();
     v["event"] = json!("levee.page");
-    v["summary"] = json!(cut(&page.summary, MAX_SUMMARY));
+    v["summary"] = json!(crate::text::truncate(&page.summary, MAX_SUMMARY));
     v
 }
 
@@ -150,7 +150,7 @@ fn pagerduty_body(routing_key: &str, page: &Page) -> serde_json::Value {
         "dedup_key": page.dedup_key,
         "client": "levee",
         "payload": {
-            "summary": cut(&page.summary, MAX_SUMMARY),
+            "summary": crate::text::truncate(&page.summary, MAX_SUMMARY),
             "source": page.source,
             "severity": page.severity,
             "component": "levee",
@@ -178,17 +178,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
-}
-
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

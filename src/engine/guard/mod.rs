@@ -118,37 +118,22 @@ pub struct Finding {
 impl Finding {
     /// One clause: what, where, and how far above which baseline.
     pub fn describe(&self) -> String {
+        let head = format!("{} {:?} {} at {:.1} req/s", self.kind.as_str(), self.dimension, self.key, self.rate);
         if !self.except.is_empty() {
-            return format!(
-                "{} {:?} {} at {:.1} req/s, {:.0}x its baseline; outside its {} established prefixes it usually sends {:.1} req/s",
-                self.kind.as_str(),
-                self.dimension,
-                self.key,
-                self.rate,
+            format!(
+                "{head}, {:.0}x its baseline; outside its {} established prefixes it usually sends {:.1} req/s",
                 self.ratio,
                 self.except.len(),
                 self.baseline
-            );
-        }
-        if self.born_with_surge {
-            return format!(
-                "{} {:?} {} at {:.1} req/s, new with the surge (its share of what new sources usually send: {:.1} req/s)",
-                self.kind.as_str(),
-                self.dimension,
-                self.key,
-                self.rate,
+            )
+        } else if self.born_with_surge {
+            format!(
+                "{head}, new with the surge (its share of what new sources usually send: {:.1} req/s)",
                 self.baseline
-            );
+            )
+        } else {
+            format!("{head}, {:.0}x its baseline of {:.1} req/s", self.ratio, self.baseline)
         }
-        format!(
-            "{} {:?} {} at {:.1} req/s, {:.0}x its baseline of {:.1} req/s",
-            self.kind.as_str(),
-            self.dimension,
-            self.key,
-            self.rate,
-            self.ratio,
-            self.baseline
-        )
     }
 }
 
