@@ -340,31 +340,16 @@ impl Guards {
         let page = {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(st) = states.get_mut(key) else { return };
-            if none_active {
-                st.incident = None;
-            }
-            let Some(policy) = &guard.spec.page else { return };
-            let wanted = match policy.when {
-                PageWhen::Never => false,
-                PageWhen::Mitigation => !created.is_empty(),
-                PageWhen::Escalation => created.iter().any(|m| m.spec.offence > 0),
-            };
-            if !wanted || guard.spec.mode == Mode::Shadow {
+            let offences: Vec<i32> = created.iter().map(|m| m.spec.offence).collect();
+            let when = guard.spec.page.as_ref().map(|p| p.when);
+            let shadow = guard.spec.mode == Mode::Shadow;
+            let new_key = || format!("levee/{key}/{}", Timestamp::now().as_second());
+            let Some(dedup_key) =
+                page_due(&mut st.incident, when, shadow, &offences, none_active, Instant::now(), new_key)
+            else {
                 return;
-            }
-            let now = Instant::now();
-            let dedup_key = match &mut st.incident {
-                Some(i) if now.duration_since(i.last_page) < REPAGE_AFTER => return,
-                Some(i) => {
-                    i.last_page = now;
-                    i.dedup_key.clone()
-                }
-                None => {
-                    let dedup_key = format!("levee/{key}/{}", Timestamp::now().as_second());
-                    st.incident = Some(Incident { dedup_key: dedup_key.clone(), last_page: now });
-                    dedup_key
-                }
             };
+            let Some(policy) = &guard.spec.page else { return };
             (policy.route_secret_ref.clone(), page_for(guard, key, dedup_key, obs, &created))
         };
         let (secret_ref, page) = page;
@@ -570,6 +555,44 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
     })
 }
 
+/// Whether the mitigations just created (their `offences`) page the on-call now, and under
+/// which dedup key. An incident ends when none of the guard's mitigations is in force
+/// (`none_active`, before this tick's); within one, pages come at most every
+/// [`REPAGE_AFTER`] and share the key `new_key` made for its first.
+fn page_due(
+    incident: &mut Option<Incident>,
+    when: Option<PageWhen>,
+    shadow: bool,
+    offences: &[i32],
+    none_active: bool,
+    now: Instant,
+    new_key: impl FnOnce() -> String,
+) -> Option<String> {
+    if none_active {
+        *incident = None;
+    }
+    let wanted = match when? {
+        PageWhen::Never => false,
+        PageWhen::Mitigation => !offences.is_empty(),
+        PageWhen::Escalation => offences.iter().any(|&o| o > 0),
+    };
+    if !wanted || shadow {
+        return None;
+    }
+    match incident {
+        Some(i) if now.duration_since(i.last_page) < REPAGE_AFTER => None,
+        Some(i) => {
+            i.last_page = now;
+            Some(i.dedup_key.clone())
+        }
+        None => {
+            let dedup_key = new_key();
+            *incident = Some(Incident { dedup_key: dedup_key.clone(), last_page: now });
+            Some(dedup_key)
+        }
+    }
+}
+
 /// The page for mitigations just created: a one-line summary the on-call reads first, and
 /// every mitigation with its evidence, and where to look, in the details.
 fn page_for(
@@ -639,6 +662,31 @@ mod tests {
         );
         let secs: Vec<u64> = (0..5).map(|o| ttl_for(&g, o).as_secs()).collect();
         assert_eq!(secs, vec![300, 900, 3600, 3600, 3600]);
+    }
+
+    #[test]
+    fn an_incident_pages_once_then_at_most_every_five_minutes_and_a_new_one_pages_afresh() {
+        let t0 = Instant::now();
+        let mut incident = None;
+        let mut due = |when, shadow, offences: &[i32], none_active, secs: u64, key: &str| {
+            let now = t0 + Duration::from_secs(secs);
+            page_due(&mut incident, when, shadow, offences, none_active, now, || key.to_owned())
+        };
+        let m = Some(PageWhen::Mitigation);
+        assert_eq!(due(m, false, &[], true, 0, "a"), None, "nothing created");
+        assert_eq!(due(m, false, &[0], true, 0, "a").as_deref(), Some("a"), "the incident begins");
+        assert_eq!(due(m, false, &[0, 0], false, 60, "b"), None, "within five minutes of the last page");
+        assert_eq!(due(m, false, &[0], false, 301, "b").as_deref(), Some("a"), "again, same incident");
+        assert_eq!(due(m, false, &[0], true, 400, "c").as_deref(), Some("c"), "a new incident");
+
+        let mut incident = None;
+        let mut due =
+            |when, shadow, offences: &[i32]| page_due(&mut incident, when, shadow, offences, true, t0, || "k".into());
+        assert_eq!(due(Some(PageWhen::Never), false, &[0]), None);
+        assert_eq!(due(None, false, &[0]), None, "no page policy");
+        assert_eq!(due(Some(PageWhen::Mitigation), true, &[0]), None, "shadow guards never page");
+        assert_eq!(due(Some(PageWhen::Escalation), false, &[0]), None, "a first offence");
+        assert_eq!(due(Some(PageWhen::Escalation), false, &[0, 2]).as_deref(), Some("k"), "a repeat offender");
     }
 
     #[test]
