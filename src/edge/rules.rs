@@ -32,7 +32,7 @@ pub struct Rule {
     /// (requests per second, burst) the limiter was built with, to reuse it across rebuilds.
     quota: Option<(u64, u32)>,
     /// Prefixes the rule leaves alone (`match.exceptPrefixes`), with the lengths present.
-    except: HashSet<IpNet>,
+    except: HashSet<IpNet, Hasher>,
     except_lens: Vec<u8>,
 }
 
@@ -67,17 +67,24 @@ pub struct Check {
     pub shadow_limited: bool,
 }
 
+/// A fast hash with a per-process random seed: every request looks up several of these maps,
+/// and the keys a Mitigation names come from traffic, so a fixed seed could be collided with.
+type Hasher = foldhash::fast::RandomState;
+
+/// Rules by the key they match.
+type Index<K> = HashMap<K, Vec<Arc<Rule>>, Hasher>;
+
 /// Every active rule of one edge pool, indexed by what it matches.
 #[derive(Default)]
 pub struct RuleSet {
-    by_ip: HashMap<IpAddr, Vec<Arc<Rule>>>,
+    by_ip: Index<IpAddr>,
     /// Keyed by (prefix length, network); `prefix_lens` lists the lengths present.
-    by_prefix: HashMap<IpNet, Vec<Arc<Rule>>>,
+    by_prefix: Index<IpNet>,
     prefix_lens: Vec<u8>,
-    by_asn: HashMap<u32, Vec<Arc<Rule>>>,
-    by_country: HashMap<String, Vec<Arc<Rule>>>,
-    by_api_key: HashMap<String, Vec<Arc<Rule>>>,
-    by_class: HashMap<String, Vec<Arc<Rule>>>,
+    by_asn: Index<u32>,
+    by_country: Index<String>,
+    by_api_key: Index<String>,
+    by_class: Index<String>,
     /// Sources no rule applies to.
     allowlist: Vec<IpNet>,
     len: usize,
@@ -240,7 +247,7 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
         (MitigationAction::RateLimit, None) => return Err("action RateLimit without rateLimit".to_owned()),
         (MitigationAction::Block, _) => (None, None),
     };
-    let mut except = HashSet::new();
+    let mut except = HashSet::default();
     let mut except_lens = Vec::new();
     for p in &spec.match_.except_prefixes {
         let n = p.parse::<IpNet>().map_err(|e| format!("match.exceptPrefixes: {p:?}: {e}"))?.trunc();
