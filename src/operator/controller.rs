@@ -149,9 +149,12 @@ async fn reconcile<K: Policy>(guard: Arc<DeserializeGuard<K>>, ctx: Arc<Context>
     let kind = K::kind(&()).to_string();
     let labels = ReconcileMetrics::kind(&kind);
     ctx.metrics.runs.get_or_create(&labels).inc();
+    // The series exists from the first run's start, not from its end: a scrape while the first
+    // reconciles are in flight sees the histogram (empty), as it sees the runs counter.
+    let duration = ctx.metrics.duration.get_or_create(&labels).clone();
     let started = Instant::now();
     let result = reconcile_inner(&guard, &ctx).await;
-    ctx.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    duration.observe(started.elapsed().as_secs_f64());
     result
 }
 
