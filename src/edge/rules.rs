@@ -39,8 +39,7 @@ pub struct Rule {
 impl Rule {
     /// Whether `ip` is in one of the rule's excepted prefixes.
     fn excepts(&self, ip: IpAddr) -> bool {
-        !self.except.is_empty()
-            && self.except_lens.iter().any(|&len| IpNet::new(ip, len).is_ok_and(|n| self.except.contains(&n.trunc())))
+        self.except_lens.iter().any(|&len| IpNet::new(ip, len).is_ok_and(|n| self.except.contains(&n.trunc())))
     }
 }
 

@@ -117,7 +117,7 @@ impl Pager {
                     let err = PageError::Refused {
                         target: target.clone(),
                         status: status.as_u16(),
-                        body: text.chars().take(300).collect::<String>().trim().to_owned(),
+                        body: crate::text::truncate(&text, 300).trim().to_owned(),
                     };
                     if !(status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS) {
                         return Err(err);

@@ -222,7 +222,7 @@ struct KeyState {
 
 /// Most prefixes a mitigation of a shared aggregate leaves alone (the CRD's limit); the
 /// busiest are kept.
-pub const MAX_EXCEPT: usize = 1024;
+const MAX_EXCEPT: usize = 1024;
 
 /// Samples after which a key's own baseline is trusted over the population's.
 const KEY_WARMUP: u32 = 10;
@@ -398,12 +398,7 @@ impl GuardDetector {
 
         // Single sources: hot for `confirm` samples in a row.
         for j in &judged {
-            let (step, in_episode) = (self.step, self.episode.is_some());
-            let st = self.keys.entry((j.dim, j.key.clone())).or_insert_with(|| KeyState {
-                born: step,
-                surge_born: in_episode,
-                ..KeyState::default()
-            });
+            let st = self.key_state(j.dim, &j.key);
             st.hot = if j.hot { st.hot + 1 } else { 0 };
             if j.dim == Dimension::Prefix
                 && let Some(asn) = s.prefix_asns.get(&j.key)
@@ -536,13 +531,13 @@ impl GuardDetector {
                     born_with_surge: false,
                 });
             }
-            let newborn = picked.iter().filter(|f| f.except.is_empty() && self.is_newcomer(f)).count();
+            for f in &mut picked {
+                f.born_with_surge = f.except.is_empty() && self.is_newcomer(f);
+            }
+            let newborn = picked.iter().filter(|f| f.born_with_surge).count();
             let share = (allowance / newborn.max(1) as f64).max(MIN_BASELINE);
-            for f in picked.iter_mut() {
-                if f.except.is_empty() && self.is_newcomer(f) {
-                    f.baseline = share;
-                    f.born_with_surge = true;
-                }
+            for f in picked.iter_mut().filter(|f| f.born_with_surge) {
+                f.baseline = share;
             }
             let enough = covered >= 0.5 * excess;
             let bn = best_len(&best);
@@ -564,6 +559,12 @@ impl GuardDetector {
             }
         }
         best.map(|b| b.2).unwrap_or_default()
+    }
+
+    /// The state of a key, created when first seen (as surge-born during a surge episode).
+    fn key_state(&mut self, dim: Dimension, key: &str) -> &mut KeyState {
+        let (born, surge_born) = (self.step, self.episode.is_some());
+        self.keys.entry((dim, key.to_owned())).or_insert_with(|| KeyState { born, surge_born, ..KeyState::default() })
     }
 
     /// A key with no baseline of its own, or one that came with a surge (what it learnt since
@@ -611,18 +612,14 @@ impl GuardDetector {
                     *r = (1.0 - w_step) * *r + w_step * rate;
                 }
             }
+            let step = self.step;
             for j in judged.iter().filter(|j| !j.hot) {
-                let (step, in_episode) = (self.step, self.episode.is_some());
-                let st = self.keys.entry((j.dim, j.key.clone())).or_insert_with(|| KeyState {
-                    born: step,
-                    surge_born: in_episode,
-                    ..KeyState::default()
-                });
+                let st = self.key_state(j.dim, &j.key);
                 st.samples += 1;
                 let w = a.max(1.0 / f64::from(st.samples));
                 st.rate = (1.0 - w) * st.rate + w * j.rate;
                 st.share = (1.0 - w) * st.share + w * j.share;
-                st.last_step = self.step;
+                st.last_step = step;
             }
         }
         if self.keys.len() > MAX_KEYS {

@@ -95,16 +95,20 @@ const SEED_RETRY: Duration = Duration::from_secs(60);
 struct Wanted {
     name: String,
     spec: MitigationSpec,
-    /// A distributed surge (the incident's shape) rather than one source or a shed class.
-    critical: bool,
 }
 
 /// A mitigation created this tick, as a page tells of it.
 struct PagedMitigation {
     name: String,
     ttl: Duration,
-    critical: bool,
     spec: MitigationSpec,
+}
+
+impl PagedMitigation {
+    /// A distributed surge (the incident's shape) rather than one source or a shed class.
+    fn critical(&self) -> bool {
+        self.spec.evidence.as_ref().is_some_and(|e| e.detector == FindingKind::DistributedSurge.as_str())
+    }
 }
 
 impl Guards {
@@ -261,7 +265,7 @@ impl Guards {
             };
             api.patch(&w.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&m)).await?;
             created += 1;
-            paged.push(PagedMitigation { name: w.name.clone(), ttl, critical: w.critical, spec: m.spec.clone() });
+            paged.push(PagedMitigation { name: w.name.clone(), ttl, spec: m.spec.clone() });
             let shadow = spec.mode == Mode::Shadow;
             let note = format!(
                 "{}{} for {} (offence {}): {}",
@@ -316,11 +320,7 @@ impl Guards {
             offence: 0,
             mode: guard.spec.mode,
         };
-        Wanted {
-            name: mitigation_name(&guard.name_any(), f.dimension, &f.key),
-            spec,
-            critical: f.kind == FindingKind::DistributedSurge,
-        }
+        Wanted { name: mitigation_name(&guard.name_any(), f.dimension, &f.key), spec }
     }
 
     /// Pages the on-call about the mitigations just created, when the guard's `page` asks for
@@ -548,11 +548,7 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
         offence: 0,
         mode: guard.spec.mode,
     };
-    Some(Wanted {
-        name: mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", class.name)),
-        spec,
-        critical: false,
-    })
+    Some(Wanted { name: mitigation_name(&guard.name_any(), Dimension::Ip, &format!("class:{}", class.name)), spec })
 }
 
 /// Whether the mitigations just created (their `offences`) page the on-call now, and under
@@ -627,7 +623,7 @@ fn page_for(
     Page {
         dedup_key,
         summary,
-        severity: if created.iter().any(|m| m.critical) { Severity::Critical } else { Severity::Warning },
+        severity: if created.iter().any(PagedMitigation::critical) { Severity::Critical } else { Severity::Warning },
         source: format!("TrafficGuard/{key}"),
         details: json!({
             "guard": key,

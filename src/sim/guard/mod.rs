@@ -127,6 +127,13 @@ struct Rule {
     burst: f64,
 }
 
+impl Rule {
+    /// Whether the rule holds, at `t`, a client in prefix `prefix`.
+    fn applies(&self, t: f64, prefix: usize) -> bool {
+        self.in_force_from <= t && !self.except.contains(&prefix)
+    }
+}
+
 /// Per-attack timings, seconds after its onset.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AttackTiming {
@@ -246,10 +253,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
             }
             c.last_seen = Some(t);
             for &d in &dims {
-                if let Some(r) = rules.get(&(d, c.ids[d]))
-                    && r.in_force_from <= t
-                    && !r.except.contains(&c.ids[1])
-                {
+                if rules.get(&(d, c.ids[d])).is_some_and(|r| r.applies(t, c.ids[1])) {
                     *rule_demand.entry((d, c.ids[d])).or_default() += n;
                 }
             }
@@ -271,7 +275,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
             let c = &world.clients[i];
             let frac = dims
                 .iter()
-                .filter(|&&d| rules.get(&(d, c.ids[d])).is_none_or(|r| !r.except.contains(&c.ids[1])))
+                .filter(|&&d| rules.get(&(d, c.ids[d])).is_some_and(|r| r.applies(t, c.ids[1])))
                 .filter_map(|&d| fraction.get(&(d, c.ids[d])))
                 .fold(1.0f64, |a, &f| a.min(f));
             let admitted = n * frac;
