@@ -121,10 +121,17 @@ spec:
     )
     .await
     .unwrap();
-    let conds =
-        common::wait_ready_status::<levee::api::ScalingPolicy>(&ns, "api", "True", Duration::from_secs(5)).await;
-    let signals = common::condition(&conds, "SignalsAvailable").expect("scaler wrote its condition");
-    assert_eq!(signals.status, "False");
+    common::wait_ready_status::<levee::api::ScalingPolicy>(&ns, "api", "True", Duration::from_secs(5)).await;
+    // The scaler writes its status after the scale patch, so the condition may trail the
+    // replicas by a moment.
+    let conds = eventually(
+        Duration::from_secs(5),
+        "SignalsAvailable=False",
+        || common::conditions::<levee::api::ScalingPolicy>(&ns, "api"),
+        |c| common::condition(c, "SignalsAvailable").is_some_and(|s| s.status == "False"),
+    )
+    .await;
+    let signals = common::condition(&conds, "SignalsAvailable").expect("waited for above");
     assert!(signals.message.contains("rabbitmq"), "{}", signals.message);
     assert!(op.stop().await);
     std::fs::remove_file(kubeconfig).ok();

@@ -1,4 +1,4 @@
-//! Standard `status.conditions`, merged so `lastTransitionTime` moves only on a real transition.
+//! Standard `status.conditions`, written so `lastTransitionTime` moves only on a real transition.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -14,14 +14,17 @@ pub struct Wanted {
     pub message: String,
 }
 
-/// Merges `wanted` into `existing`: a condition whose status did not change keeps its
-/// `lastTransitionTime`; conditions of other types are kept as they are.
+/// The conditions a field manager applies: `wanted`, where a condition whose status did not
+/// change keeps its `lastTransitionTime` from `existing`.
+///
+/// Conditions of other types are left out on purpose. `conditions` is a map-typed list, so
+/// under server-side apply each manager owns its own entries; re-applying another manager's
+/// condition from a possibly stale read would take it over and could turn it back.
 ///
 /// # Guarantees
 /// The result is sorted by type, so applying the same inputs twice yields the same patch.
 pub fn merge(existing: &[Condition], wanted: &[Wanted], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
-    let mut out: Vec<Condition> =
-        existing.iter().filter(|c| !wanted.iter().any(|w| w.type_ == c.type_)).cloned().collect();
+    let mut out = Vec::with_capacity(wanted.len());
     for w in wanted {
         let status = if w.status { "True" } else { "False" };
         let previous = existing.iter().find(|c| c.type_ == w.type_);
@@ -68,7 +71,7 @@ mod tests {
     }
 
     #[test]
-    fn other_condition_types_are_kept() {
+    fn other_managers_conditions_are_left_out() {
         let foreign = Condition {
             type_: "Available".into(),
             status: "True".into(),
@@ -78,7 +81,7 @@ mod tests {
             last_transition_time: Time(at(5)),
         };
         let merged = merge(std::slice::from_ref(&foreign), &wanted(true, "ok"), None, at(10));
-        assert_eq!(merged.len(), 2);
-        assert_eq!(merged[0], foreign);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].type_, "Ready");
     }
 }

@@ -182,9 +182,12 @@ async fn reconcile_inner<K: Policy>(guard: &DeserializeGuard<K>, ctx: &Context) 
         ctx.metrics.invalid.get_or_create(&ReconcileMetrics::kind(&K::kind(&()))).inc();
     }
     let generation = meta.generation;
-    let conditions = merge(&existing, &verdict.conditions(), generation, Timestamp::now());
+    let wanted = verdict.conditions();
+    let conditions = merge(&existing, &wanted, generation, Timestamp::now());
     // Skip the write when nothing would change: a resync must not touch the object.
-    if conditions != existing || observed != generation {
+    let mut current: Vec<_> = existing.into_iter().filter(|c| wanted.iter().any(|w| w.type_ == c.type_)).collect();
+    current.sort_by(|a, b| a.type_.cmp(&b.type_));
+    if conditions != current || observed != generation {
         let ns = meta.namespace.as_deref().ok_or(Error::NoNamespace)?;
         let name = meta.name.as_deref().unwrap_or_default();
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()));

@@ -297,9 +297,7 @@ impl Scaler {
                 message: target_error.unwrap_or_default().to_owned(),
             },
         ];
-        let merged = merge(&existing, &wanted, policy.metadata.generation, Timestamp::now());
-        let mine: Vec<_> =
-            merged.into_iter().filter(|c| c.type_ == SIGNALS_AVAILABLE || c.type_ == TARGET_REACHABLE).collect();
+        let mine = merge(&existing, &wanted, policy.metadata.generation, Timestamp::now());
         let mut status = json!({ "conditions": mine });
         if let Some(d) = d {
             status["currentReplicas"] = json!(d.from);
