@@ -132,6 +132,12 @@ pub fn backtest(
     );
     let models: Vec<String> = report.models.iter().map(|(m, n)| format!("{m} {n}")).collect();
     println!("  models    {}", models.join(", "));
+    println!("  worst     {} points add {:.2} points of MAPE:", report.worst.len(), report.worst_share);
+    for w in &report.worst {
+        let time = chrono::DateTime::from_timestamp_millis((w.time * 1000.0) as i64)
+            .map_or_else(|| format!("{}s", w.time), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        println!("            {time}  actual {:.3}/s  forecast {:.3}/s  APE {:.0} %", w.actual, w.forecast, w.ape);
+    }
     Ok(())
 }
 

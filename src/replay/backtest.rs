@@ -50,7 +50,28 @@ pub struct BacktestReport {
     pub step_secs: f64,
     /// How often each model made the scored forecast.
     pub models: Vec<(String, usize)>,
+    /// The points with the largest percentage errors, worst first. A mean of percentages is
+    /// ruled by a few actuals near zero (a logging outage, a maintenance window); these name
+    /// them, so a reader can tell a poor forecaster from a trace with holes.
+    pub worst: Vec<WorstPoint>,
+    /// Percentage points of MAPE that the `worst` points account for.
+    pub worst_share: f64,
 }
+
+/// One scored point, for the list of the worst.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WorstPoint {
+    /// Start of the forecast bucket, seconds since the epoch.
+    pub time: f64,
+    /// Actual and forecast rate, per second.
+    pub actual: f64,
+    pub forecast: f64,
+    /// Absolute percentage error, in percent.
+    pub ape: f64,
+}
+
+/// How many of the worst points a report names.
+const WORST: usize = 5;
 
 /// Runs the backtest; `progress` is called with the fraction done now and then.
 pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) -> Option<BacktestReport> {
@@ -66,6 +87,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         seasonality: cfg.seasonality,
     });
     let (mut ape, mut ae, mut ae_naive) = (Vec::new(), 0.0, 0.0);
+    let mut worst: Vec<WorstPoint> = Vec::with_capacity(WORST + 1);
     let mut floor_ape = 0.0;
     let (mut inside, mut below, mut points, mut zeros) = (0usize, 0usize, 0usize, 0usize);
     let mut models: Vec<(String, usize)> = Vec::new();
@@ -86,7 +108,14 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         ae += (y - fc.value).abs();
         ae_naive += (y - buckets[target - season]).abs();
         if y > 0.0 {
-            ape.push((y - fc.value).abs() / y);
+            let e = (y - fc.value).abs() / y;
+            ape.push(e);
+            if worst.len() < WORST || worst.last().is_some_and(|w| 100.0 * e > w.ape) {
+                let time = trace.start + target as f64 * step;
+                worst.push(WorstPoint { time, actual: y, forecast: fc.value, ape: 100.0 * e });
+                worst.sort_by(|a, b| b.ape.total_cmp(&a.ape));
+                worst.truncate(WORST);
+            }
             let neighbours = buckets.get(target + 1).map_or(buckets[target - 1], |n| (buckets[target - 1] + n) / 2.0);
             floor_ape += (y - neighbours).abs() / y;
         } else {
@@ -104,6 +133,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         return None;
     }
     let mape = 100.0 * ape.iter().sum::<f64>() / ape.len() as f64;
+    let worst_share = worst.iter().map(|w| w.ape).sum::<f64>() / ape.len() as f64;
     let noise_floor_mape = 100.0 * floor_ape / ape.len() as f64;
     ape.sort_by(f64::total_cmp);
     Some(BacktestReport {
@@ -119,6 +149,8 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         horizon_secs: h as f64 * step,
         step_secs: step,
         models,
+        worst,
+        worst_share,
     })
 }
 
@@ -126,24 +158,48 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_clean_daily_cycle_is_forecast_well() {
+    /// Four days of a daily sine, one row a minute; `outage` minutes log almost nothing.
+    fn sine(outage: std::ops::Range<i64>) -> Trace {
         let rows: String = (0..(4 * 1440))
             .map(|m| {
                 let t = m as f64 * 60.0;
-                let v = 6000.0 + 3000.0 * (t * std::f64::consts::TAU / 86_400.0).sin();
+                let v = if outage.contains(&m) {
+                    1.0
+                } else {
+                    6000.0 + 3000.0 * (t * std::f64::consts::TAU / 86_400.0).sin()
+                };
                 format!("{},{v}\n", t as i64)
             })
             .collect();
-        let trace = Trace::parse("sine", &rows).unwrap();
-        let cfg = BacktestConfig {
+        Trace::parse("sine", &rows).unwrap()
+    }
+
+    fn cfg() -> BacktestConfig {
+        BacktestConfig {
             horizon_secs: 900.0,
             step_secs: 300.0,
             quantile: 0.9,
             warmup_secs: 86_400.0,
             seasonality: Seasonality::Auto,
-        };
-        let r = run(&trace, cfg, |_| {}).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_logging_outage_is_named_among_the_worst_points() {
+        // Minutes 4000..4010 of the third day: two 5-minute buckets at almost zero.
+        let r = run(&sine(4000..4010), cfg(), |_| {}).unwrap();
+        assert_eq!(r.worst.len(), WORST);
+        let mut outage: Vec<f64> = r.worst[..2].iter().map(|w| w.time).collect();
+        outage.sort_by(f64::total_cmp);
+        assert_eq!(outage, [4000.0 * 60.0, 4005.0 * 60.0], "{:?}", r.worst);
+        assert!(r.worst.windows(2).all(|w| w[0].ape >= w[1].ape));
+        // Those two points carry most of the mean.
+        assert!(r.worst_share > 0.9 * r.mape && r.mdape < 2.0, "{r:?}");
+    }
+
+    #[test]
+    fn a_clean_daily_cycle_is_forecast_well() {
+        let r = run(&sine(0..0), cfg(), |_| {}).unwrap();
         assert!(r.mape < 2.0, "{r:?}");
         assert!(r.noise_floor_mape < 0.1, "a smooth curve has almost no bucket-to-bucket noise: {r:?}");
         assert!(r.points > 500);
