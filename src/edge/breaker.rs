@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 /// The window is kept as this many buckets: constant work per call and constant memory,
 /// whatever the call rate.
-const BUCKETS: usize = 10;
+const BUCKETS: usize = 16;
 
 /// Calls, failures and slow calls in one slice of the window.
 #[derive(Clone, Copy, Debug, Default)]
@@ -65,6 +65,8 @@ pub enum State {
 #[derive(Clone, Debug)]
 pub struct Breaker {
     cfg: BreakerConfig,
+    /// Buckets per second, so a call's bucket is a multiplication, not a division.
+    buckets_per_sec: f64,
     state: State,
     buckets: [Bucket; BUCKETS],
     consecutive: u32,
@@ -76,6 +78,7 @@ impl Breaker {
     pub fn new(cfg: BreakerConfig) -> Self {
         Self {
             cfg,
+            buckets_per_sec: BUCKETS as f64 / cfg.window_secs.max(BUCKETS as f64 * 1e-3),
             state: State::Closed,
             buckets: [Bucket::default(); BUCKETS],
             consecutive: 0,
@@ -147,8 +150,7 @@ impl Breaker {
             }
             State::Open { .. } => {}
             State::Closed => {
-                let width = (self.cfg.window_secs / BUCKETS as f64).max(1e-3);
-                let index = (now / width).floor() as i64;
+                let index = floor(now * self.buckets_per_sec);
                 let b = &mut self.buckets[index.rem_euclid(BUCKETS as i64) as usize];
                 if b.index != index {
                     *b = Bucket { index, ..Bucket::default() };
@@ -175,6 +177,13 @@ impl Breaker {
             }
         }
     }
+}
+
+/// `x.floor() as i64`, inline: without SSE4.1 in the target, `f64::floor` is a call into libm,
+/// once per request here.
+fn floor(x: f64) -> i64 {
+    let t = x as i64;
+    if (t as f64) > x { t - 1 } else { t }
 }
 
 #[cfg(test)]
@@ -233,6 +242,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn floor_is_the_floor(x in -1e12f64..1e12) {
+            prop_assert_eq!(floor(x), x.floor() as i64);
+        }
+
         #[test]
         fn never_sticks_half_open(outcomes in prop::collection::vec(prop::option::of(any::<bool>()), 1..200)) {
             // Some probes report (success or failure), some never do (None).

@@ -122,6 +122,12 @@ impl HeavyHitters {
         if self.increment(key) {
             return None;
         }
+        self.admit(key, estimate)
+    }
+
+    /// [`HeavyHitters::offer`] for a key the caller has just found untracked with
+    /// [`HeavyHitters::increment`]: one map lookup fewer.
+    pub fn admit(&mut self, key: u128, estimate: u64) -> Option<u128> {
         if self.counts.len() < self.capacity {
             self.counts.insert(key, 1);
             self.heap.push(Reverse((1, key)));
