@@ -151,6 +151,7 @@ pub struct SimulateArgs {
     pub json: bool,
     pub report: Option<PathBuf>,
     pub timeline: usize,
+    pub traffic_guard: bool,
 }
 
 /// `levee simulate`.
@@ -160,6 +161,13 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         return simulate_guard(guard?, &args);
     }
     let mut scenario = Scenario::load(name)?;
+    if !args.traffic_guard {
+        scenario.traffic_guard = None;
+    } else if scenario.traffic_guard.is_none() {
+        bail!("scenario {name} has no trafficGuard section for --traffic-guard");
+    } else if args.trace.is_some() {
+        bail!("--traffic-guard simulates the scenario's own clients; it cannot be combined with --trace");
+    }
     if let Some(seed) = args.seed {
         scenario.seed = seed;
     }
@@ -203,6 +211,10 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     println!();
     print!("{}", report::table(&runs));
     if let Some(levee) = runs.iter().find(|r| r.summary.controller == "levee") {
+        let guard = report::guard_lines(levee);
+        if !guard.is_empty() {
+            println!("\nlevee's TrafficGuard (only levee's platform has one in front):\n{guard}");
+        }
         println!("\nlevee's decisions:");
         print!("{}", report::timeline(&scenario, levee, args.timeline));
         if let Some(l) = levee.learned_lead_time {

@@ -84,6 +84,10 @@ enum Command {
         /// Decisions shown in the printed timeline.
         #[arg(long, default_value_t = 25)]
         timeline: usize,
+        /// Put the scenario's TrafficGuard (its `trafficGuard`) in front of levee's platform:
+        /// the traffic is simulated client by client first, which takes longer.
+        #[arg(long)]
+        traffic_guard: bool,
     },
     /// Score the forecaster on a recorded `timestamp,count` CSV (rolling origin).
     Backtest {
@@ -261,7 +265,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Simulate { scenario, trace, seed, step, controllers, json, report, timeline } => {
+            Command::Simulate { scenario, trace, seed, step, controllers, json, report, timeline, traffic_guard } => {
                 levee::cli::simulate(levee::cli::SimulateArgs {
                     scenario,
                     trace,
@@ -271,6 +275,7 @@ fn main() -> ExitCode {
                     json,
                     report,
                     timeline,
+                    traffic_guard,
                 })
             }
             Command::Backtest { trace, horizon, step, quantile, warmup, json } => {

@@ -47,6 +47,10 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no built-in scenario") && !err.contains("panicked"), "{err}");
 
+    let out = levee(&["simulate", "--scenario", "nasa", "--traffic-guard"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no trafficGuard section") && !err.contains("panicked"), "{err}");
+
     let bad = std::env::temp_dir().join(format!("levee-bad-trace-{}.csv", std::process::id()));
     std::fs::write(&bad, "timestamp,count\n0,1\nnot-a-time,2\n").unwrap();
     let out = levee(&["backtest", "--trace", bad.to_str().unwrap()]);

@@ -84,12 +84,13 @@ impl Recorder {
             self.close_minute(st.api_ready, st.api_total);
             self.minute_index = m;
         }
-        self.minute.0 += st.arrivals;
-        self.minute.1 += st.failed;
+        // Legitimate requests refused at the edge failed, as far as their users can tell.
+        self.minute.0 += st.arrivals + st.refused;
+        self.minute.1 += st.failed + st.refused;
         self.minute.2 += st.latency * st.served;
         self.minute.3 += st.served;
-        self.arrivals += st.arrivals;
-        self.failed += st.failed;
+        self.arrivals += st.arrivals + st.refused;
+        self.failed += st.failed + st.refused;
         let s = &mut self.s;
         s.replica_minutes += st.api_total as f64 * st.dt / 60.0;
         s.worker_minutes += st.workers_total as f64 * st.dt / 60.0;

@@ -23,6 +23,8 @@ pub struct Run {
     pub decisions: Vec<TimedDecision>,
     pub forecasts: Vec<(f64, Forecast)>,
     pub learned_lead_time: Option<f64>,
+    /// The TrafficGuard's run, when the scenario puts one in front of levee's platform.
+    pub guard: Option<guard::GuardSummary>,
 }
 
 /// Runs `scenario` once per controller. `progress` gets the fraction done.
@@ -39,6 +41,16 @@ pub fn run(scenario: &Scenario, trace: Option<&Trace>, kinds: &[Kind], mut progr
             Protections::default()
         };
         let mut platform = Platform::new(scenario, trace.cloned(), protections);
+        // levee's TrafficGuard, when the scenario has one and its own arrivals: simulated
+        // client by client first, so the platform sees only what the edges let through.
+        let guarded = (kind == Kind::Levee && trace.is_none())
+            .then(|| scenario.guard_scenario())
+            .flatten()
+            .map(|g| guard::run_guarded(&g, |_| {}));
+        if let (Some(g), Some(tg)) = (&guarded, &scenario.traffic_guard) {
+            let history = tg.history.as_secs_f64() as usize;
+            platform = platform.with_admission(g.admitted.iter().skip(history).copied().collect());
+        }
         let mut controller = Controller::new(kind, scenario);
         let mut recorder = Recorder::new(kind.name(), scenario.slo.clone(), scenario.api.initial_replicas);
         let mut last = None;
@@ -72,6 +84,7 @@ pub fn run(scenario: &Scenario, trace: Option<&Trace>, kinds: &[Kind], mut progr
             decisions: controller.decisions,
             forecasts: controller.forecasts,
             learned_lead_time,
+            guard: guarded.map(|g| g.summary),
         });
     }
     progress(1.0);
@@ -83,7 +96,9 @@ mod tests {
     use super::*;
 
     fn run_incident(kinds: &[Kind]) -> Vec<Run> {
-        let sc = Scenario::load("incident").unwrap();
+        let mut sc = Scenario::load("incident").unwrap();
+        // As `levee simulate` runs it by default: without the guard, which is tested below.
+        sc.traffic_guard = None;
         run(&sc, None, kinds, |_| {})
     }
 
@@ -105,6 +120,34 @@ mod tests {
     }
 
     #[test]
+    fn a_traffic_guard_in_front_keeps_a_fast_surge_off_the_platform() {
+        // The incident, shortened: a 20x surge over two minutes from 300 addresses.
+        let mut sc = Scenario::load("incident").unwrap();
+        sc.duration = crate::api::Duration::from_secs(1800);
+        sc.arrivals.surges[0] = scenario::Surge {
+            start: crate::api::Duration::from_secs(120),
+            ramp: crate::api::Duration::from_secs(120),
+            multiplier: 20.0,
+            end: crate::api::Duration::from_secs(1200),
+        };
+        let g = sc.traffic_guard.as_mut().unwrap();
+        (g.legit.sources, g.surge.sources, g.history) = (800, 300, crate::api::Duration::from_secs(900));
+        let guarded = &run(&sc, None, &[Kind::Levee], |_| {})[0];
+        sc.traffic_guard = None;
+        let bare = &run(&sc, None, &[Kind::Levee], |_| {})[0];
+
+        let gs = guarded.guard.as_ref().expect("the guard ran");
+        assert!(gs.attacks[0].detect_secs.is_some_and(|d| d <= 15.0), "{gs:?}");
+        assert!(gs.page_secs.is_some_and(|p| p <= 60.0), "{gs:?}");
+        assert!(gs.false_positive_ratio <= 0.001, "{gs:?}");
+        assert!(bare.guard.is_none());
+        // What the edges refused never loaded the primary.
+        let (g, b) = (&guarded.summary, &bare.summary);
+        assert!(g.primary_over_capacity_secs < b.primary_over_capacity_secs, "{g:?}\n{b:?}");
+        assert!(g.peak_backlog < b.peak_backlog, "{g:?}\n{b:?}");
+    }
+
+    #[test]
     fn runs_are_deterministic_for_a_seed() {
         let a = run_incident(&[Kind::Hpa, Kind::Levee]);
         let b = run_incident(&[Kind::Hpa, Kind::Levee]);
@@ -113,6 +156,7 @@ mod tests {
             assert_eq!(x.decisions.len(), y.decisions.len());
         }
         let mut sc = Scenario::load("incident").unwrap();
+        sc.traffic_guard = None;
         sc.seed += 1;
         let c = run(&sc, None, &[Kind::Hpa], |_| {});
         assert_ne!(format!("{:?}", a[0].summary), format!("{:?}", c[0].summary), "the seed matters");

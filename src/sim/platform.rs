@@ -21,7 +21,10 @@ const BASE_READ: f64 = 0.005;
 pub struct Step {
     pub t: f64,
     pub dt: f64,
+    /// Requests that reached the platform.
     pub arrivals: f64,
+    /// Legitimate requests a TrafficGuard refused at the edge (they never reached it).
+    pub refused: f64,
     pub served: f64,
     pub failed: f64,
     pub latency: f64,
@@ -70,6 +73,8 @@ pub struct Platform<'a> {
     pressure: f64,
     /// Health checks that would have recycled the fleet but were held back.
     pub spirals_prevented: u32,
+    /// What a TrafficGuard admits, per second: (legitimate, surge) fractions.
+    admission: Option<Vec<(f64, f64)>>,
 }
 
 impl<'a> Platform<'a> {
@@ -90,11 +95,25 @@ impl<'a> Platform<'a> {
             next_check: 0.0,
             pressure: 0.0,
             spirals_prevented: 0,
+            admission: None,
         }
     }
 
-    /// The scenario's arrival rate at `t` (requests/s), before noise.
+    /// Puts a TrafficGuard in front: second `i` admits `admission[i]` of the legitimate and
+    /// of the surge traffic (seconds past the end admit everything).
+    pub fn with_admission(mut self, admission: Vec<(f64, f64)>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// The scenario's arrival rate at `t` (requests/s), before noise and any guard.
     pub fn rate(&self, t: f64) -> f64 {
+        let (base, surge) = self.rate_parts(t);
+        base + surge
+    }
+
+    /// The arrival rate at `t` split into baseline and surge (requests/s).
+    fn rate_parts(&self, t: f64) -> (f64, f64) {
         let a = &self.sc.arrivals;
         let base = match &self.trace {
             Some(tr) => tr.rate_at(t) * a.trace_scale,
@@ -113,7 +132,7 @@ impl<'a> Platform<'a> {
                 if t < start || t >= end { 0.0 } else { (s.multiplier - 1.0) * ((t - start) / ramp).min(1.0) }
             })
             .sum();
-        base * (1.0 + surge)
+        (base, base * surge)
     }
 
     /// Seconds a database replica takes to provision now: slower when the primary is hot.
@@ -127,8 +146,11 @@ impl<'a> Platform<'a> {
     pub fn step(&mut self, t: f64) -> Step {
         let sc = self.sc;
         let dt = sc.step.as_secs_f64();
-        let rate = self.rate(t);
-        let mean = rate * dt;
+        let (base, surge) = self.rate_parts(t);
+        let (legit_admitted, surge_admitted) =
+            self.admission.as_ref().map_or((1.0, 1.0), |a| a.get(t.max(0.0) as usize).copied().unwrap_or((1.0, 1.0)));
+        let refused = base * (1.0 - legit_admitted) * dt;
+        let mean = (base * legit_admitted + surge * surge_admitted) * dt;
         let arrivals = if sc.arrivals.poisson && mean > 0.0 && mean < 1e7 {
             Poisson::new(mean).map(|p| p.sample(&mut self.rng)).unwrap_or(mean)
         } else {
@@ -202,6 +224,7 @@ impl<'a> Platform<'a> {
             t,
             dt,
             arrivals,
+            refused,
             served,
             failed,
             latency: self.latency,

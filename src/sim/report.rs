@@ -21,7 +21,11 @@ pub struct JsonReport<'a> {
 pub fn json(scenario: &Scenario, runs: &[Run]) -> serde_json::Result<String> {
     let mut controllers = serde_json::Map::new();
     for r in runs {
-        controllers.insert(r.summary.controller.clone(), serde_json::to_value(&r.summary)?);
+        let mut v = serde_json::to_value(&r.summary)?;
+        if let (Some(g), Some(obj)) = (&r.guard, v.as_object_mut()) {
+            obj.insert("traffic_guard".into(), serde_json::to_value(g)?);
+        }
+        controllers.insert(r.summary.controller.clone(), v);
     }
     serde_json::to_string_pretty(&JsonReport { scenario: &scenario.name, seed: scenario.seed, controllers })
 }
@@ -32,6 +36,31 @@ fn drain(s: &Summary) -> String {
         None if s.peak_backlog > 0.0 => "never".into(),
         None => "-".into(),
     }
+}
+
+/// What levee's TrafficGuard did in a run, in a few lines; empty without one.
+pub fn guard_lines(run: &Run) -> String {
+    let Some(g) = &run.guard else { return String::new() };
+    let secs = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |s| format!("{s:.0}s"));
+    let mut out = String::new();
+    for a in &g.attacks {
+        let _ = writeln!(
+            out,
+            "  {:<10} detected {:>6}  limited {:>6}  after onset; {:.1}% of it admitted",
+            a.name,
+            secs(a.detect_secs),
+            secs(a.enforce_secs),
+            100.0 * a.admitted_ratio
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  page {} after onset; {} Mitigations; legitimate requests refused at the edge {:.3}%",
+        secs(g.page_secs),
+        g.mitigations,
+        100.0 * g.false_positive_ratio
+    );
+    out
 }
 
 /// The comparison table.

@@ -38,6 +38,11 @@ pub struct Scenario {
     /// protection) apply in the levee run.
     #[serde(default)]
     pub bootstrap_policy: bool,
+    /// A TrafficGuard in front of the API in levee's run: who sends the traffic and the
+    /// guard's settings. Each surge becomes an attack from its own sources, and what the
+    /// guard lets through (simulated client by client) is what reaches the platform.
+    #[serde(default)]
+    pub traffic_guard: Option<TrafficGuardSim>,
 }
 
 fn one_second() -> Duration {
@@ -83,6 +88,55 @@ pub struct Surge {
     pub ramp: Duration,
     pub multiplier: f64,
     pub end: Duration,
+}
+
+/// The clients behind a scenario's arrivals, and the TrafficGuard levee runs in front of them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficGuardSim {
+    /// Who sends the baseline traffic.
+    pub legit: Population,
+    /// Who sends each surge.
+    pub surge: SurgeSources,
+    pub guard: crate::sim::guard::scenario::GuardSettings,
+    /// How long the guard has watched the baseline before the scenario starts: a guard in
+    /// production has learnt its traffic long before a surge.
+    #[serde(default = "an_hour")]
+    pub history: Duration,
+}
+
+fn an_hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Legitimate clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Population {
+    pub sources: usize,
+    pub countries: usize,
+    pub asns: usize,
+    #[serde(default = "one_per_prefix")]
+    pub sources_per_prefix: usize,
+}
+
+fn one_per_prefix() -> usize {
+    1
+}
+
+/// The senders of a surge.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SurgeSources {
+    pub sources: usize,
+    pub countries: usize,
+    pub asns: usize,
+    /// How many of its ASNs legitimate clients use too.
+    #[serde(default)]
+    pub shared_asns: usize,
+    /// Fraction built to miss the cache.
+    #[serde(default)]
+    pub cache_busting: f64,
 }
 
 /// The API frontends.
@@ -241,7 +295,64 @@ impl Scenario {
         if self.policies.replicas.is_some() && self.database.is_none() {
             return Err("policies.replicas given but the scenario has no database".into());
         }
+        if let Some(g) = self.guard_scenario() {
+            if self.arrivals.trace.is_some() || self.arrivals.daily_amplitude != 0.0 {
+                return Err("trafficGuard needs constant baseline arrivals (no trace, no dailyAmplitude)".into());
+            }
+            if self.arrivals.surges.iter().any(|s| s.multiplier <= 1.0) {
+                return Err("trafficGuard: every surge needs a multiplier above 1".into());
+            }
+            g.check().map_err(|m| format!("trafficGuard: {m}"))?;
+        }
         Ok(())
+    }
+
+    /// The guard simulation of levee's run: the baseline from the legitimate population,
+    /// each surge as an attack with the same onset, ramp and end, all `history` later (the
+    /// platform's second 0 is the guard's second `history`).
+    pub fn guard_scenario(&self) -> Option<crate::sim::guard::scenario::GuardScenario> {
+        use crate::sim::guard::scenario::{Attack, Database, GuardScenario, Legit};
+        let g = self.traffic_guard.as_ref()?;
+        let base = self.arrivals.base;
+        let history = g.history.as_secs_f64();
+        let later = |d: &Duration| Duration(d.0 + std::time::Duration::from_secs_f64(history));
+        Some(GuardScenario {
+            kind: "guard".into(),
+            name: format!("{} (traffic guard)", self.name),
+            description: String::new(),
+            duration: later(&self.duration),
+            seed: self.seed,
+            legit: Legit {
+                sources: g.legit.sources,
+                rate: base,
+                countries: g.legit.countries,
+                asns: g.legit.asns,
+                sources_per_prefix: g.legit.sources_per_prefix,
+                // The platform models caching and the database; the guard run only decides
+                // what gets through.
+                cache_miss_ratio: 0.0,
+            },
+            attacks: self
+                .arrivals
+                .surges
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Attack {
+                    name: format!("surge {}", i + 1),
+                    start: later(&s.start),
+                    end: later(&s.end),
+                    ramp: s.ramp,
+                    sources: g.surge.sources,
+                    rate: base * (s.multiplier - 1.0),
+                    countries: g.surge.countries,
+                    asns: g.surge.asns,
+                    shared_asns: g.surge.shared_asns,
+                    cache_busting: g.surge.cache_busting,
+                })
+                .collect(),
+            database: Database { capacity: f64::MAX },
+            guard: g.guard.clone(),
+        })
     }
 
     /// Formats `t` seconds after the start as a clock time, if the scenario has one.
@@ -277,6 +388,16 @@ mod tests {
         assert!(e.to_string().contains("built-in: incident"), "{e}");
         let e = Scenario::parse("x", "name: x\nduration: forever\n").unwrap_err();
         assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_traffic_guard_section_is_a_clear_error() {
+        let yaml = include_str!("scenarios/incident.yaml").replace("legit: { sources: 4000", "legit: { sources: 0");
+        let e = Scenario::parse("x", &yaml).unwrap_err();
+        assert!(e.to_string().contains("trafficGuard: legit needs sources"), "{e}");
+        let yaml = include_str!("scenarios/incident.yaml").replace("multiplier: 20", "multiplier: 1");
+        let e = Scenario::parse("x", &yaml).unwrap_err();
+        assert!(e.to_string().contains("multiplier above 1"), "{e}");
     }
 
     #[test]

@@ -163,6 +163,17 @@ pub struct GuardSummary {
     pub detect_p50_secs: Option<f64>,
     pub detect_p95_secs: Option<f64>,
     pub enforce_p95_secs: Option<f64>,
+    /// When the on-call page went out, seconds after the first attack's onset: the operator
+    /// pages when an incident's first Mitigation is created.
+    pub page_secs: Option<f64>,
+}
+
+/// A guarded run, with what the edges let through second by second.
+pub struct GuardRun {
+    pub summary: GuardSummary,
+    /// Per second from the start: the fraction of legitimate requests and of attack requests
+    /// the edges admitted.
+    pub admitted: Vec<(f64, f64)>,
 }
 
 #[derive(Default)]
@@ -182,10 +193,16 @@ pub fn run(sc: &GuardScenario, mut progress: impl FnMut(f64)) -> Vec<GuardSummar
     let with = [false, true];
     let mut out = Vec::new();
     for (k, &guarded) in with.iter().enumerate() {
-        out.push(run_once(sc, guarded, |f| progress((k as f64 + f) / with.len() as f64)));
+        out.push(run_once(sc, guarded, false, |f| progress((k as f64 + f) / with.len() as f64)).summary);
     }
     progress(1.0);
     out
+}
+
+/// Runs the scenario with levee's guard only, stopping once every attack is over and every
+/// Mitigation has lapsed (later seconds admit everything): for driving another simulation.
+pub fn run_guarded(sc: &GuardScenario, progress: impl FnMut(f64)) -> GuardRun {
+    run_once(sc, true, true, progress)
 }
 
 fn attack_rate(sc: &GuardScenario, a: usize, t: f64) -> f64 {
@@ -198,7 +215,7 @@ fn attack_rate(sc: &GuardScenario, a: usize, t: f64) -> f64 {
     at.rate * full / at.sources as f64
 }
 
-fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) -> GuardSummary {
+fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progress: impl FnMut(f64)) -> GuardRun {
     let mut rng = StdRng::seed_from_u64(sc.seed);
     let mut world = World::new(sc, &mut rng);
     let dims: Vec<usize> = (0..4).filter(|&d| sc.guard.aggregation_keys.contains(&DIMS[d])).collect();
@@ -225,9 +242,16 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
         }
     }
     let miss = sc.legit.cache_miss_ratio;
+    let last_attack_end = sc.attacks.iter().map(|a| a.end.as_secs_f64()).fold(0.0, f64::max);
+    let first_onset = sc.attacks.iter().map(|a| a.start.as_secs_f64()).fold(f64::INFINITY, f64::min);
+    let mut admitted_by_second = Vec::with_capacity(duration);
+    let mut page_secs = None;
 
     for step in 0..duration {
         let t = step as f64;
+        if stop_when_quiet && t >= last_attack_end && rules.is_empty() && pending.is_empty() {
+            break;
+        }
         // Refill the buckets of rules in force.
         rules.retain(|_, r| r.expires > t);
         for r in rules.values_mut() {
@@ -270,7 +294,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
         }
         let any_attack = (0..sc.attacks.len()).any(|a| attack_rate(sc, a, t) > 0.0);
         let (mut legit_admitted, mut db_load) = (0.0, 0.0);
-        let mut legit_this = 0.0;
+        let (mut legit_this, mut attack_this, mut attack_admitted) = (0.0, 0.0, 0.0);
         for (i, n) in demand {
             let c = &world.clients[i];
             let frac = dims
@@ -290,6 +314,8 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
                 Some(a) => {
                     tally.attack[a].0 += n;
                     tally.attack[a].1 += admitted;
+                    attack_this += n;
+                    attack_admitted += admitted;
                     let cb = sc.attacks[a].cache_busting;
                     db_load += admitted * (cb + (1.0 - cb) * miss);
                     if frac < 1.0 && attacks[a].enforce_secs.is_none() {
@@ -303,6 +329,8 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
                 }
             }
         }
+        let fraction_of = |admitted: f64, sent: f64| if sent > 0.0 { admitted / sent } else { 1.0 };
+        admitted_by_second.push((fraction_of(legit_admitted, legit_this), fraction_of(attack_admitted, attack_this)));
         let db_ok = if db_load > sc.database.capacity { sc.database.capacity / db_load } else { 1.0 };
         let legit_ok = legit_admitted * (1.0 - miss) + legit_admitted * miss * db_ok;
         tally.legit += legit_this;
@@ -385,6 +413,9 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
                     },
                 );
                 mitigations += 1;
+                if page_secs.is_none() {
+                    page_secs = Some(t - first_onset);
+                }
             }
         }
         if step % 60 == 0 {
@@ -403,7 +434,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
     let detects: Vec<f64> = attacks.iter().filter_map(|a| a.detect_secs).collect();
     let enforces: Vec<f64> = attacks.iter().filter_map(|a| a.enforce_secs).collect();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 1.0 };
-    GuardSummary {
+    let summary = GuardSummary {
         guard: if guarded { "levee" } else { "none" }.to_owned(),
         legit_success_ratio: ratio(tally.legit_ok, tally.legit),
         legit_success_ratio_under_attack: ratio(tally.legit_ok_under_attack, tally.legit_under_attack),
@@ -414,8 +445,10 @@ fn run_once(sc: &GuardScenario, guarded: bool, mut progress: impl FnMut(f64)) ->
         detect_p50_secs: quantile(detects.clone(), 0.5),
         detect_p95_secs: quantile(detects, 0.95),
         enforce_p95_secs: quantile(enforces, 0.95),
+        page_secs,
         attacks,
-    }
+    };
+    GuardRun { summary, admitted: admitted_by_second }
 }
 
 /// The comparison as a table.

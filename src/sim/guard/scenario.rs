@@ -121,7 +121,17 @@ impl GuardScenario {
 
     pub fn parse(name: &str, yaml: &str) -> anyhow::Result<Self> {
         let s: Self = serde_saphyr::from_str(yaml).map_err(|e| anyhow::anyhow!("guard scenario {name}: {e}"))?;
-        let bad = |m: &str| Err(anyhow::anyhow!("guard scenario {name}: {m}"));
+        s.check().map_err(|m| anyhow::anyhow!("guard scenario {name}: {m}"))?;
+        Ok(s)
+    }
+
+    /// Checks what the types cannot: positive sizes and rates, ordered times.
+    ///
+    /// # Errors
+    /// The first problem found, in a sentence.
+    pub fn check(&self) -> Result<(), String> {
+        let s = self;
+        let bad = |m: &str| Err(m.to_owned());
         if s.duration.as_secs_f64() < 1.0 {
             return bad("duration must be at least 1s");
         }
@@ -159,7 +169,7 @@ impl GuardScenario {
         if s.guard.aggregation_keys.is_empty() {
             return bad("guard.aggregationKeys needs at least one key");
         }
-        Ok(s)
+        Ok(())
     }
 }
 
