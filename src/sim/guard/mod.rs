@@ -492,6 +492,10 @@ pub fn table(runs: &[GuardSummary]) -> String {
                 a.admitted_ratio * 100.0
             ));
         }
+        s.push_str(&format!(
+            "  page       {:>5} after the first onset (with the incident's first Mitigation)\n",
+            secs(levee.page_secs)
+        ));
     }
     s
 }
@@ -544,6 +548,9 @@ mod tests {
         assert!(levee.legit_success_ratio_under_attack >= 0.99, "{levee:?}");
         assert!(levee.db_overloaded_secs <= 60.0, "{levee:?}");
         assert!(levee.peak_db_load_ratio < none.peak_db_load_ratio, "{levee:?}");
+        // The page goes out with the first Mitigation, within the incident's minute.
+        assert!(levee.page_secs.is_some_and(|p| (0.0..=60.0).contains(&p)), "{levee:?}");
+        assert!(none.page_secs.is_none());
     }
 
     #[test]
