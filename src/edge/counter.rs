@@ -162,8 +162,11 @@ pub struct TrafficCounter {
     hasher: foldhash::fast::FixedState,
     intervals: u32,
     generation_intervals: u32,
-    /// A source is in the filter's sample when its hash's top `sample_bits` bits are zero.
-    sample_bits: u32,
+    /// A source is in the filter's sample when its hash has none of these bits (the top
+    /// log2(`seen_sample`) ones).
+    sample_mask: u64,
+    /// Sources each sampled one stands for.
+    sample_weight: u64,
     top_keys: usize,
     requests: u64,
     new_source_requests: u64,
@@ -184,6 +187,7 @@ pub struct Counts {
 impl TrafficCounter {
     /// Counts the given dimensions (ApiKey only for requests that carry one).
     pub fn new(cfg: CounterConfig, dimensions: &[Dimension]) -> Self {
+        let sample_bits = cfg.seen_sample.max(1).next_power_of_two().trailing_zeros().min(6);
         let mut dims: Vec<Dimension> = dimensions.to_vec();
         dims.sort();
         dims.dedup();
@@ -210,7 +214,8 @@ impl TrafficCounter {
             intervals: 0,
             generation_intervals: cfg.seen_generation_intervals.max(1),
             // The filter uses bits 0–57 of the hash; the sample is drawn from the six above.
-            sample_bits: cfg.seen_sample.max(1).next_power_of_two().trailing_zeros().min(6),
+            sample_mask: !(u64::MAX >> sample_bits),
+            sample_weight: 1 << sample_bits,
             top_keys: cfg.top_keys,
             requests: 0,
             new_source_requests: 0,
@@ -263,8 +268,8 @@ impl TrafficCounter {
         // A heavy hitter of this interval has been seen: skip the filter's cache misses for it.
         if !ip_tracked {
             let h = hash_key(ip);
-            if h.checked_shr(64 - self.sample_bits).unwrap_or(0) == 0 && !self.seen.check_and_insert(h) {
-                self.new_source_requests += 1 << self.sample_bits;
+            if h & self.sample_mask == 0 && !self.seen.check_and_insert(h) {
+                self.new_source_requests += self.sample_weight;
             }
         }
     }

@@ -39,8 +39,13 @@ pub struct Rule {
 impl Rule {
     /// Whether `ip` is in one of the rule's excepted prefixes.
     fn excepts(&self, ip: IpAddr) -> bool {
-        self.except_lens.iter().any(|&len| IpNet::new(ip, len).is_ok_and(|n| self.except.contains(&n.trunc())))
+        networks_of(ip, &self.except_lens).any(|n| self.except.contains(&n))
     }
+}
+
+/// The networks of each length in `lens` that hold `ip`, in that order.
+fn networks_of(ip: IpAddr, lens: &[u8]) -> impl Iterator<Item = IpNet> + '_ {
+    lens.iter().filter_map(move |&len| IpNet::new(ip, len).ok().map(|n| n.trunc()))
 }
 
 /// What a request gets.
@@ -182,10 +187,7 @@ impl RuleSet {
         }
         let mut candidates: [Option<&Vec<Arc<Rule>>>; 6] = [None; 6];
         candidates[0] = self.by_ip.get(&src.ip);
-        candidates[1] = self
-            .prefix_lens
-            .iter()
-            .find_map(|&len| IpNet::new(src.ip, len).ok().and_then(|n| self.by_prefix.get(&n.trunc())));
+        candidates[1] = networks_of(src.ip, &self.prefix_lens).find_map(|n| self.by_prefix.get(&n));
         candidates[2] = src.asn.and_then(|a| self.by_asn.get(&a));
         candidates[3] = src.country.and_then(|c| self.by_country.get(c.as_str()));
         candidates[4] = src.api_key.as_deref().and_then(|k| self.by_api_key.get(k));

@@ -46,10 +46,9 @@ pub fn run(scenario: &Scenario, trace: Option<&Trace>, kinds: &[Kind], mut progr
         let guarded = (kind == Kind::Levee && trace.is_none())
             .then(|| scenario.guard_scenario())
             .flatten()
-            .map(|g| guard::run_guarded(&g, |_| {}));
-        if let (Some(g), Some(tg)) = (&guarded, &scenario.traffic_guard) {
-            let history = tg.history.as_secs_f64() as usize;
-            platform = platform.with_admission(g.admitted.iter().skip(history).copied().collect());
+            .map(|(g, history)| (guard::run_guarded(&g, |_| {}), history));
+        if let Some((g, history)) = &guarded {
+            platform = platform.with_admission(g.admitted.iter().skip(*history).copied().collect());
         }
         let mut controller = Controller::new(kind, scenario);
         let mut recorder = Recorder::new(kind.name(), scenario.slo.clone(), scenario.api.initial_replicas);
@@ -84,7 +83,7 @@ pub fn run(scenario: &Scenario, trace: Option<&Trace>, kinds: &[Kind], mut progr
             decisions: controller.decisions,
             forecasts: controller.forecasts,
             learned_lead_time,
-            guard: guarded.map(|g| g.summary),
+            guard: guarded.map(|(g, _)| g.summary),
         });
     }
     progress(1.0);

@@ -106,14 +106,9 @@ impl<'a> Platform<'a> {
         self
     }
 
-    /// The scenario's arrival rate at `t` (requests/s), before noise and any guard.
-    pub fn rate(&self, t: f64) -> f64 {
-        let (base, surge) = self.rate_parts(t);
-        base + surge
-    }
-
-    /// The arrival rate at `t` split into baseline and surge (requests/s).
-    fn rate_parts(&self, t: f64) -> (f64, f64) {
+    /// The scenario's arrival rate at `t`, split into baseline and surge (requests/s), before
+    /// noise and any guard.
+    fn rate(&self, t: f64) -> (f64, f64) {
         let a = &self.sc.arrivals;
         let base = match &self.trace {
             Some(tr) => tr.rate_at(t) * a.trace_scale,
@@ -146,7 +141,7 @@ impl<'a> Platform<'a> {
     pub fn step(&mut self, t: f64) -> Step {
         let sc = self.sc;
         let dt = sc.step.as_secs_f64();
-        let (base, surge) = self.rate_parts(t);
+        let (base, surge) = self.rate(t);
         let (legit_admitted, surge_admitted) =
             self.admission.as_ref().map_or((1.0, 1.0), |a| a.get(t.max(0.0) as usize).copied().unwrap_or((1.0, 1.0)));
         let refused = base * (1.0 - legit_admitted) * dt;

@@ -295,7 +295,7 @@ impl Scenario {
         if self.policies.replicas.is_some() && self.database.is_none() {
             return Err("policies.replicas given but the scenario has no database".into());
         }
-        if let Some(g) = self.guard_scenario() {
+        if let Some((g, _)) = self.guard_scenario() {
             if self.arrivals.trace.is_some() || self.arrivals.daily_amplitude != 0.0 {
                 return Err("trafficGuard needs constant baseline arrivals (no trace, no dailyAmplitude)".into());
             }
@@ -308,15 +308,15 @@ impl Scenario {
     }
 
     /// The guard simulation of levee's run: the baseline from the legitimate population,
-    /// each surge as an attack with the same onset, ramp and end, all `history` later (the
-    /// platform's second 0 is the guard's second `history`).
-    pub fn guard_scenario(&self) -> Option<crate::sim::guard::scenario::GuardScenario> {
+    /// each surge as an attack with the same onset, ramp and end, all `history` later; and
+    /// `history` in whole seconds (the platform's second 0 is the guard's second `history`).
+    pub fn guard_scenario(&self) -> Option<(crate::sim::guard::scenario::GuardScenario, usize)> {
         use crate::sim::guard::scenario::{Attack, Database, GuardScenario, Legit};
         let g = self.traffic_guard.as_ref()?;
         let base = self.arrivals.base;
         let history = g.history.as_secs_f64();
         let later = |d: &Duration| Duration(d.0 + std::time::Duration::from_secs_f64(history));
-        Some(GuardScenario {
+        let scenario = GuardScenario {
             kind: "guard".into(),
             name: format!("{} (traffic guard)", self.name),
             description: String::new(),
@@ -352,7 +352,8 @@ impl Scenario {
                 .collect(),
             database: Database { capacity: f64::MAX },
             guard: g.guard.clone(),
-        })
+        };
+        Some((scenario, history as usize))
     }
 
     /// Formats `t` seconds after the start as a clock time, if the scenario has one.

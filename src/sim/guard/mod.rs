@@ -258,7 +258,8 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
             r.tokens = (r.tokens + r.rate).min(r.burst.max(r.rate));
         }
         // Demand per client, then per rule.
-        let mut demand: Vec<(usize, f64)> = Vec::with_capacity(world.clients.len());
+        // Per client: requests, and which dimensions' rules hold it (bit d for dimension d).
+        let mut demand: Vec<(usize, f64, u8)> = Vec::with_capacity(world.clients.len());
         let mut rule_demand: HashMap<(usize, usize), f64> = HashMap::new();
         for (i, c) in world.clients.iter_mut().enumerate() {
             let rate = match c.attack {
@@ -276,12 +277,14 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                 new_requests += n as u64;
             }
             c.last_seen = Some(t);
+            let mut held = 0u8;
             for &d in &dims {
                 if rules.get(&(d, c.ids[d])).is_some_and(|r| r.applies(t, c.ids[1])) {
                     *rule_demand.entry((d, c.ids[d])).or_default() += n;
+                    held |= 1 << d;
                 }
             }
-            demand.push((i, n));
+            demand.push((i, n, held));
         }
         let fraction: HashMap<(usize, usize), f64> = rule_demand
             .iter()
@@ -295,11 +298,11 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
         let any_attack = (0..sc.attacks.len()).any(|a| attack_rate(sc, a, t) > 0.0);
         let (mut legit_admitted, mut db_load) = (0.0, 0.0);
         let (mut legit_this, mut attack_this, mut attack_admitted) = (0.0, 0.0, 0.0);
-        for (i, n) in demand {
+        for (i, n, held) in demand {
             let c = &world.clients[i];
             let frac = dims
                 .iter()
-                .filter(|&&d| rules.get(&(d, c.ids[d])).is_some_and(|r| r.applies(t, c.ids[1])))
+                .filter(|&&d| held & (1 << d) != 0)
                 .filter_map(|&d| fraction.get(&(d, c.ids[d])))
                 .fold(1.0f64, |a, &f| a.min(f));
             let admitted = n * frac;
