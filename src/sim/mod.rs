@@ -119,30 +119,29 @@ mod tests {
     }
 
     #[test]
-    fn a_traffic_guard_in_front_keeps_a_fast_surge_off_the_platform() {
-        // The incident, shortened: a 20x surge over two minutes from 300 addresses.
+    fn a_traffic_guard_in_front_meets_the_incidents_acceptance_bar() {
+        // The incident as it is, with fewer clients and a shorter history to keep the test
+        // quick: 5x at once, rising to 20x over 70 minutes, until blocked by hand.
         let mut sc = Scenario::load("incident").unwrap();
-        sc.duration = crate::api::Duration::from_secs(1800);
-        sc.arrivals.surges[0] = scenario::Surge {
-            start: crate::api::Duration::from_secs(120),
-            ramp: crate::api::Duration::from_secs(120),
-            multiplier: 20.0,
-            end: crate::api::Duration::from_secs(1200),
-        };
         let g = sc.traffic_guard.as_mut().unwrap();
-        (g.legit.sources, g.surge.sources, g.history) = (800, 300, crate::api::Duration::from_secs(900));
+        (g.legit.sources, g.surge.sources, g.history) = (400, 200, crate::api::Duration::from_secs(600));
         let guarded = &run(&sc, None, &[Kind::Levee], |_| {})[0];
         sc.traffic_guard = None;
         let bare = &run(&sc, None, &[Kind::Levee], |_| {})[0];
 
         let gs = guarded.guard.as_ref().expect("the guard ran");
-        assert!(gs.attacks[0].detect_secs.is_some_and(|d| d <= 15.0), "{gs:?}");
-        assert!(gs.page_secs.is_some_and(|p| p <= 60.0), "{gs:?}");
+        assert!(gs.attacks[0].detect_secs.is_some_and(|d| d <= 15.0), "detected within 15 s: {gs:?}");
+        assert!(gs.attacks[0].enforce_secs.is_some_and(|d| d <= 30.0), "limited within 30 s: {gs:?}");
+        assert!(gs.page_secs.is_some_and(|p| p <= 60.0), "paged within a minute: {gs:?}");
         assert!(gs.false_positive_ratio <= 0.001, "{gs:?}");
         assert!(bare.guard.is_none());
-        // What the edges refused never loaded the primary.
         let (g, b) = (&guarded.summary, &bare.summary);
-        assert!(g.primary_over_capacity_secs < b.primary_over_capacity_secs, "{g:?}\n{b:?}");
+        assert!(g.success_rate >= 0.99, "{g:?}");
+        assert!(g.primary_over_capacity_longest_secs <= 60.0, "{g:?}");
+        assert_eq!(g.zero_live_secs, 0.0, "{g:?}");
+        // What the edges refused never loaded the primary, which the autoscaler alone cannot
+        // keep from saturating: writes are the bottleneck.
+        assert!(b.primary_over_capacity_secs > 600.0, "{b:?}");
         assert!(g.peak_backlog < b.peak_backlog, "{g:?}\n{b:?}");
     }
 

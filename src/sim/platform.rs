@@ -119,14 +119,7 @@ impl<'a> Platform<'a> {
                             * (t * std::f64::consts::TAU / 86_400.0 - std::f64::consts::FRAC_PI_2).sin())
             }
         };
-        let surge: f64 = a
-            .surges
-            .iter()
-            .map(|s| {
-                let (start, ramp, end) = (s.start.as_secs_f64(), s.ramp.as_secs_f64().max(1.0), s.end.as_secs_f64());
-                if t < start || t >= end { 0.0 } else { (s.multiplier - 1.0) * ((t - start) / ramp).min(1.0) }
-            })
-            .sum();
+        let surge: f64 = a.surges.iter().map(|s| s.extra(t)).sum();
         (base, base * surge)
     }
 

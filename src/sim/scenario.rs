@@ -80,7 +80,8 @@ fn yes() -> bool {
     true
 }
 
-/// A surge: ramps from the baseline to `multiplier` × baseline, holds, and stops at `end`.
+/// A surge: jumps to `onset` × baseline at `start`, ramps on to `multiplier` × baseline,
+/// holds, and stops at `end`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Surge {
@@ -88,6 +89,27 @@ pub struct Surge {
     pub ramp: Duration,
     pub multiplier: f64,
     pub end: Duration,
+    /// The multiple of the baseline reached at once (1: the ramp starts from the baseline).
+    #[serde(default = "one")]
+    pub onset: f64,
+}
+
+impl Surge {
+    /// The extra rate at `t`, as a multiple of the baseline.
+    pub fn extra(&self, t: f64) -> f64 {
+        ramped(t, self.start, self.ramp, self.end, self.onset - 1.0, self.multiplier - 1.0)
+    }
+}
+
+/// A quantity that is 0 before `start` and from `end`, jumps to `from` at `start` and rises
+/// linearly to `to` over `ramp`.
+pub fn ramped(t: f64, start: Duration, ramp: Duration, end: Duration, from: f64, to: f64) -> f64 {
+    let (start, ramp, end) = (start.as_secs_f64(), ramp.as_secs_f64(), end.as_secs_f64());
+    if t < start || t >= end {
+        return 0.0;
+    }
+    let done = if ramp > 0.0 { ((t - start) / ramp).min(1.0) } else { 1.0 };
+    from + (to - from) * done
 }
 
 /// The clients behind a scenario's arrivals, and the TrafficGuard levee runs in front of them.
@@ -289,6 +311,12 @@ impl Scenario {
                 }
             }
         }
+        for (i, s) in self.arrivals.surges.iter().enumerate() {
+            // NaN fails both comparisons.
+            if !(s.onset >= 1.0 && s.onset <= s.multiplier) {
+                return Err(format!("arrivals.surges[{i}]: onset must be between 1 and the multiplier"));
+            }
+        }
         if self.policies.workers.is_some() && self.workers.is_none() {
             return Err("policies.workers given but the scenario has no workers".into());
         }
@@ -344,6 +372,7 @@ impl Scenario {
                     ramp: s.ramp,
                     sources: g.surge.sources,
                     rate: base * (s.multiplier - 1.0),
+                    onset_rate: base * (s.onset - 1.0),
                     countries: g.surge.countries,
                     asns: g.surge.asns,
                     shared_asns: g.surge.shared_asns,
@@ -396,9 +425,13 @@ mod tests {
         let yaml = include_str!("scenarios/incident.yaml").replace("legit: { sources: 4000", "legit: { sources: 0");
         let e = Scenario::parse("x", &yaml).unwrap_err();
         assert!(e.to_string().contains("trafficGuard: legit needs sources"), "{e}");
-        let yaml = include_str!("scenarios/incident.yaml").replace("multiplier: 20", "multiplier: 1");
+        let yaml = include_str!("scenarios/incident.yaml")
+            .replace("onset: 5, ramp: 70m, multiplier: 20", "ramp: 70m, multiplier: 1");
         let e = Scenario::parse("x", &yaml).unwrap_err();
         assert!(e.to_string().contains("multiplier above 1"), "{e}");
+        let yaml = include_str!("scenarios/incident.yaml").replace("onset: 5", "onset: 30");
+        let e = Scenario::parse("x", &yaml).unwrap_err();
+        assert!(e.to_string().contains("arrivals.surges[0]: onset must be between 1 and the multiplier"), "{e}");
     }
 
     #[test]

@@ -207,12 +207,7 @@ pub fn run_guarded(sc: &GuardScenario, progress: impl FnMut(f64)) -> GuardRun {
 
 fn attack_rate(sc: &GuardScenario, a: usize, t: f64) -> f64 {
     let at = &sc.attacks[a];
-    let (start, end, ramp) = (at.start.as_secs_f64(), at.end.as_secs_f64(), at.ramp.as_secs_f64());
-    if t < start || t >= end {
-        return 0.0;
-    }
-    let full = if ramp > 0.0 { ((t - start) / ramp).min(1.0) } else { 1.0 };
-    at.rate * full / at.sources as f64
+    crate::sim::scenario::ramped(t, at.start, at.ramp, at.end, at.onset_rate, at.rate) / at.sources as f64
 }
 
 fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progress: impl FnMut(f64)) -> GuardRun {

@@ -59,6 +59,9 @@ pub struct Attack {
     pub sources: usize,
     /// Total requests per second at full rate.
     pub rate: f64,
+    /// Requests per second reached at once at `start`; the ramp rises from there.
+    #[serde(default)]
+    pub onset_rate: f64,
     pub countries: usize,
     pub asns: usize,
     /// How many of the attack's ASNs legitimate clients also use (big ISPs, clouds).
@@ -158,6 +161,9 @@ impl GuardScenario {
                     "attack {}: needs sources, countries, asns, a positive rate and sharedAsns <= asns",
                     a.name
                 ));
+            }
+            if !(a.onset_rate >= 0.0 && a.onset_rate <= a.rate) {
+                return bad(&format!("attack {}: onsetRate must be between 0 and rate", a.name));
             }
             if a.end.0 <= a.start.0 {
                 return bad(&format!("attack {}: end must be after start", a.name));
