@@ -151,7 +151,9 @@ pub struct SimulateArgs {
     pub json: bool,
     pub report: Option<PathBuf>,
     pub timeline: usize,
-    pub traffic_guard: bool,
+    /// Put the scenario's TrafficGuard in front of levee's platform: required (`Some(true)`),
+    /// left out, or (`None`) whenever the scenario has one and no trace is replayed.
+    pub traffic_guard: Option<bool>,
 }
 
 /// `levee simulate`.
@@ -161,12 +163,18 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         return simulate_guard(guard?, &args);
     }
     let mut scenario = Scenario::load(name)?;
-    if !args.traffic_guard {
-        scenario.traffic_guard = None;
-    } else if scenario.traffic_guard.is_none() {
-        bail!("scenario {name} has no trafficGuard section for --traffic-guard");
-    } else if args.trace.is_some() {
-        bail!("--traffic-guard simulates the scenario's own clients; it cannot be combined with --trace");
+    match args.traffic_guard {
+        Some(true) if scenario.traffic_guard.is_none() => {
+            bail!("scenario {name} has no trafficGuard section for --traffic-guard")
+        }
+        Some(true) if args.trace.is_some() => {
+            bail!("--traffic-guard simulates the scenario's own clients; it cannot be combined with --trace")
+        }
+        Some(true) => {}
+        // A replayed trace replaces the clients the guard would simulate.
+        Some(false) | None if args.trace.is_some() => scenario.traffic_guard = None,
+        Some(false) => scenario.traffic_guard = None,
+        None => {}
     }
     if let Some(seed) = args.seed {
         scenario.seed = seed;

@@ -84,10 +84,14 @@ enum Command {
         /// Decisions shown in the printed timeline.
         #[arg(long, default_value_t = 25)]
         timeline: usize,
-        /// Put the scenario's TrafficGuard (its `trafficGuard`) in front of levee's platform:
-        /// the traffic is simulated client by client first, which takes longer.
-        #[arg(long)]
+        /// Require the scenario's TrafficGuard (its `trafficGuard`) in front of levee's
+        /// platform. It is there by default when the scenario has one and no --trace is given:
+        /// the traffic is simulated client by client first, which takes some seconds.
+        #[arg(long, conflicts_with = "no_traffic_guard")]
         traffic_guard: bool,
+        /// Leave the scenario's TrafficGuard out: levee's platform sees the whole surge.
+        #[arg(long)]
+        no_traffic_guard: bool,
     },
     /// Score the forecaster on a recorded `timestamp,count` CSV (rolling origin).
     Backtest {
@@ -265,19 +269,32 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Simulate { scenario, trace, seed, step, controllers, json, report, timeline, traffic_guard } => {
-                levee::cli::simulate(levee::cli::SimulateArgs {
-                    scenario,
-                    trace,
-                    seed,
-                    step,
-                    controllers,
-                    json,
-                    report,
-                    timeline,
-                    traffic_guard,
-                })
-            }
+            Command::Simulate {
+                scenario,
+                trace,
+                seed,
+                step,
+                controllers,
+                json,
+                report,
+                timeline,
+                traffic_guard,
+                no_traffic_guard,
+            } => levee::cli::simulate(levee::cli::SimulateArgs {
+                scenario,
+                trace,
+                seed,
+                step,
+                controllers,
+                json,
+                report,
+                timeline,
+                traffic_guard: match (traffic_guard, no_traffic_guard) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+            }),
             Command::Backtest { trace, horizon, step, quantile, warmup, json } => {
                 levee::cli::backtest(&trace, horizon, step, quantile, warmup, json)
             }

@@ -15,7 +15,7 @@ fn simulate_json_has_every_controller_and_the_keys() {
     let dir = std::env::temp_dir().join(format!("levee-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.html");
-    let out = levee(&["simulate", "--json", "--report", report.to_str().unwrap()]);
+    let out = levee(&["simulate", "--no-traffic-guard", "--json", "--report", report.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["scenario"], "incident");
@@ -32,12 +32,41 @@ fn simulate_json_has_every_controller_and_the_keys() {
 #[test]
 fn simulate_prints_a_table_and_a_timeline() {
     let report = std::env::temp_dir().join(format!("levee-cli-table-{}.html", std::process::id()));
-    let out = levee(&["simulate", "--controllers", "none,levee", "--report", report.to_str().unwrap()]);
+    let out =
+        levee(&["simulate", "--no-traffic-guard", "--controllers", "none,levee", "--report", report.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("SLO-bad") && text.contains("levee's decisions:"), "{text}");
     assert!(text.contains("21:0"), "timeline uses the incident's clock: {text}");
     std::fs::remove_file(report).ok();
+}
+
+#[test]
+fn simulate_puts_the_scenarios_traffic_guard_in_front_by_default() {
+    // The incident with fewer clients, a shorter history and a shorter surge, to keep the
+    // debug build quick.
+    let yaml = include_str!("../src/sim/scenarios/incident.yaml")
+        .replace("duration: 5h30m", "duration: 40m")
+        .replace("end: 1h53m", "end: 20m")
+        .replace("legit: { sources: 4000", "legit: { sources: 300")
+        .replace("surge: { sources: 2000", "surge: { sources: 150")
+        .replace("trafficGuard:\n", "trafficGuard:\n  history: 10m\n");
+    let dir = std::env::temp_dir().join(format!("levee-cli-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file, report) = (dir.join("small.yaml"), dir.join("report.html"));
+    std::fs::write(&file, yaml).unwrap();
+    let args = ["simulate", "--scenario", file.to_str().unwrap(), "--controllers", "levee", "--json", "--report"];
+    let out = levee(&[&args[..], &[report.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = &v["controllers"]["levee"]["traffic_guard"];
+    assert!(g["attacks"][0]["detect_secs"].as_f64().is_some_and(|d| d <= 15.0), "{v}");
+    assert!(g["false_positive_ratio"].as_f64().is_some_and(|f| f <= 0.001), "{v}");
+
+    let out = levee(&[&args[..], &[report.to_str().unwrap(), "--no-traffic-guard"]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["controllers"]["levee"].get("traffic_guard").is_none(), "{v}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

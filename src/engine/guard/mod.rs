@@ -19,10 +19,12 @@ use ipnet::IpNet;
 use super::detect::{DetectorConfig, RobustDetector};
 use crate::api::traffic_guard::{AggregationKey as Dimension, Sensitivity};
 
+mod keyed;
 mod seed;
 #[cfg(test)]
 mod tests;
 
+use keyed::Keyed;
 pub use seed::History;
 
 /// Tuning derived from a TrafficGuard's sensitivity and baseline window.
@@ -189,10 +191,10 @@ impl Observation {
     }
 }
 
-/// One key of one sample, judged.
-struct Judged {
+/// One key of one sample, judged (borrowing its name from the sample).
+struct Judged<'a> {
     dim: Dimension,
-    key: String,
+    key: &'a str,
     rate: f64,
     baseline: f64,
     /// Its own learned baseline, when it has one.
@@ -241,19 +243,19 @@ pub struct GuardDetector {
     total: RobustDetector,
     total_hot: u32,
     new_ratio: f64,
-    keys: HashMap<(Dimension, String), KeyState>,
+    keys: Keyed<KeyState>,
     /// Per dimension, a typical heavy key's rate: the baseline of a key seen for the first time.
     reference: HashMap<Dimension, f64>,
     step: u64,
     /// Keys named recently, until the step given: a surge's remaining excess is looked for
     /// among other keys, since an edge counts what it receives, limited or not.
-    recent: HashMap<(Dimension, String), u64>,
+    recent: Keyed<u64>,
     /// The step the current surge episode began, if one is under way.
     episode: Option<u64>,
     /// Samples in a row since the total was last hot.
     calm: u32,
     /// Aggregates named in a surge before: candidates again in the next one, however old.
-    offenders: std::collections::HashSet<(Dimension, String)>,
+    offenders: Keyed<()>,
 }
 
 /// A surge episode ends after this many samples in a row with the total not hot.
@@ -292,13 +294,13 @@ impl GuardDetector {
             total,
             total_hot: 0,
             new_ratio: 0.0,
-            keys: HashMap::new(),
+            keys: Keyed::default(),
             reference: HashMap::new(),
             step: 0,
-            recent: HashMap::new(),
+            recent: Keyed::default(),
             episode: None,
             calm: 0,
-            offenders: std::collections::HashSet::new(),
+            offenders: Keyed::default(),
         }
     }
 
@@ -364,7 +366,7 @@ impl GuardDetector {
             let (mut moved, mut usual_present) = (0.0, 0.0);
             for (key, n) in keys {
                 let rate = *n as f64 / secs;
-                let st = self.keys.get(&(dim, key.clone()));
+                let st = self.keys.get(dim, key);
                 let own = st.filter(|k| k.samples >= KEY_WARMUP).map(|k| k.rate);
                 let baseline = own.or(reference).unwrap_or(0.0).max(self.tuning.min_rate);
                 let hot = warm && rate > self.tuning.multiple * baseline;
@@ -376,7 +378,7 @@ impl GuardDetector {
                 }
                 judged.push(Judged {
                     dim,
-                    key: key.clone(),
+                    key,
                     rate,
                     baseline,
                     own,
@@ -398,20 +400,20 @@ impl GuardDetector {
 
         // Single sources: hot for `confirm` samples in a row.
         for j in &judged {
-            let st = self.key_state(j.dim, &j.key);
+            let st = self.key_state(j.dim, j.key);
             st.hot = if j.hot { st.hot + 1 } else { 0 };
             if j.dim == Dimension::Prefix
-                && let Some(asn) = s.prefix_asns.get(&j.key)
+                && let Some(asn) = s.prefix_asns.get(j.key)
                 && st.parent.as_ref() != Some(asn)
             {
                 st.parent = Some(asn.clone());
             }
             let single = matches!(j.dim, Dimension::Ip | Dimension::ApiKey);
-            if single && st.hot >= self.tuning.confirm && !self.allowlisted(j.dim, &j.key) {
+            if single && st.hot >= self.tuning.confirm && !self.allowlisted(j.dim, j.key) {
                 obs.findings.push(Finding {
                     kind: Kind::SingleSource,
                     dimension: j.dim,
-                    key: j.key.clone(),
+                    key: j.key.to_owned(),
                     rate: j.rate,
                     baseline: j.baseline,
                     ratio: j.rate / j.baseline,
@@ -438,7 +440,7 @@ impl GuardDetector {
                 judged = others;
                 let until = self.step + NAMED_FOR;
                 for f in &obs.findings {
-                    self.recent.insert((f.dimension, f.key.clone()), until);
+                    self.recent.insert(f.dimension, &f.key, until);
                 }
             } else {
                 obs.surge = false;
@@ -447,13 +449,9 @@ impl GuardDetector {
         obs.findings.sort_by(|a, b| b.rate.total_cmp(&a.rate));
         obs.findings.truncate(self.tuning.max_findings);
 
-        let named: Vec<(Dimension, String)> = obs
-            .findings
-            .iter()
-            .filter(|f| f.kind == Kind::DistributedSurge)
-            .map(|f| (f.dimension, f.key.clone()))
-            .collect();
-        self.offenders.extend(named);
+        for f in obs.findings.iter().filter(|f| f.kind == Kind::DistributedSurge) {
+            self.offenders.insert(f.dimension, &f.key, ());
+        }
         if self.episode.is_none() {
             self.learn(s, &judged, new_ratio);
         }
@@ -469,9 +467,9 @@ impl GuardDetector {
     /// baseline, so the limits add up to what new sources usually send, however many
     /// aggregates an attack spreads over; an ISP real clients use is measured by what it
     /// usually sends outside its established prefixes.
-    fn dominant_aggregates(&mut self, judged: &[Judged], excess: f64, secs: f64, allowance: f64) -> Vec<Finding> {
+    fn dominant_aggregates(&mut self, judged: &[Judged<'_>], excess: f64, secs: f64, allowance: f64) -> Vec<Finding> {
         let step = self.step;
-        self.recent.retain(|_, until| *until > step);
+        self.recent.retain(|until| *until > step);
         let surge_began = self.episode.unwrap_or(step);
         // An aggregate that came with the surge had no traffic before it: its baseline is the
         // floor, not a typical aggregate's rate, so its limit holds it near nothing.
@@ -481,7 +479,7 @@ impl GuardDetector {
         let mut best: Option<(f64, f64, Vec<Finding>)> = None; // (covered, collateral, findings)
         let best_len = |b: &Option<(f64, f64, Vec<Finding>)>| b.as_ref().map_or(0, |b| b.2.len());
         for dim in [Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::Ip] {
-            let is_recent = |j: &Judged| self.recent.contains_key(&(j.dim, j.key.clone()));
+            let is_recent = |j: &Judged| self.recent.contains(j.dim, j.key);
             // What keys of this dimension named in the last samples already account for.
             let already: f64 =
                 judged.iter().filter(|j| j.dim == dim && is_recent(j)).map(|j| (j.rate - base(j)).max(0.0)).sum();
@@ -489,17 +487,17 @@ impl GuardDetector {
             // Aggregates that appeared with the surge, and ISPs real clients used before it
             // whose established prefixes are known: limiting the whole of an ISP or a country
             // real clients use would refuse them along with the attack.
-            let established = |j: &Judged| (j.dim == Dimension::Asn).then(|| shared.get(&j.key)).flatten();
+            let established = |j: &Judged| (j.dim == Dimension::Asn).then(|| shared.get(j.key)).flatten();
             let mut cands: Vec<&Judged> = judged
                 .iter()
                 .filter(|j| {
                     j.dim == dim
                         && (j.born + NEW_BEFORE_SURGE >= surge_began
-                            || self.offenders.contains(&(j.dim, j.key.clone()))
+                            || self.offenders.contains(j.dim, j.key)
                             || established(j).is_some())
                         && j.rate > 2.0 * base(j)
                         && (j.rate - base(j)) * (secs / base(j)).sqrt() > POISSON_Z
-                        && !self.allowlisted(dim, &j.key)
+                        && !self.allowlisted(dim, j.key)
                         && !is_recent(j)
                 })
                 .collect();
@@ -523,7 +521,7 @@ impl GuardDetector {
                 picked.push(Finding {
                     kind: Kind::DistributedSurge,
                     dimension: j.dim,
-                    key: j.key.clone(),
+                    key: j.key.to_owned(),
                     rate: j.rate,
                     baseline,
                     ratio: j.rate / base(j),
@@ -564,21 +562,21 @@ impl GuardDetector {
     /// The state of a key, created when first seen (as surge-born during a surge episode).
     fn key_state(&mut self, dim: Dimension, key: &str) -> &mut KeyState {
         let (born, surge_born) = (self.step, self.episode.is_some());
-        self.keys.entry((dim, key.to_owned())).or_insert_with(|| KeyState { born, surge_born, ..KeyState::default() })
+        self.keys.get_or_insert_with(dim, key, || KeyState { born, surge_born, ..KeyState::default() })
     }
 
     /// A key with no baseline of its own, or one that came with a surge (what it learnt since
     /// is what its mitigation let through).
     fn is_newcomer(&self, f: &Finding) -> bool {
-        self.keys.get(&(f.dimension, f.key.clone())).is_none_or(|k| k.samples < KEY_WARMUP || k.surge_born)
+        self.keys.get(f.dimension, &f.key).is_none_or(|k| k.samples < KEY_WARMUP || k.surge_born)
     }
 
     /// Per ASN, the prefixes its clients came from before the surge (learnt, and seen before
     /// it began), busiest first, with their usual rate in all.
     fn established_prefixes(&self, surge_began: u64) -> HashMap<String, (Vec<String>, f64)> {
         let mut by_asn: HashMap<&str, Vec<(&str, f64)>> = HashMap::new();
-        for ((dim, key), st) in &self.keys {
-            if *dim == Dimension::Prefix
+        for (dim, key, st) in self.keys.iter() {
+            if dim == Dimension::Prefix
                 && st.samples > 0
                 && !st.surge_born
                 && st.born + NEW_BEFORE_SURGE < surge_began
@@ -598,7 +596,7 @@ impl GuardDetector {
             .collect()
     }
 
-    fn learn(&mut self, s: &Sample, judged: &[Judged], new_ratio: f64) {
+    fn learn(&mut self, s: &Sample, judged: &[Judged<'_>], new_ratio: f64) {
         let a = self.tuning.alpha;
         let w_step = a.max(1.0 / self.step as f64);
         {
@@ -614,7 +612,7 @@ impl GuardDetector {
             }
             let step = self.step;
             for j in judged.iter().filter(|j| !j.hot) {
-                let st = self.key_state(j.dim, &j.key);
+                let st = self.key_state(j.dim, j.key);
                 st.samples += 1;
                 let w = a.max(1.0 / f64::from(st.samples));
                 st.rate = (1.0 - w) * st.rate + w * j.rate;
@@ -626,7 +624,7 @@ impl GuardDetector {
             let mut ages: Vec<u64> = self.keys.values().map(|k| k.last_step).collect();
             ages.sort_unstable();
             let cutoff = ages[ages.len() - MAX_KEYS * 9 / 10];
-            self.keys.retain(|_, k| k.last_step >= cutoff || k.hot > 0);
+            self.keys.retain(|k| k.last_step >= cutoff || k.hot > 0);
         }
     }
 }

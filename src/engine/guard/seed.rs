@@ -47,7 +47,8 @@ impl GuardDetector {
             let dim_total: f64 = keys.iter().map(|k| k.1).sum::<f64>().max(1e-9);
             for &(key, rate, samples) in &keys {
                 self.keys.insert(
-                    (dim, key.to_owned()),
+                    dim,
+                    key,
                     KeyState {
                         rate,
                         samples,
@@ -130,7 +131,7 @@ mod tests {
             total: vec![f64::NAN, -1.0, f64::INFINITY],
             keys: vec![(Dimension::Ip, "192.0.2.1".into(), vec![f64::NAN])],
         });
-        assert!(d.keys.is_empty());
+        assert_eq!(d.keys.len(), 0);
         let obs = d.observe(&sample(&[("192.0.2.1", 5)]));
         assert!(obs.findings.is_empty());
     }

@@ -216,8 +216,9 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
     let dims: Vec<usize> = (0..4).filter(|&d| sc.guard.aggregation_keys.contains(&DIMS[d])).collect();
     let g = &sc.guard;
     let mut detector = GuardDetector::new(Tuning::new(g.sensitivity, 3600.0, g.report_interval.as_secs_f64()), vec![]);
-    let mut rules: HashMap<(usize, usize), Rule> = HashMap::new();
-    let mut offences: HashMap<(usize, usize), u32> = HashMap::new();
+    // Keyed by (dimension, key id), looked up for every client every second: a fast hasher.
+    let mut rules: foldhash::HashMap<(usize, usize), Rule> = Default::default();
+    let mut offences: foldhash::HashMap<(usize, usize), u32> = Default::default();
     let mut pending: std::collections::VecDeque<(f64, Sample)> = std::collections::VecDeque::new();
     let mut attacks: Vec<AttackTiming> =
         sc.attacks.iter().map(|a| AttackTiming { name: a.name.clone(), ..AttackTiming::default() }).collect();
@@ -255,7 +256,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
         // Demand per client, then per rule.
         // Per client: requests, and which dimensions' rules hold it (bit d for dimension d).
         let mut demand: Vec<(usize, f64, u8)> = Vec::with_capacity(world.clients.len());
-        let mut rule_demand: HashMap<(usize, usize), f64> = HashMap::new();
+        let mut rule_demand: foldhash::HashMap<(usize, usize), f64> = Default::default();
         for (i, c) in world.clients.iter_mut().enumerate() {
             let rate = match c.attack {
                 Some(a) => attack_rate(sc, a, t),
@@ -281,7 +282,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
             }
             demand.push((i, n, held));
         }
-        let fraction: HashMap<(usize, usize), f64> = rule_demand
+        let fraction: foldhash::HashMap<(usize, usize), f64> = rule_demand
             .iter()
             .map(|(k, &dem)| (*k, if dem > 0.0 { (rules[k].tokens / dem).min(1.0) } else { 1.0 }))
             .collect();
@@ -351,8 +352,14 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                 .map(|&d| {
                     let mut v: Vec<(usize, u64)> =
                         counts[d].iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (k, *n)).collect();
-                    v.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
-                    v.truncate(TOP_KEYS);
+                    // The heaviest TOP_KEYS, then only those sorted; ties by id keep runs
+                    // deterministic.
+                    let order = |a: &(usize, u64), b: &(usize, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+                    if v.len() > TOP_KEYS {
+                        v.select_nth_unstable_by(TOP_KEYS, order);
+                        v.truncate(TOP_KEYS);
+                    }
+                    v.sort_unstable_by(order);
                     (DIMS[d], v.into_iter().map(|(k, n)| (world.names[d][k].clone(), n)).collect())
                 })
                 .collect::<BTreeMap<_, _>>();
