@@ -250,8 +250,13 @@ pub struct GuardDetector {
     /// Keys named recently, until the step given: a surge's remaining excess is looked for
     /// among other keys, since an edge counts what it receives, limited or not.
     recent: Keyed<u64>,
-    /// The step the current surge episode began, if one is under way.
+    /// The step the current surge episode began, if one is under way: when the total began
+    /// to rise, which for a surge that ramps up is well before it is declared.
     episode: Option<u64>,
+    /// A one-sided CUSUM of the total's score: how far it has risen, cumulatively, beyond the
+    /// slack; and the step it last stood at zero (the onset of a rise, when one follows).
+    rise: f64,
+    rising_since: u64,
     /// Samples in a row since the total was last hot.
     calm: u32,
     /// Aggregates named in a surge before: candidates again in the next one, however old.
@@ -260,6 +265,13 @@ pub struct GuardDetector {
 
 /// A surge episode ends after this many samples in a row with the total not hot.
 const EPISODE_ENDS_AFTER: u32 = 60;
+
+/// Robust deviations per sample the total's CUSUM forgives: noise around the baseline keeps
+/// returning it to zero, a sustained rise does not.
+const RISE_SLACK: f64 = 1.0;
+
+/// Samples a surge's onset is looked for before it is declared, at most.
+const MAX_ONSET_LOOKBACK: u64 = 900;
 
 /// An aggregate is named only when its count is this many Poisson deviations above its
 /// baseline: with hundreds of small aggregates, chance alone puts some at twice their rate.
@@ -299,6 +311,8 @@ impl GuardDetector {
             step: 0,
             recent: Keyed::default(),
             episode: None,
+            rise: 0.0,
+            rising_since: 0,
             calm: 0,
             offenders: Keyed::default(),
         }
@@ -337,17 +351,27 @@ impl GuardDetector {
             new_source_baseline: self.new_ratio,
             ..Observation::default()
         };
+        if self.episode.is_none() && verdict.score.is_finite() {
+            self.rise = (self.rise + verdict.score - RISE_SLACK).max(0.0);
+            if self.rise == 0.0 {
+                self.rising_since = self.step;
+            }
+        }
         let total_hot = warm && verdict.anomalous && total_rate > 1.5 * verdict.baseline;
         self.total_hot = if total_hot { self.total_hot + 1 } else { 0 };
         if total_hot {
             self.calm = 0;
             if self.episode.is_none() {
-                self.episode = Some(self.step);
-                // Keys that came shortly before the surge was declared came with it.
-                let step = self.step;
-                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= step) {
+                // The surge began when the total began to rise, however long it took to stand
+                // out: a surge that ramps up is declared minutes in, and what came with it
+                // since its onset is part of it.
+                let onset = self.rising_since.max(self.step.saturating_sub(MAX_ONSET_LOOKBACK));
+                self.episode = Some(onset);
+                // Keys that came shortly before the surge began came with it.
+                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset) {
                     k.surge_born = true;
                 }
+                self.rise = 0.0;
             }
         } else {
             self.calm += 1;

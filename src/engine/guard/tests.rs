@@ -158,6 +158,40 @@ fn a_distributed_surge_names_its_aggregates_and_no_single_source() {
 }
 
 #[test]
+fn a_surge_that_ramps_up_for_minutes_is_named_by_the_aggregates_it_came_with() {
+    let mut d = detector();
+    for t in 0..300 {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    // From new addresses in 150 new ASNs and 4 new countries: 150 of them at 1 req/s at
+    // first, rising to 600 at 26 req/s over ten minutes. It stands out only well after its
+    // aggregates first appeared, and they must still count as part of it.
+    let mut covered = false;
+    for t in 300..900u64 {
+        let (active, per_source) = (150 + (t - 300) * 450 / 600, 1 + (t - 300) * 25 / 600);
+        let mut s = regulars(t);
+        s.extend((0..active as u32).map(|i| {
+            let ip = std::net::Ipv4Addr::from(0x2d00_0000 + i * 97);
+            (ip.to_string(), 70_000 + i % 150, ["BR", "VN", "IN", "ID"][(i % 4) as usize], per_source)
+        }));
+        let obs = d.observe(&sample(&s, if t == 300 { 600 } else { 0 }));
+        for f in &obs.findings {
+            assert!(
+                !f.key.starts_with("198.51.")
+                    && !["64500", "64501", "64502", "64503", "DE", "FR"].contains(&f.key.as_str()),
+                "t={t}: {f:?}"
+            );
+        }
+        let named: f64 = obs.findings.iter().map(|f| f.rate - f.baseline).sum();
+        if obs.surge && named >= 0.5 * (obs.total_rate - obs.total_baseline) {
+            covered = true;
+            break;
+        }
+    }
+    assert!(covered, "the ramp's new aggregates were never named");
+}
+
+#[test]
 fn a_rise_from_the_usual_sources_is_demand() {
     let mut d = detector();
     for t in 0..300 {
