@@ -351,8 +351,10 @@ impl GuardDetector {
             new_source_baseline: self.new_ratio,
             ..Observation::default()
         };
-        if self.episode.is_none() && verdict.score.is_finite() {
-            self.rise = (self.rise + verdict.score - RISE_SLACK).max(0.0);
+        if self.episode.is_none() {
+            // Scores before the warm-up are against a baseline still being learnt.
+            self.rise =
+                if warm && verdict.score.is_finite() { (self.rise + verdict.score - RISE_SLACK).max(0.0) } else { 0.0 };
             if self.rise == 0.0 {
                 self.rising_since = self.step;
             }
@@ -365,7 +367,12 @@ impl GuardDetector {
                 // The surge began when the total began to rise, however long it took to stand
                 // out: a surge that ramps up is declared minutes in, and what came with it
                 // since its onset is part of it.
-                let onset = self.rising_since.max(self.step.saturating_sub(MAX_ONSET_LOOKBACK));
+                // Never back into the first samples, whose clients are the baseline itself.
+                let onset = self
+                    .rising_since
+                    .max(self.step.saturating_sub(MAX_ONSET_LOOKBACK))
+                    .max(u64::from(self.tuning.warmup) + NEW_BEFORE_SURGE + 1)
+                    .min(self.step);
                 self.episode = Some(onset);
                 // Keys that came shortly before the surge began came with it.
                 for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset) {
