@@ -142,18 +142,41 @@ pub fn backtest(
 }
 
 /// Arguments of `levee simulate`.
+#[derive(clap::Args)]
 pub struct SimulateArgs {
+    /// A built-in scenario (incident, nasa, diurnal; surge and flood for the traffic guard)
+    /// or a scenario file. Default: incident, or nasa when --trace is given.
+    #[arg(long)]
     pub scenario: Option<String>,
+    /// A `timestamp,count` CSV replayed as the arrival process (replaces the scenario's).
+    #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Seed for arrival noise (default: the scenario's).
+    #[arg(long)]
     pub seed: Option<u64>,
+    /// Simulation step (default: the scenario's).
+    #[arg(long)]
     pub step: Option<Duration>,
+    /// Controllers to compare.
+    #[arg(long, value_delimiter = ',', default_value = "none,hpa,keda,levee")]
     pub controllers: Vec<Kind>,
+    /// Print the summary as JSON instead of the table and timeline.
+    #[arg(long)]
     pub json: bool,
+    /// Where to write the HTML report (default: levee-simulate-<scenario>.html).
+    #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Decisions shown in the printed timeline.
+    #[arg(long, default_value_t = 25)]
     pub timeline: usize,
-    /// Put the scenario's TrafficGuard in front of levee's platform: required (`Some(true)`),
-    /// left out, or (`None`) whenever the scenario has one and no trace is replayed.
-    pub traffic_guard: Option<bool>,
+    /// Require the scenario's TrafficGuard (its `trafficGuard`) in front of levee's
+    /// platform. It is there by default when the scenario has one and no --trace is given:
+    /// the traffic is simulated client by client first, which takes some seconds.
+    #[arg(long, conflicts_with = "no_traffic_guard")]
+    pub traffic_guard: bool,
+    /// Leave the scenario's TrafficGuard out: levee's platform sees the whole surge.
+    #[arg(long)]
+    pub no_traffic_guard: bool,
 }
 
 /// `levee simulate`.
@@ -163,7 +186,12 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         return simulate_guard(guard?, &args);
     }
     let mut scenario = Scenario::load(name)?;
-    match args.traffic_guard {
+    let guard = match (args.traffic_guard, args.no_traffic_guard) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    match guard {
         Some(true) if scenario.traffic_guard.is_none() => {
             bail!("scenario {name} has no trafficGuard section for --traffic-guard")
         }

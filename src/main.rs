@@ -58,41 +58,7 @@ enum Command {
     Edge(Box<EdgeArgs>),
     /// Replay a scenario in a simulated platform: autoscalers compared, or the traffic guard
     /// against attacks (no cluster needed).
-    Simulate {
-        /// A built-in scenario (incident, nasa, diurnal; surge and flood for the traffic guard)
-        /// or a scenario file. Default: incident, or nasa when --trace is given.
-        #[arg(long)]
-        scenario: Option<String>,
-        /// A `timestamp,count` CSV replayed as the arrival process (replaces the scenario's).
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        /// Seed for arrival noise (default: the scenario's).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Simulation step (default: the scenario's).
-        #[arg(long)]
-        step: Option<levee::api::Duration>,
-        /// Controllers to compare.
-        #[arg(long, value_delimiter = ',', default_value = "none,hpa,keda,levee")]
-        controllers: Vec<levee::sim::controllers::Kind>,
-        /// Print the summary as JSON instead of the table and timeline.
-        #[arg(long)]
-        json: bool,
-        /// Where to write the HTML report (default: levee-simulate-<scenario>.html).
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Decisions shown in the printed timeline.
-        #[arg(long, default_value_t = 25)]
-        timeline: usize,
-        /// Require the scenario's TrafficGuard (its `trafficGuard`) in front of levee's
-        /// platform. It is there by default when the scenario has one and no --trace is given:
-        /// the traffic is simulated client by client first, which takes some seconds.
-        #[arg(long, conflicts_with = "no_traffic_guard")]
-        traffic_guard: bool,
-        /// Leave the scenario's TrafficGuard out: levee's platform sees the whole surge.
-        #[arg(long)]
-        no_traffic_guard: bool,
-    },
+    Simulate(levee::cli::SimulateArgs),
     /// Score the forecaster on a recorded `timestamp,count` CSV (rolling origin).
     Backtest {
         /// The trace, e.g. ../shared/data/traces/nasa_http_1995_07_1min.csv.
@@ -269,32 +235,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Simulate {
-                scenario,
-                trace,
-                seed,
-                step,
-                controllers,
-                json,
-                report,
-                timeline,
-                traffic_guard,
-                no_traffic_guard,
-            } => levee::cli::simulate(levee::cli::SimulateArgs {
-                scenario,
-                trace,
-                seed,
-                step,
-                controllers,
-                json,
-                report,
-                timeline,
-                traffic_guard: match (traffic_guard, no_traffic_guard) {
-                    (true, _) => Some(true),
-                    (_, true) => Some(false),
-                    _ => None,
-                },
-            }),
+            Command::Simulate(args) => levee::cli::simulate(args),
             Command::Backtest { trace, horizon, step, quantile, warmup, json } => {
                 levee::cli::backtest(&trace, horizon, step, quantile, warmup, json)
             }

@@ -46,6 +46,20 @@ fn regulars(t: u64) -> Vec<(String, u32, &'static str, u64)> {
         .collect()
 }
 
+/// Whether `f` names one of the regulars' addresses, prefixes, ASNs or countries.
+fn names_a_regular(f: &Finding) -> bool {
+    f.key.starts_with("198.51.") || ["64500", "64501", "64502", "64503", "DE", "FR"].contains(&f.key.as_str())
+}
+
+/// A detector that has watched the regulars for `secs` samples.
+fn warmed_up(secs: u64) -> GuardDetector {
+    let mut d = detector();
+    for t in 0..secs {
+        d.observe(&sample(&regulars(t), 0));
+    }
+    d
+}
+
 fn detector() -> GuardDetector {
     GuardDetector::new(Tuning::new(Sensitivity::Medium, 3600.0, 1.0), vec!["10.0.0.0/8".parse().unwrap()])
 }
@@ -61,10 +75,7 @@ fn normal_traffic_raises_nothing() {
 
 #[test]
 fn a_new_flooder_is_named_within_two_samples() {
-    let mut d = detector();
-    for t in 0..120 {
-        d.observe(&sample(&regulars(t), 0));
-    }
+    let mut d = warmed_up(120);
     let mut named_at = None;
     for t in 120..130 {
         let mut s = regulars(t);
@@ -82,10 +93,7 @@ fn a_new_flooder_is_named_within_two_samples() {
 
 #[test]
 fn a_known_source_is_judged_against_its_own_baseline() {
-    let mut d = detector();
-    for t in 0..120 {
-        d.observe(&sample(&regulars(t), 0));
-    }
+    let mut d = warmed_up(120);
     // One regular client at 4× its rate is not a flood; at 10× it is.
     let bump = |t: u64, factor: u64| {
         let mut s = regulars(t);
@@ -101,10 +109,7 @@ fn a_known_source_is_judged_against_its_own_baseline() {
 
 #[test]
 fn allowlisted_sources_are_never_named() {
-    let mut d = detector();
-    for t in 0..120 {
-        d.observe(&sample(&regulars(t), 0));
-    }
+    let mut d = warmed_up(120);
     for t in 120..140 {
         let mut s = regulars(t);
         // 15× a regular client. (The edge leaves allowlisted traffic out of its counts, so
@@ -116,10 +121,7 @@ fn allowlisted_sources_are_never_named() {
 
 #[test]
 fn a_distributed_surge_names_its_aggregates_and_no_single_source() {
-    let mut d = detector();
-    for t in 0..300 {
-        d.observe(&sample(&regulars(t), 0));
-    }
+    let mut d = warmed_up(300);
     // 20× the usual 800 req/s from 2,000 new addresses in 150 new ASNs, each address at 8
     // req/s, below a regular client's rate.
     let attack: Vec<(String, u32, &str, u64)> = (0..2000u32)
@@ -147,11 +149,7 @@ fn a_distributed_surge_names_its_aggregates_and_no_single_source() {
     assert!(obs.findings.iter().all(|f| f.dimension == dim));
     // None of the regulars' aggregates is ever named.
     for f in &findings {
-        assert!(
-            !f.key.starts_with("198.51.")
-                && !["64500", "64501", "64502", "64503", "DE", "FR"].contains(&f.key.as_str()),
-            "{f:?}"
-        );
+        assert!(!names_a_regular(f), "{f:?}");
     }
     let named: f64 = obs.findings.iter().map(|f| f.rate - f.baseline).sum();
     assert!(named >= 0.5 * (obs.total_rate - obs.total_baseline), "{}", obs.summary());
@@ -159,10 +157,7 @@ fn a_distributed_surge_names_its_aggregates_and_no_single_source() {
 
 #[test]
 fn a_surge_that_ramps_up_for_minutes_is_named_by_the_aggregates_it_came_with() {
-    let mut d = detector();
-    for t in 0..300 {
-        d.observe(&sample(&regulars(t), 0));
-    }
+    let mut d = warmed_up(300);
     // From new addresses in 150 new ASNs and 4 new countries: 150 of them at 1 req/s at
     // first, rising to 600 at 26 req/s over ten minutes. It stands out only well after its
     // aggregates first appeared, and they must still count as part of it.
@@ -176,11 +171,7 @@ fn a_surge_that_ramps_up_for_minutes_is_named_by_the_aggregates_it_came_with() {
         }));
         let obs = d.observe(&sample(&s, if t == 300 { 600 } else { 0 }));
         for f in &obs.findings {
-            assert!(
-                !f.key.starts_with("198.51.")
-                    && !["64500", "64501", "64502", "64503", "DE", "FR"].contains(&f.key.as_str()),
-                "t={t}: {f:?}"
-            );
+            assert!(!names_a_regular(f), "t={t}: {f:?}");
         }
         let named: f64 = obs.findings.iter().map(|f| f.rate - f.baseline).sum();
         if obs.surge && named >= 0.5 * (obs.total_rate - obs.total_baseline) {
@@ -193,10 +184,7 @@ fn a_surge_that_ramps_up_for_minutes_is_named_by_the_aggregates_it_came_with() {
 
 #[test]
 fn a_rise_from_the_usual_sources_is_demand() {
-    let mut d = detector();
-    for t in 0..300 {
-        d.observe(&sample(&regulars(t), 0));
-    }
+    let mut d = warmed_up(300);
     let mut demand = false;
     for t in 300..320 {
         let s: Vec<_> = regulars(t).into_iter().map(|(ip, a, c, n)| (ip, a, c, n * 4)).collect();
@@ -232,10 +220,7 @@ fn catches(f: &Finding, (ip, asn, country, _): &(String, u32, &str, u64)) -> boo
 
 #[test]
 fn a_surge_through_an_isp_real_clients_use_is_limited_outside_their_prefixes() {
-    let mut d = detector();
-    for t in 0..300 {
-        d.observe(&sample(&regulars(t), 0));
-    }
+    let mut d = warmed_up(300);
     // 1,700 addresses in 150 new ASNs, and 300 more through ASN 64500, which regular clients
     // (in Germany) in three prefixes use, each from a /24 of its own: 8 req/s per address.
     let attack: Vec<(String, u32, &str, u64)> = (0..2000u32)
