@@ -5,13 +5,15 @@
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
+use hashbrown::HashMap as KeyMap;
 
 use crate::api::traffic_guard::AggregationKey as Dimension;
 
 /// Values per dimension, per key.
 #[derive(Clone, Debug)]
 pub struct Keyed<V> {
-    maps: HashMap<Dimension, HashMap<String, V, RandomState>, RandomState>,
+    /// hashbrown's `entry_ref` finds or inserts a key by `&str` in one lookup.
+    maps: HashMap<Dimension, KeyMap<String, V, RandomState>, RandomState>,
 }
 
 impl<V> Default for Keyed<V> {
@@ -31,20 +33,11 @@ impl<V> Keyed<V> {
 
     /// The value of `key`, made by `make` when it has none; the key is copied only then.
     pub fn get_or_insert_with(&mut self, dim: Dimension, key: &str, make: impl FnOnce() -> V) -> &mut V {
-        let map = self.maps.entry(dim).or_default();
-        if !map.contains_key(key) {
-            map.insert(key.to_owned(), make());
-        }
-        map.get_mut(key).expect("inserted above")
+        self.maps.entry(dim).or_default().entry_ref(key).or_insert_with(make)
     }
 
     pub fn insert(&mut self, dim: Dimension, key: &str, value: V) {
-        match self.maps.entry(dim).or_default().get_mut(key) {
-            Some(v) => *v = value,
-            None => {
-                self.maps.entry(dim).or_default().insert(key.to_owned(), value);
-            }
-        }
+        self.maps.entry(dim).or_default().entry_ref(key).insert(value);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Dimension, &str, &V)> {
@@ -52,11 +45,11 @@ impl<V> Keyed<V> {
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.maps.values().flat_map(HashMap::values)
+        self.maps.values().flat_map(KeyMap::values)
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.maps.values_mut().flat_map(HashMap::values_mut)
+        self.maps.values_mut().flat_map(KeyMap::values_mut)
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
@@ -66,7 +59,7 @@ impl<V> Keyed<V> {
     }
 
     pub fn len(&self) -> usize {
-        self.maps.values().map(HashMap::len).sum()
+        self.maps.values().map(KeyMap::len).sum()
     }
 }
 
