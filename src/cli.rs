@@ -199,9 +199,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             bail!("--traffic-guard simulates the scenario's own clients; it cannot be combined with --trace")
         }
         Some(true) => {}
-        // A replayed trace replaces the clients the guard would simulate.
-        Some(false) | None if args.trace.is_some() => scenario.traffic_guard = None,
+        // Left out, or a replayed trace replaces the clients the guard would simulate.
         Some(false) => scenario.traffic_guard = None,
+        None if args.trace.is_some() => scenario.traffic_guard = None,
         None => {}
     }
     if let Some(seed) = args.seed {
