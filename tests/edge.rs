@@ -162,8 +162,9 @@ spec:
 }
 
 /// A TrafficGuard `name` for the pool of the same name; `extra` is more of its spec, indented
-/// two spaces.
+/// two spaces (its own `mitigation` replaces the default one).
 fn guard_yaml(ns: &str, name: &str, mode: &str, extra: &str) -> String {
+    let mitigation = if extra.contains("  mitigation:") { "" } else { "  mitigation: {ttl: 2m, rateLimitMultiple: 2}" };
     format!(
         r#"apiVersion: levee.dev/v1alpha1
 kind: TrafficGuard
@@ -173,7 +174,7 @@ spec:
   aggregationKeys: [Ip, Prefix, Asn, Country]
   mode: {mode}
   allowlist: ["10.0.0.0/8"]
-  mitigation: {{ttl: 2m, rateLimitMultiple: 2}}
+{mitigation}
 {extra}
 "#
     )
@@ -269,6 +270,41 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
     assert_eq!(m0["evidence"]["detector"], "single-source");
     assert!(body["details"]["inspect"].as_str().unwrap().contains("get mitigations"), "{body}");
     assert!(notes.iter().any(|n| n.starts_with("paged the on-call")), "{notes:#?}");
+}
+
+#[tokio::test]
+async fn a_mitigation_whose_source_keeps_flooding_is_renewed_instead_of_lapsing() {
+    // Mitigations of ten seconds: without renewal, the flood's would lapse mid-flood.
+    let spec = "  mitigation: {ttl: 10s, escalation: [2m], rateLimitMultiple: 2}";
+    let (ns, _op, _up, edge) = guarded_edge("edge-renew", "Enforce", spec, &[]).await;
+    let (_, flood) = traffic(&edge, 35.0, 15.0).await;
+    let first = flood.first_limited_after.expect("the flood was never limited");
+    assert!(first <= 5.0, "limited only after {first:.1}s");
+
+    let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
+    let m = ms.items.iter().find(|m| m.spec.match_.ip.as_deref() == Some("203.0.113.9")).expect("a mitigation for it");
+    assert!(m.spec.offence >= 1, "{:?}", m.spec);
+    let left = m.spec.expires_at.0.as_second() - chrono::Utc::now().timestamp();
+    assert!(left > 60, "renewed with the escalated TTL of 2m, {left}s left");
+    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
+    let renewed: Vec<&str> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Renewed"))
+        .filter_map(|e| e.note.as_deref())
+        .collect();
+    eprintln!("{renewed:#?}");
+    assert!(
+        renewed.iter().any(|n| n.contains(&m.metadata.name.clone().unwrap()) && n.contains("still refuse")),
+        "{renewed:#?}"
+    );
+    // Renewed before it lapsed: it was never made afresh, which would be a second Mitigated event.
+    let made = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Mitigated"))
+        .filter(|e| e.note.as_deref().is_some_and(|n| n.contains("203.0.113.9")));
+    assert_eq!(made.count(), 1, "the flooder's mitigation was made again after lapsing");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! once (the rest wait in the kernel's accept queue).
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
@@ -63,6 +64,33 @@ struct UpstreamCounts {
     refused: u64,
 }
 
+/// What the rules did since the last report.
+#[derive(Default)]
+pub struct Refusals {
+    /// Requests answered 429 or 403.
+    pub limited: u64,
+    /// Requests a shadow rule would have limited.
+    pub shadow_limited: u64,
+    /// Requests from allowlisted sources (passed, and counted nowhere else).
+    pub allowlisted: u64,
+    /// Requests each rule answered 429 or 403, by rule: how the operator tells a mitigation
+    /// whose target still sends more than it may from one that could lapse. One entry per
+    /// rule in force, so bounded by the rule set.
+    pub by_rule: HashMap<Arc<str>, u64>,
+}
+
+impl Refusals {
+    fn refused(&mut self, rule: &Arc<str>) {
+        self.limited += 1;
+        match self.by_rule.get_mut(rule) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_rule.insert(rule.clone(), 1);
+            }
+        }
+    }
+}
+
 /// Everything a request needs, shared by every connection.
 pub struct EdgeState {
     cfg: ProxyConfig,
@@ -71,8 +99,7 @@ pub struct EdgeState {
     pub settings: ArcSwap<GuardSettings>,
     counter: Mutex<TrafficCounter>,
     breaker: Mutex<(BreakerConfig, Breaker, UpstreamCounts)>,
-    /// (limited, shadow limited, allowlisted) since the last report.
-    stats: Mutex<(u64, u64, u64)>,
+    stats: Mutex<Refusals>,
     pub metrics: EdgeMetrics,
     epoch: Instant,
     /// The upstream's host and port: each request's target keeps its path and query and gets
@@ -96,7 +123,7 @@ impl EdgeState {
             breaker: Mutex::new((settings.breaker, Breaker::new(settings.breaker), UpstreamCounts::default())),
             rules: ArcSwap::from_pointee(RuleSet::default()),
             settings: ArcSwap::from_pointee(settings),
-            stats: Mutex::new((0, 0, 0)),
+            stats: Mutex::new(Refusals::default()),
             table,
             metrics,
             epoch: Instant::now(),
@@ -146,10 +173,10 @@ impl EdgeState {
     }
 
     /// The interval's counts and upstream figures, for a report; starts the next interval.
-    pub fn take_interval(&self) -> (super::counter::Counts, [u64; 3], UpstreamReport) {
+    pub fn take_interval(&self) -> (super::counter::Counts, Refusals, UpstreamReport) {
         let counts = lock(&self.counter).take();
         let prefix_asns = self.prefix_asns(&counts);
-        let (limited, shadow, allowlisted) = std::mem::take(&mut *lock(&self.stats));
+        let refusals = std::mem::take(&mut *lock(&self.stats));
         let mut b = lock(&self.breaker);
         let c = std::mem::take(&mut b.2);
         let up = UpstreamReport {
@@ -159,7 +186,7 @@ impl EdgeState {
             failures: c.failures,
             refused: c.refused,
         };
-        (super::counter::Counts { prefix_asns, ..counts }, [limited, shadow, allowlisted], up)
+        (super::counter::Counts { prefix_asns, ..counts }, refusals, up)
     }
 
     /// The ASN of each reported prefix, from the prefix table: looked up here, a thousand
@@ -197,7 +224,7 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn local(status: StatusCode, headers: &[(header::HeaderName, String)], body: String) -> Response<Body> {
+fn local(status: StatusCode, headers: &[(header::HeaderName, &str)], body: String) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed());
     *res.status_mut() = status;
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -259,35 +286,35 @@ pub async fn handle(
     // Allowlisted traffic is left out, so no baseline or aggregate is made of it.
     if check.outcome == Outcome::Pass {
         if settings.allowlist.iter().any(|n| n.contains(&src.ip)) {
-            lock(&state.stats).2 += 1;
+            lock(&state.stats).allowlisted += 1;
         } else {
             lock(&state.counter).count(&src, class);
         }
     }
     if check.shadow_limited {
-        lock(&state.stats).1 += 1;
+        lock(&state.stats).shadow_limited += 1;
         state.metrics.shadow_limited.inc();
     }
     match check.outcome {
         Outcome::Pass => {}
         Outcome::Limited { rule, retry_after_secs } => {
-            lock(&state.stats).0 += 1;
+            lock(&state.stats).refused(&rule);
             state.metrics.limited.inc();
             return Ok(local(
                 StatusCode::TOO_MANY_REQUESTS,
                 &[
-                    (header::RETRY_AFTER, retry_after_secs.to_string()),
-                    (header::HeaderName::from_static("x-levee-rule"), rule),
+                    (header::RETRY_AFTER, &retry_after_secs.to_string()),
+                    (header::HeaderName::from_static("x-levee-rule"), &rule),
                 ],
                 "rate limited by levee\n".to_owned(),
             ));
         }
         Outcome::Blocked { rule, reason } => {
-            lock(&state.stats).0 += 1;
+            lock(&state.stats).refused(&rule);
             state.metrics.blocked.inc();
             return Ok(local(
                 StatusCode::FORBIDDEN,
-                &[(header::HeaderName::from_static("x-levee-rule"), rule)],
+                &[(header::HeaderName::from_static("x-levee-rule"), &rule)],
                 format!("blocked by levee: {reason}\n"),
             ));
         }
@@ -309,7 +336,7 @@ pub async fn handle(
         state.metrics.breaker_refused.inc();
         return Ok(local(
             StatusCode::SERVICE_UNAVAILABLE,
-            &[(header::RETRY_AFTER, retry.to_string())],
+            &[(header::RETRY_AFTER, &retry.to_string())],
             format!("upstream {} is failing; levee's circuit breaker is open\n", state.cfg.upstream_name),
         ));
     }

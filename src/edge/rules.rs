@@ -21,9 +21,10 @@ use crate::api::{
 
 /// One compiled mitigation.
 pub struct Rule {
-    /// `namespace/name`, for responses, logs and metrics.
-    pub name: String,
-    pub reason: String,
+    /// `namespace/name`, for responses, logs, metrics and the per-rule counts of reports.
+    /// Shared, so that an outcome names its rule without copying the name per request.
+    pub name: Arc<str>,
+    pub reason: Arc<str>,
     pub action: MitigationAction,
     pub shadow: bool,
     /// Unix seconds after which the rule no longer applies.
@@ -54,13 +55,13 @@ pub enum Outcome {
     Pass,
     /// Answer 429 with `Retry-After` (seconds).
     Limited {
-        rule: String,
+        rule: Arc<str>,
         retry_after_secs: u64,
     },
     /// Answer 403.
     Blocked {
-        rule: String,
-        reason: String,
+        rule: Arc<str>,
+        reason: Arc<str>,
     },
 }
 
@@ -258,8 +259,8 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
         except.insert(n);
     }
     Ok(Rule {
-        name: name.to_owned(),
-        reason: spec.reason.clone(),
+        name: name.into(),
+        reason: spec.reason.as_str().into(),
         action: spec.action,
         shadow: spec.mode == Mode::Shadow,
         expires_at,
@@ -323,7 +324,7 @@ mod tests {
         assert_eq!(passed, 3, "the burst, then 429s");
         match set.check(&flooder, None, NOW).outcome {
             Outcome::Limited { rule, retry_after_secs } => {
-                assert_eq!(rule, "ns/flood");
+                assert_eq!(&*rule, "ns/flood");
                 assert!(retry_after_secs >= 1);
             }
             other => panic!("{other:?}"),

@@ -191,7 +191,7 @@ async fn report_loop(url: String, cfg: EdgeConfig, state: Arc<EdgeState>, stop: 
             () = stop.cancelled() => return,
         }
         let now = tokio::time::Instant::now();
-        let (counts, [limited, shadow_limited, allowlisted_requests], upstream) = state.take_interval();
+        let (counts, refusals, upstream) = state.take_interval();
         let report = EdgeReport {
             namespace: cfg.namespace.clone(),
             pool: cfg.pool.clone(),
@@ -202,9 +202,10 @@ async fn report_loop(url: String, cfg: EdgeConfig, state: Arc<EdgeState>, stop: 
             top: counts.top,
             classes: counts.classes,
             prefix_asns: counts.prefix_asns,
-            limited,
-            shadow_limited,
-            allowlisted_requests,
+            limited: refusals.limited,
+            shadow_limited: refusals.shadow_limited,
+            allowlisted_requests: refusals.allowlisted,
+            refused_by_rule: refusals.by_rule.into_iter().map(|(r, n)| (r.to_string(), n)).collect(),
             upstreams: vec![upstream],
         };
         last = now;

@@ -55,9 +55,11 @@ pub fn guard_lines(run: &Run) -> String {
     }
     let _ = writeln!(
         out,
-        "  page {} after onset; {} Mitigations; legitimate requests refused at the edge {:.3}%",
+        "  page {} after onset; {} Mitigations, {} renewed as they were about to lapse; legitimate requests \
+         refused at the edge {:.3}%",
         secs(g.page_secs),
         g.mitigations,
+        g.renewals,
         100.0 * g.false_positive_ratio
     );
     out

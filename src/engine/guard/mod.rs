@@ -145,6 +145,20 @@ pub fn mitigation_limit(f: &Finding, multiple: f64) -> f64 {
     (multiple * f.baseline).max(1.0)
 }
 
+/// How long before a mitigation lapses it may be renewed: time for a few reports to say
+/// whether its target still sends more than it may, and for the edges to apply the renewal
+/// before the old expiry.
+pub const RENEW_AHEAD_SECS: f64 = 30.0;
+
+/// Whether a mitigation `secs_left` from lapsing is renewed instead: its edges still refuse,
+/// each, at least as much as it lets through (`allowance`, per edge and second; for a block,
+/// what a limit would have let through). Its target then still sends twice what it may, and
+/// letting it lapse would let that in at full strength until it is detected anew, seconds
+/// in which the upstream takes the surge again. At least one refusal a second is needed.
+pub fn renews(secs_left: f64, allowance: f64, refused: f64) -> bool {
+    secs_left <= RENEW_AHEAD_SECS && refused >= allowance.max(1.0)
+}
+
 /// The verdict on one sample.
 #[derive(Clone, Debug, Default)]
 pub struct Observation {

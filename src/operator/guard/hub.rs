@@ -26,6 +26,8 @@ struct Window {
     classes: BTreeMap<String, u64>,
     /// ASN of each reported prefix (the latest word on it).
     prefix_asns: HashMap<String, String>,
+    /// Requests refused per mitigation (`namespace/name`).
+    refused: HashMap<String, u64>,
     /// Latest breaker state per (edge, upstream).
     breakers: HashMap<(String, String), String>,
     last_report: Option<Instant>,
@@ -39,6 +41,9 @@ pub struct PoolExtras {
     pub open_breakers: Vec<String>,
     /// Requests per traffic class per second.
     pub class_rates: BTreeMap<String, f64>,
+    /// Requests each mitigation (`namespace/name`) refused, per second and per edge that
+    /// reported: a mitigation's rate limit holds on each edge separately.
+    pub refused_rates: BTreeMap<String, f64>,
 }
 
 /// A report the operator refuses, with the reason it answers 400 with.
@@ -86,6 +91,12 @@ impl ReportHub {
                 w.prefix_asns.insert(p, asn.to_string());
             }
         }
+        // Bounded by the mitigations in force, which the guard's maxActive bounds.
+        for (m, n) in r.refused_by_rule.into_iter().take(MERGED_TOP) {
+            if w.refused.len() < MERGED_TOP || w.refused.contains_key(&m) {
+                *w.refused.entry(m).or_default() += n;
+            }
+        }
         for u in r.upstreams {
             w.breakers.insert((r.edge.clone(), u.name), u.breaker);
         }
@@ -123,6 +134,10 @@ impl ReportHub {
             edges: w.edges.len(),
             open_breakers: open,
             class_rates: std::mem::take(&mut w.classes).into_iter().map(|(c, n)| (c, n as f64 / secs)).collect(),
+            refused_rates: std::mem::take(&mut w.refused)
+                .into_iter()
+                .map(|(m, n)| (m, n as f64 / secs / reports_per_edge))
+                .collect(),
         };
         let sample = Sample {
             secs,
@@ -165,15 +180,21 @@ mod tests {
     fn edges_add_up_and_rates_stay_per_second() {
         let hub = ReportHub::default();
         let now = Instant::now();
-        let with_asn = EdgeReport { prefix_asns: [("192.0.2.0/24".to_owned(), 64500)].into(), ..report("a", 100, 10) };
+        let with_asn = EdgeReport {
+            prefix_asns: [("192.0.2.0/24".to_owned(), 64500)].into(),
+            refused_by_rule: [("shop/flood".to_owned(), 30)].into(),
+            ..report("a", 100, 10)
+        };
         hub.ingest(with_asn, now).unwrap();
-        hub.ingest(report("b", 50, 5), now).unwrap();
+        let b = EdgeReport { refused_by_rule: [("shop/flood".to_owned(), 10)].into(), ..report("b", 50, 5) };
+        hub.ingest(b, now).unwrap();
         let (s, extras) = hub.take("shop", "public").unwrap();
         assert_eq!(s.prefix_asns.get("192.0.2.0/24").map(String::as_str), Some("64500"));
         assert_eq!((s.requests, s.secs), (150.0, 1.0));
         assert_eq!(s.top[&Dimension::Ip], vec![("192.0.2.1".to_owned(), 15)]);
         assert_eq!(extras.edges, 2);
         assert_eq!(extras.open_breakers, vec!["api".to_owned()]);
+        assert_eq!(extras.refused_rates["shop/flood"], 20.0, "40 refused in a second by two edges");
         assert!(hub.take("shop", "public").is_none(), "nothing new");
         // One edge reporting twice before a take: two seconds of counts.
         hub.ingest(report("a", 100, 10), now).unwrap();

@@ -32,7 +32,7 @@ use crate::{
         mitigation::{Evidence, MatchSpec, MitigationAction, RateLimit},
         traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction, PageWhen},
     },
-    engine::guard::{Finding, GuardDetector, Kind as FindingKind, Observation, Tuning, mitigation_limit},
+    engine::guard::{Finding, GuardDetector, Kind as FindingKind, Observation, Tuning, mitigation_limit, renews},
     operator::pager::{Page, Pager, Route, Severity},
 };
 use hub::{PoolExtras, ReportHub};
@@ -237,6 +237,24 @@ impl Guards {
                 wanted.push(w);
             }
         }
+        if let Some((_, extras)) = &taken {
+            for (mname, m) in &active {
+                let Some(r) = renewal(guard, &ns, m, extras, now) else { continue };
+                let renewed = owned(guard, &ns, mname, r.spec);
+                api.patch(mname, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&renewed)).await?;
+                let note = format!(
+                    "{mname} renewed for {} (offence {}): its edges still refuse {:.1} req/s each, at least what it \
+                     lets through ({:.1} req/s); lapsing would let that in until it is detected again",
+                    crate::api::Duration(r.ttl),
+                    renewed.spec.offence + 1,
+                    r.refused,
+                    r.allowance
+                );
+                info!(guard = %key, "{note}");
+                self.event(guard, EventType::Normal, "Renewed", "Mitigate", note).await;
+            }
+        }
+
         let max_active = usize::try_from(spec.mitigation.max_active).unwrap_or(1);
         let mut created = 0;
         let mut paged = Vec::new();
@@ -252,17 +270,7 @@ impl Guards {
             let ttl = ttl_for(guard, offence);
             w.spec.offence = offence;
             w.spec.expires_at = Time(now + SignedDuration::from_secs_f64(ttl.as_secs_f64()));
-            let m = Mitigation {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(w.name.clone()),
-                    namespace: Some(ns.clone()),
-                    labels: Some([(GUARD_LABEL.to_owned(), name.clone())].into()),
-                    owner_references: owner(guard).map(|o| vec![o]),
-                    ..Default::default()
-                },
-                spec: w.spec,
-                status: None,
-            };
+            let m = owned(guard, &ns, &w.name, w.spec);
             api.patch(&w.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&m)).await?;
             created += 1;
             paged.push(PagedMitigation { name: w.name.clone(), ttl, spec: m.spec.clone() });
@@ -634,6 +642,56 @@ fn page_for(
             "lift": format!("kubectl -n {ns} delete mitigation <name>  (the guard may re-create it while the traffic continues)"),
         }),
     }
+}
+
+/// A Mitigation of `guard`, as the guard writes it (server-side apply of the whole object).
+fn owned(guard: &TrafficGuard, ns: &str, name: &str, spec: MitigationSpec) -> Mitigation {
+    Mitigation {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ns.to_owned()),
+            labels: Some([(GUARD_LABEL.to_owned(), guard.name_any())].into()),
+            owner_references: owner(guard).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+/// A mitigation's renewal, and the figures behind it.
+struct Renewal {
+    spec: MitigationSpec,
+    ttl: Duration,
+    /// Requests refused per second and edge.
+    refused: f64,
+    /// What it lets through, per second and edge.
+    allowance: f64,
+}
+
+/// The renewal of the active mitigation `m` (in `ns`), when it is about to lapse while its
+/// edges still refuse at least what it lets through ([`renews`]). It counts as a repeat
+/// offence, so its TTL escalates. Shedding of a traffic class is left out: it follows the
+/// class's rate and the upstream's breaker, and is made again while they call for it.
+fn renewal(guard: &TrafficGuard, ns: &str, m: &Mitigation, extras: &PoolExtras, now: Timestamp) -> Option<Renewal> {
+    if m.spec.match_.traffic_class.is_some() {
+        return None;
+    }
+    let refused = *extras.refused_rates.get(&format!("{ns}/{}", m.name_any()))?;
+    let secs_left = now.duration_until(m.spec.expires_at.0).as_secs_f64();
+    let allowance = match (&m.spec.action, &m.spec.rate_limit) {
+        (MitigationAction::RateLimit, Some(rl)) => rl.requests_per_second,
+        // A block lets nothing through: what a limit would have let through instead.
+        _ => m.spec.evidence.as_ref().map_or(1.0, |e| e.baseline_rate * guard.spec.mitigation.rate_limit_multiple),
+    };
+    if !renews(secs_left, allowance, refused) {
+        return None;
+    }
+    let mut spec = m.spec.clone();
+    spec.offence = m.spec.offence.saturating_add(1);
+    let ttl = ttl_for(guard, spec.offence);
+    spec.expires_at = Time(now + SignedDuration::from_secs_f64(ttl.as_secs_f64()));
+    Some(Renewal { spec, ttl, refused, allowance })
 }
 
 fn owner(guard: &TrafficGuard) -> Option<OwnerReference> {

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::{
     api::traffic_guard::AggregationKey as Dimension,
-    engine::guard::{GuardDetector, Sample, Tuning, mitigation_limit},
+    engine::guard::{GuardDetector, Sample, Tuning, mitigation_limit, renews},
 };
 use scenario::GuardScenario;
 
@@ -116,6 +116,9 @@ impl World {
     }
 }
 
+/// Requests each rule (by dimension and key id) refused per second over a report's interval.
+type Refusals = Vec<((usize, usize), f64)>;
+
 /// A rule in force at the edges.
 struct Rule {
     in_force_from: f64,
@@ -125,6 +128,8 @@ struct Rule {
     /// Prefix ids the rule leaves alone (an ISP's established prefixes).
     except: std::collections::HashSet<usize>,
     burst: f64,
+    /// Requests refused since the last report, as the edges count them per rule.
+    refused: f64,
 }
 
 impl Rule {
@@ -159,6 +164,9 @@ pub struct GuardSummary {
     pub peak_db_load_ratio: f64,
     pub db_overloaded_secs: f64,
     pub mitigations: usize,
+    /// Mitigations renewed as they were about to lapse, their targets still sending twice
+    /// what they let through.
+    pub renewals: usize,
     pub attacks: Vec<AttackTiming>,
     pub detect_p50_secs: Option<f64>,
     pub detect_p95_secs: Option<f64>,
@@ -205,6 +213,12 @@ pub fn run_guarded(sc: &GuardScenario, progress: impl FnMut(f64)) -> GuardRun {
     run_once(sc, true, true, progress)
 }
 
+/// The TTL of a key's `offence`-th mitigation (0 = first): the guard's TTL, then three and
+/// twelve times it (5, 15 and 60 minutes for the usual 5).
+fn escalated_ttl(g: &scenario::GuardSettings, offence: u32) -> f64 {
+    g.ttl.as_secs_f64() * [1.0, 3.0, 12.0][(offence as usize).min(2)]
+}
+
 fn attack_rate(sc: &GuardScenario, a: usize, t: f64) -> f64 {
     let at = &sc.attacks[a];
     crate::sim::scenario::ramped(t, at.start, at.ramp, at.end, at.onset_rate, at.rate) / at.sources as f64
@@ -219,11 +233,12 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
     // Keyed by (dimension, key id), looked up for every client every second: a fast hasher.
     let mut rules: foldhash::HashMap<(usize, usize), Rule> = Default::default();
     let mut offences: foldhash::HashMap<(usize, usize), u32> = Default::default();
-    let mut pending: std::collections::VecDeque<(f64, Sample)> = std::collections::VecDeque::new();
+    // Reports on their way to the operator, with when they arrive.
+    let mut pending: std::collections::VecDeque<(f64, Sample, Refusals)> = std::collections::VecDeque::new();
     let mut attacks: Vec<AttackTiming> =
         sc.attacks.iter().map(|a| AttackTiming { name: a.name.clone(), ..AttackTiming::default() }).collect();
     let mut tally = Tally { attack: vec![(0.0, 0.0); sc.attacks.len()], ..Tally::default() };
-    let mut mitigations = 0;
+    let (mut mitigations, mut renewals) = (0, 0);
     let duration = sc.duration.as_secs_f64().floor() as usize;
     let report_every = g.report_interval.as_secs_f64().max(1.0);
     let mut counts: [Vec<u64>; 4] = std::array::from_fn(|d| vec![0; world.names[d].len()]);
@@ -288,6 +303,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
             .collect();
         for (k, &dem) in &rule_demand {
             if let Some(r) = rules.get_mut(k) {
+                r.refused += (dem - r.tokens).max(0.0);
                 r.tokens = (r.tokens - dem).max(0.0);
             }
         }
@@ -380,14 +396,15 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                 top,
                 prefix_asns,
             };
-            pending.push_back((t + report_every, sample));
+            let refusals = rules.iter_mut().map(|(k, r)| (*k, std::mem::take(&mut r.refused) / since_report)).collect();
+            pending.push_back((t + report_every, sample, refusals));
             for c in &mut counts {
                 c.fill(0);
             }
             (received, new_requests, since_report) = (0, 0, 0.0);
         }
-        while guarded && pending.front().is_some_and(|(at, _)| *at <= t) {
-            let Some((_, sample)) = pending.pop_front() else { break };
+        while guarded && pending.front().is_some_and(|(at, ..)| *at <= t) {
+            let Some((_, sample, refusals)) = pending.pop_front() else { break };
             let obs = detector.observe(&sample);
             for f in &obs.findings {
                 let Some(d) = DIMS.iter().position(|x| *x == f.dimension) else { continue };
@@ -401,7 +418,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                     continue;
                 }
                 let offence = offences.entry((d, id)).or_insert(0);
-                let ttl = g.ttl.as_secs_f64() * [1.0, 3.0, 12.0][(*offence as usize).min(2)];
+                let ttl = escalated_ttl(g, *offence);
                 *offence += 1;
                 let limit = mitigation_limit(f, g.rate_limit_multiple);
                 let from = t + g.propagation.as_secs_f64();
@@ -415,11 +432,22 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                         tokens: limit,
                         burst: limit.ceil(),
                         except,
+                        refused: 0.0,
                     },
                 );
                 mitigations += 1;
                 if page_secs.is_none() {
                     page_secs = Some(t - first_onset);
+                }
+            }
+            // The operator renews what is about to lapse while its target still pushes.
+            for (k, refused) in refusals {
+                let Some(r) = rules.get_mut(&k) else { continue };
+                if renews(r.expires - t, r.rate, refused) {
+                    let offence = offences.entry(k).or_insert(0);
+                    r.expires = t + g.propagation.as_secs_f64() + escalated_ttl(g, *offence);
+                    *offence += 1;
+                    renewals += 1;
                 }
             }
         }
@@ -447,6 +475,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
         peak_db_load_ratio: tally.peak_db,
         db_overloaded_secs: tally.db_over,
         mitigations,
+        renewals,
         detect_p50_secs: quantile(detects.clone(), 0.5),
         detect_p95_secs: quantile(detects, 0.95),
         enforce_p95_secs: quantile(enforces, 0.95),
@@ -461,7 +490,7 @@ pub fn table(runs: &[GuardSummary]) -> String {
     let pct = |x: f64| format!("{:.3}%", x * 100.0);
     let secs = |x: Option<f64>| x.map_or("-".to_owned(), |s| format!("{s:.0}s"));
     let mut s = format!(
-        "{:<6} {:>11} {:>14} {:>10} {:>9} {:>11} {:>11} {:>12} {:>12}\n",
+        "{:<6} {:>11} {:>14} {:>10} {:>9} {:>11} {:>11} {:>8} {:>12} {:>12}\n",
         "guard",
         "legit ok",
         "ok in attack",
@@ -469,12 +498,13 @@ pub fn table(runs: &[GuardSummary]) -> String {
         "peak DB",
         "DB over",
         "mitigations",
+        "renewed",
         "detect p95",
         "enforce p95"
     );
     for r in runs {
         s.push_str(&format!(
-            "{:<6} {:>11} {:>14} {:>10} {:>8.1}x {:>10.0}s {:>11} {:>12} {:>12}\n",
+            "{:<6} {:>11} {:>14} {:>10} {:>8.1}x {:>10.0}s {:>11} {:>8} {:>12} {:>12}\n",
             r.guard,
             pct(r.legit_success_ratio),
             pct(r.legit_success_ratio_under_attack),
@@ -482,6 +512,7 @@ pub fn table(runs: &[GuardSummary]) -> String {
             r.peak_db_load_ratio,
             r.db_overloaded_secs,
             r.mitigations,
+            r.renewals,
             secs(r.detect_p95_secs),
             secs(r.enforce_p95_secs),
         ));
@@ -556,6 +587,22 @@ mod tests {
         // The page goes out with the first Mitigation, within the incident's minute.
         assert!(levee.page_secs.is_some_and(|p| (0.0..=60.0).contains(&p)), "{levee:?}");
         assert!(none.page_secs.is_none());
+    }
+
+    #[test]
+    fn a_surge_that_outlasts_its_mitigations_is_held_through_their_renewal() {
+        let mut sc = small("surge");
+        sc.attacks[0].rate = 6000.0;
+        sc.attacks[0].ramp = crate::api::Duration::default();
+        sc.attacks[0].end = crate::api::Duration::from_secs(9 * 60);
+        sc.duration = crate::api::Duration::from_secs(10 * 60);
+        // Mitigations of a minute: they would lapse twice or more while the surge goes on.
+        sc.guard.ttl = crate::api::Duration::from_secs(60);
+        let run = run_once(&sc, true, false, |_| {});
+        let (start, end) = (sc.attacks[0].start.as_secs_f64() as usize, 9 * 60);
+        let worst = run.admitted[start + 30..end].iter().map(|a| a.1).fold(0.0, f64::max);
+        assert!(worst < 0.5, "a second after the first 30 in which {:.0}% of the surge got through", worst * 100.0);
+        assert!(run.summary.renewals > 0, "{:?}", run.summary);
     }
 
     #[test]
