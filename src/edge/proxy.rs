@@ -76,7 +76,7 @@ pub struct Refusals {
     /// Requests each rule answered 429 or 403, by rule: how the operator tells a mitigation
     /// whose target still sends more than it may from one that could lapse. One entry per
     /// rule in force, so bounded by the rule set.
-    pub by_rule: HashMap<Arc<str>, u64>,
+    pub by_rule: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
 }
 
 impl Refusals {
@@ -155,12 +155,15 @@ impl EdgeState {
 
     /// Who sent `headers` from `peer`.
     pub fn source(&self, peer: IpAddr, headers: &HeaderMap, settings: &GuardSettings) -> Source {
-        let xff: Vec<&[u8]> = if self.cfg.trusted_hops > 0 {
-            headers.get_all("x-forwarded-for").iter().map(HeaderValue::as_bytes).collect()
-        } else {
-            Vec::new()
+        let hops = self.cfg.trusted_hops;
+        let all = headers.get_all(X_FORWARDED_FOR);
+        let mut values = all.iter();
+        // Nearly every request has one X-Forwarded-For header or none: no list to allocate.
+        let ip = match (hops, values.next(), values.next()) {
+            (0, ..) | (_, None, _) => peer,
+            (_, Some(one), None) => client_ip(peer, &[one.as_bytes()], hops),
+            _ => client_ip(peer, &all.iter().map(HeaderValue::as_bytes).collect::<Vec<_>>(), hops),
         };
-        let ip = client_ip(peer, &xff, self.cfg.trusted_hops);
         let origin = self.table.lookup(ip);
         let api_key = settings
             .api_key_header
@@ -236,26 +239,35 @@ fn local(status: StatusCode, headers: &[(header::HeaderName, &str)], body: Strin
     res
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1). As names, not
+/// strings: a string is parsed into a name at every removal.
+const HOP_BY_HOP: [header::HeaderName; 8] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    // Headers the Connection header names are hop-by-hop too; most messages have none.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+            .collect();
+        for h in &named {
+            headers.remove(h.as_str());
+        }
+    }
+    for h in HOP_BY_HOP {
         headers.remove(h);
     }
 }
@@ -353,13 +365,12 @@ pub async fn handle(
     };
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    let peer_text = peer.to_string();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer_text}"),
-        None => peer_text,
+    let xff = match parts.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer}"),
+        None => peer.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
+        parts.headers.insert(X_FORWARDED_FOR, v);
     }
     let result =
         tokio::time::timeout(state.cfg.upstream_timeout, client.request(Request::from_parts(parts, body))).await;
@@ -485,5 +496,36 @@ async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: Ca
     info!("edge worker stopping: finishing open requests");
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         warn!("open requests did not finish within 10s");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Trace-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-trace-hop", "1"),
+            ("x-request-id", "abc"),
+            ("content-type", "text/plain"),
+        ] {
+            h.append(header::HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(header::HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("shop"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1, "nothing to strip");
     }
 }
