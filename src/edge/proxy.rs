@@ -156,13 +156,17 @@ impl EdgeState {
     /// Who sent `headers` from `peer`.
     pub fn source(&self, peer: IpAddr, headers: &HeaderMap, settings: &GuardSettings) -> Source {
         let hops = self.cfg.trusted_hops;
-        let all = headers.get_all(X_FORWARDED_FOR);
-        let mut values = all.iter();
-        // Nearly every request has one X-Forwarded-For header or none: no list to allocate.
-        let ip = match (hops, values.next(), values.next()) {
-            (0, ..) | (_, None, _) => peer,
-            (_, Some(one), None) => client_ip(peer, &[one.as_bytes()], hops),
-            _ => client_ip(peer, &all.iter().map(HeaderValue::as_bytes).collect::<Vec<_>>(), hops),
+        let ip = if hops == 0 {
+            peer
+        } else {
+            let all = headers.get_all(X_FORWARDED_FOR);
+            let mut values = all.iter();
+            // Nearly every request has one X-Forwarded-For header or none: no list to allocate.
+            match (values.next(), values.next()) {
+                (None, _) => peer,
+                (Some(one), None) => client_ip(peer, &[one.as_bytes()], hops),
+                _ => client_ip(peer, &all.iter().map(HeaderValue::as_bytes).collect::<Vec<_>>(), hops),
+            }
         };
         let origin = self.table.lookup(ip);
         let api_key = settings

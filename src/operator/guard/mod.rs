@@ -266,10 +266,7 @@ impl Guards {
                 warn!(guard = %key, max_active, "mitigation limit reached; not creating more");
                 break;
             }
-            let offence = offences.get(&w.name).map_or(0, |o| o + 1);
-            let ttl = ttl_for(guard, offence);
-            w.spec.offence = offence;
-            w.spec.expires_at = Time(now + SignedDuration::from_secs_f64(ttl.as_secs_f64()));
+            let ttl = set_term(guard, &mut w.spec, offences.get(&w.name).map_or(0, |o| o + 1), now);
             let m = owned(guard, &ns, &w.name, w.spec);
             api.patch(&w.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&m)).await?;
             created += 1;
@@ -280,7 +277,7 @@ impl Guards {
                 if shadow { "shadow (counted, not enforced): " } else { "" },
                 w.name,
                 crate::api::Duration(ttl),
-                offence + 1,
+                m.spec.offence + 1,
                 m.spec.reason
             );
             info!(guard = %key, "{note}");
@@ -688,10 +685,17 @@ fn renewal(guard: &TrafficGuard, ns: &str, m: &Mitigation, extras: &PoolExtras, 
         return None;
     }
     let mut spec = m.spec.clone();
-    spec.offence = m.spec.offence.saturating_add(1);
-    let ttl = ttl_for(guard, spec.offence);
-    spec.expires_at = Time(now + SignedDuration::from_secs_f64(ttl.as_secs_f64()));
+    let ttl = set_term(guard, &mut spec, m.spec.offence.saturating_add(1), now);
     Some(Renewal { spec, ttl, refused, allowance })
+}
+
+/// Makes `spec` the key's `offence`-th mitigation (0 = first), in force from `now` for that
+/// offence's TTL, which it returns.
+fn set_term(guard: &TrafficGuard, spec: &mut MitigationSpec, offence: i32, now: Timestamp) -> Duration {
+    let ttl = ttl_for(guard, offence);
+    spec.offence = offence;
+    spec.expires_at = Time(now + SignedDuration::from_secs_f64(ttl.as_secs_f64()));
+    ttl
 }
 
 fn owner(guard: &TrafficGuard) -> Option<OwnerReference> {

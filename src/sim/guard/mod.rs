@@ -213,10 +213,17 @@ pub fn run_guarded(sc: &GuardScenario, progress: impl FnMut(f64)) -> GuardRun {
     run_once(sc, true, true, progress)
 }
 
-/// The TTL of a key's `offence`-th mitigation (0 = first): the guard's TTL, then three and
-/// twelve times it (5, 15 and 60 minutes for the usual 5).
-fn escalated_ttl(g: &scenario::GuardSettings, offence: u32) -> f64 {
-    g.ttl.as_secs_f64() * [1.0, 3.0, 12.0][(offence as usize).min(2)]
+/// The TTL of the next mitigation of `key`, counted as one more offence of it: the guard's
+/// TTL, then three and twelve times it (5, 15 and 60 minutes for the usual 5).
+fn next_ttl(
+    g: &scenario::GuardSettings,
+    offences: &mut foldhash::HashMap<(usize, usize), u32>,
+    key: (usize, usize),
+) -> f64 {
+    let offence = offences.entry(key).or_insert(0);
+    let ttl = g.ttl.as_secs_f64() * [1.0, 3.0, 12.0][(*offence as usize).min(2)];
+    *offence += 1;
+    ttl
 }
 
 fn attack_rate(sc: &GuardScenario, a: usize, t: f64) -> f64 {
@@ -417,9 +424,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                 if rules.contains_key(&(d, id)) {
                     continue;
                 }
-                let offence = offences.entry((d, id)).or_insert(0);
-                let ttl = escalated_ttl(g, *offence);
-                *offence += 1;
+                let ttl = next_ttl(g, &mut offences, (d, id));
                 let limit = mitigation_limit(f, g.rate_limit_multiple);
                 let from = t + g.propagation.as_secs_f64();
                 let except = f.except.iter().filter_map(|p| world.index[1].get(p).copied()).collect();
@@ -444,9 +449,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
             for (k, refused) in refusals {
                 let Some(r) = rules.get_mut(&k) else { continue };
                 if renews(r.expires - t, r.rate, refused) {
-                    let offence = offences.entry(k).or_insert(0);
-                    r.expires = t + g.propagation.as_secs_f64() + escalated_ttl(g, *offence);
-                    *offence += 1;
+                    r.expires = t + g.propagation.as_secs_f64() + next_ttl(g, &mut offences, k);
                     renewals += 1;
                 }
             }
