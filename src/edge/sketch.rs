@@ -47,10 +47,16 @@ impl CountMin {
 
     /// Counts one occurrence of the key hashed to `h` and returns its estimated count.
     pub fn add(&mut self, h: u64) -> u32 {
+        self.add_weighted(h, 1)
+    }
+
+    /// Counts `weight` occurrences of the key hashed to `h` (one sampled occurrence standing
+    /// for `weight`) and returns its estimated count.
+    pub fn add_weighted(&mut self, h: u64, weight: u32) -> u32 {
         let mut estimate = u32::MAX;
         for idx in self.slots(h) {
             let c = &mut self.counters[idx];
-            *c = c.saturating_add(1);
+            *c = c.saturating_add(weight);
             estimate = estimate.min(*c);
         }
         estimate
@@ -183,6 +189,11 @@ impl HeavyHitters {
 
     pub fn len(&self) -> usize {
         self.counts.len()
+    }
+
+    /// Whether a newcomer must displace someone to get in.
+    pub fn is_full(&self) -> bool {
+        self.counts.len() >= self.capacity
     }
 
     pub fn is_empty(&self) -> bool {
