@@ -150,13 +150,17 @@ pub fn mitigation_limit(f: &Finding, multiple: f64) -> f64 {
 /// before the old expiry.
 pub const RENEW_AHEAD_SECS: f64 = 30.0;
 
-/// Whether a mitigation `secs_left` from lapsing is renewed instead: its edges still refuse,
-/// each, at least as much as it lets through (`allowance`, per edge and second; for a block,
-/// what a limit would have let through). Its target then still sends twice what it may, and
-/// letting it lapse would let that in at full strength until it is detected anew, seconds
-/// in which the upstream takes the surge again. At least one refusal a second is needed.
-pub fn renews(secs_left: f64, allowance: f64, refused: f64) -> bool {
-    secs_left <= RENEW_AHEAD_SECS && refused >= allowance.max(1.0)
+/// Whether a mitigation `secs_left` from lapsing, of a term of `ttl_secs`, is renewed instead:
+/// the edge that refuses most for it still refuses at least as much as it lets through
+/// (`allowance`, per edge and second; for a block, what a limit would have let through). Its
+/// target then still sends twice what it may there, and letting it lapse would let that in
+/// at full strength until it is detected anew, seconds in which the upstream takes the surge
+/// again. At least one refusal a second is needed.
+///
+/// The window is [`RENEW_AHEAD_SECS`], or half the term when that is shorter: a 10-second
+/// mitigation is not renewed, and escalated, from the moment it starts.
+pub fn renews(secs_left: f64, ttl_secs: f64, allowance: f64, refused: f64) -> bool {
+    secs_left <= RENEW_AHEAD_SECS.min(ttl_secs / 2.0) && refused >= allowance.max(1.0)
 }
 
 /// The verdict on one sample.

@@ -258,10 +258,13 @@ fn a_surge_through_an_isp_real_clients_use_is_limited_outside_their_prefixes() {
 #[test]
 fn a_mitigation_is_renewed_only_near_its_end_and_while_its_target_sends_twice_what_it_may() {
     // Limited to 10 req/s an edge: refusing 10 more means the target sends 20.
-    assert!(renews(20.0, 10.0, 10.0));
-    assert!(renews(0.0, 10.0, 250.0));
-    assert!(!renews(20.0, 10.0, 9.9), "over its limit, but less than twice: let it lapse");
-    assert!(!renews(RENEW_AHEAD_SECS + 1.0, 10.0, 1000.0), "not due yet");
-    assert!(!renews(20.0, 0.1, 0.5), "a trickle of refusals is not a surge");
-    assert!(!renews(20.0, 10.0, f64::NAN), "no figure: let it lapse, detection stays on");
+    assert!(renews(20.0, 300.0, 10.0, 10.0));
+    assert!(renews(0.0, 300.0, 10.0, 250.0));
+    assert!(!renews(20.0, 300.0, 10.0, 9.9), "over its limit, but less than twice: let it lapse");
+    assert!(!renews(RENEW_AHEAD_SECS + 1.0, 300.0, 10.0, 1000.0), "not due yet");
+    assert!(!renews(20.0, 300.0, 0.1, 0.5), "a trickle of refusals is not a surge");
+    assert!(!renews(20.0, 300.0, 10.0, f64::NAN), "no figure: let it lapse, detection stays on");
+    // A short term is renewed in its second half only, not from its start.
+    assert!(!renews(9.0, 10.0, 10.0, 1000.0), "one second into a 10 s term");
+    assert!(renews(5.0, 10.0, 10.0, 1000.0));
 }

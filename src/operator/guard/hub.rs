@@ -26,8 +26,10 @@ struct Window {
     classes: BTreeMap<String, u64>,
     /// ASN of each reported prefix (the latest word on it).
     prefix_asns: HashMap<String, String>,
-    /// Requests refused per mitigation (`namespace/name`).
-    refused: HashMap<String, u64>,
+    /// Requests refused per mitigation (`namespace/name`) and edge.
+    refused: HashMap<String, HashMap<String, u64>>,
+    /// Seconds each edge's reports covered.
+    edge_secs: HashMap<String, f64>,
     /// Latest breaker state per (edge, upstream).
     breakers: HashMap<(String, String), String>,
     last_report: Option<Instant>,
@@ -41,8 +43,9 @@ pub struct PoolExtras {
     pub open_breakers: Vec<String>,
     /// Requests per traffic class per second.
     pub class_rates: BTreeMap<String, f64>,
-    /// Requests each mitigation (`namespace/name`) refused, per second and per edge that
-    /// reported: a mitigation's rate limit holds on each edge separately.
+    /// Requests each mitigation (`namespace/name`) refused per second on the edge that
+    /// refused most: a mitigation's rate limit holds on each edge separately, and a source
+    /// that reaches one edge of several must not look tamer by being averaged with the rest.
     pub refused_rates: BTreeMap<String, f64>,
 }
 
@@ -94,9 +97,10 @@ impl ReportHub {
         // Bounded by the mitigations in force, which the guard's maxActive bounds.
         for (m, n) in r.refused_by_rule.into_iter().take(MERGED_TOP) {
             if w.refused.len() < MERGED_TOP || w.refused.contains_key(&m) {
-                *w.refused.entry(m).or_default() += n;
+                *w.refused.entry(m).or_default().entry(r.edge.clone()).or_default() += n;
             }
         }
+        *w.edge_secs.entry(r.edge.clone()).or_default() += r.interval_secs;
         for u in r.upstreams {
             w.breakers.insert((r.edge.clone(), u.name), u.breaker);
         }
@@ -136,7 +140,13 @@ impl ReportHub {
             class_rates: std::mem::take(&mut w.classes).into_iter().map(|(c, n)| (c, n as f64 / secs)).collect(),
             refused_rates: std::mem::take(&mut w.refused)
                 .into_iter()
-                .map(|(m, n)| (m, n as f64 / secs / reports_per_edge))
+                .map(|(m, by_edge)| {
+                    let busiest = by_edge
+                        .iter()
+                        .map(|(e, &n)| n as f64 / w.edge_secs.get(e).copied().unwrap_or(secs))
+                        .fold(0.0, f64::max);
+                    (m, busiest)
+                })
                 .collect(),
         };
         let sample = Sample {
@@ -148,6 +158,7 @@ impl ReportHub {
         };
         w.interval_secs = 0.0;
         w.edges.clear();
+        w.edge_secs.clear();
         Some((sample, extras))
     }
 
@@ -194,13 +205,32 @@ mod tests {
         assert_eq!(s.top[&Dimension::Ip], vec![("192.0.2.1".to_owned(), 15)]);
         assert_eq!(extras.edges, 2);
         assert_eq!(extras.open_breakers, vec!["api".to_owned()]);
-        assert_eq!(extras.refused_rates["shop/flood"], 20.0, "40 refused in a second by two edges");
+        assert_eq!(extras.refused_rates["shop/flood"], 30.0, "edge a refused 30 in its second, b 10");
         assert!(hub.take("shop", "public").is_none(), "nothing new");
         // One edge reporting twice before a take: two seconds of counts.
         hub.ingest(report("a", 100, 10), now).unwrap();
         hub.ingest(report("a", 100, 10), now).unwrap();
         let (s, _) = hub.take("shop", "public").unwrap();
         assert_eq!((s.requests, s.secs), (200.0, 2.0));
+    }
+
+    #[test]
+    fn a_source_that_floods_one_edge_of_several_is_judged_on_that_edge() {
+        let hub = ReportHub::default();
+        let now = Instant::now();
+        // Edge a reported twice (two seconds) and refused 80 in all; b and c refused nothing.
+        for _ in 0..2 {
+            let a = EdgeReport { refused_by_rule: [("shop/flood".to_owned(), 40)].into(), ..report("a", 100, 10) };
+            hub.ingest(a, now).unwrap();
+        }
+        hub.ingest(report("b", 100, 0), now).unwrap();
+        hub.ingest(report("c", 100, 0), now).unwrap();
+        let (_, extras) = hub.take("shop", "public").unwrap();
+        assert_eq!(extras.refused_rates["shop/flood"], 40.0, "40 a second where it lands, not 80/4 edge-reports");
+        // The next window starts afresh.
+        hub.ingest(report("b", 100, 0), now).unwrap();
+        let (_, extras) = hub.take("shop", "public").unwrap();
+        assert!(extras.refused_rates.is_empty());
     }
 
     #[test]

@@ -681,7 +681,11 @@ fn renewal(guard: &TrafficGuard, ns: &str, m: &Mitigation, extras: &PoolExtras, 
         // A block lets nothing through: what a limit would have let through instead.
         _ => m.spec.evidence.as_ref().map_or(1.0, |e| e.baseline_rate * guard.spec.mitigation.rate_limit_multiple),
     };
-    if !renews(secs_left, allowance, refused) {
+    // The term levee gives this offence, or less for a mitigation written by hand with a
+    // shorter expiry (its whole life is then shorter than that term).
+    let life = m.metadata.creation_timestamp.as_ref().map(|c| c.0.duration_until(m.spec.expires_at.0).as_secs_f64());
+    let term = life.map_or(f64::INFINITY, |l| l.max(0.0)).min(ttl_for(guard, m.spec.offence).as_secs_f64());
+    if !renews(secs_left, term, allowance, refused) {
         return None;
     }
     let mut spec = m.spec.clone();

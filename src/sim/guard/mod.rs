@@ -123,6 +123,8 @@ type Refusals = Vec<((usize, usize), f64)>;
 struct Rule {
     in_force_from: f64,
     expires: f64,
+    /// Length of the current term.
+    ttl: f64,
     rate: f64,
     tokens: f64,
     /// Prefix ids the rule leaves alone (an ISP's established prefixes).
@@ -433,6 +435,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                     Rule {
                         in_force_from: from,
                         expires: from + ttl,
+                        ttl,
                         rate: limit,
                         tokens: limit,
                         burst: limit.ceil(),
@@ -448,8 +451,9 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
             // The operator renews what is about to lapse while its target still pushes.
             for (k, refused) in refusals {
                 let Some(r) = rules.get_mut(&k) else { continue };
-                if renews(r.expires - t, r.rate, refused) {
-                    r.expires = t + g.propagation.as_secs_f64() + next_ttl(g, &mut offences, k);
+                if renews(r.expires - t, r.ttl, r.rate, refused) {
+                    r.ttl = next_ttl(g, &mut offences, k);
+                    r.expires = t + g.propagation.as_secs_f64() + r.ttl;
                     renewals += 1;
                 }
             }
