@@ -243,7 +243,7 @@ impl Guards {
                 let renewed = owned(guard, &ns, mname, r.spec);
                 api.patch(mname, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&renewed)).await?;
                 let note = format!(
-                    "{mname} renewed for {} (offence {}): its edges still refuse {:.1} req/s each, at least what it \
+                    "{mname} renewed for {} (offence {}): its busiest edge still refuses {:.1} req/s, at least what it \
                      lets through ({:.1} req/s); lapsing would let that in until it is detected again",
                     crate::api::Duration(r.ttl),
                     renewed.spec.offence + 1,
@@ -660,14 +660,14 @@ fn owned(guard: &TrafficGuard, ns: &str, name: &str, spec: MitigationSpec) -> Mi
 struct Renewal {
     spec: MitigationSpec,
     ttl: Duration,
-    /// Requests refused per second and edge.
+    /// Requests refused per second on the edge that refused most.
     refused: f64,
     /// What it lets through, per second and edge.
     allowance: f64,
 }
 
 /// The renewal of the active mitigation `m` (in `ns`), when it is about to lapse while its
-/// edges still refuse at least what it lets through ([`renews`]). It counts as a repeat
+/// busiest edge still refuses at least what it lets through ([`renews`]). It counts as a repeat
 /// offence, so its TTL escalates. Shedding of a traffic class is left out: it follows the
 /// class's rate and the upstream's breaker, and is made again while they call for it.
 fn renewal(guard: &TrafficGuard, ns: &str, m: &Mitigation, extras: &PoolExtras, now: Timestamp) -> Option<Renewal> {
