@@ -347,14 +347,25 @@ async fn prometheus_history_seeds_baselines_so_a_usually_heavy_source_is_not_tak
 
 #[tokio::test]
 async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
-    let (ns, _op, _up, edge) = guarded_edge("edge-shadow", "Shadow", "", &[]).await;
-    let (regulars, flood) = traffic(&edge, 25.0, 13.0).await;
+    // Ten-second mitigations, so that the flood outlasts the first: a shadow mitigation is
+    // renewed as an enforced one would be, from what its edges would have refused.
+    let spec = "  mitigation: {ttl: 10s, escalation: [2m], rateLimitMultiple: 2}";
+    let (ns, _op, _up, edge) = guarded_edge("edge-shadow", "Shadow", spec, &[]).await;
+    let (regulars, flood) = traffic(&edge, 33.0, 13.0).await;
     assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0));
     assert_eq!((flood.limited, flood.other), (0, 0), "shadow mode limits nothing: {flood:?}");
     let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
     let m = ms.items.iter().find(|m| m.spec.match_.ip.as_deref() == Some("203.0.113.9")).expect("a shadow mitigation");
     assert_eq!(m.spec.mode, levee::api::Mode::Shadow);
     assert!(edge.metric("levee_edge_shadow_limited_total").await > 100.0);
+    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
+    let notes = |reason: &str| -> Vec<String> {
+        events.items.iter().filter(|e| e.reason.as_deref() == Some(reason)).filter_map(|e| e.note.clone()).collect()
+    };
+    let renewed = notes("Renewed");
+    assert!(renewed.iter().any(|n| n.contains("would still refuse")), "{renewed:#?}");
+    let made = notes("WouldMitigate").into_iter().filter(|n| n.contains("203.0.113.9")).count();
+    assert_eq!(made, 1, "the shadow mitigation lapsed and was made again: {renewed:#?}");
 }
 
 #[tokio::test]

@@ -73,15 +73,25 @@ pub struct Refusals {
     pub shadow_limited: u64,
     /// Requests from allowlisted sources (passed, and counted nowhere else).
     pub allowlisted: u64,
-    /// Requests each rule answered 429 or 403, by rule: how the operator tells a mitigation
-    /// whose target still sends more than it may from one that could lapse. One entry per
-    /// rule in force, so bounded by the rule set.
+    /// Requests each rule answered 429 or 403 (a shadow rule: would have), by rule: how the
+    /// operator tells a mitigation whose target still sends more than it may from one that
+    /// could lapse, in shadow as in enforcement. One entry per rule in force, so bounded by
+    /// the rule set.
     pub by_rule: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
 }
 
 impl Refusals {
     fn refused(&mut self, rule: &Arc<str>) {
         self.limited += 1;
+        self.count(rule);
+    }
+
+    fn shadow_refused(&mut self, rule: &Arc<str>) {
+        self.shadow_limited += 1;
+        self.count(rule);
+    }
+
+    fn count(&mut self, rule: &Arc<str>) {
         match self.by_rule.get_mut(rule) {
             Some(n) => *n += 1,
             None => {
@@ -307,8 +317,8 @@ pub async fn handle(
             lock(&state.counter).count(&src, class);
         }
     }
-    if check.shadow_limited {
-        lock(&state.stats).shadow_limited += 1;
+    if let Some(rule) = &check.shadow_limited {
+        lock(&state.stats).shadow_refused(rule);
         state.metrics.shadow_limited.inc();
     }
     match check.outcome {

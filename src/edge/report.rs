@@ -40,7 +40,7 @@ pub struct EdgeReport {
     pub prefix_asns: BTreeMap<String, u32>,
     /// Requests answered 429 or 403 by a mitigation.
     pub limited: u64,
-    /// Requests each mitigation (`namespace/name`) answered 429 or 403.
+    /// Requests each mitigation (`namespace/name`) answered 429 or 403, or would have in shadow.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub refused_by_rule: BTreeMap<String, u64>,
     /// Requests a shadow mitigation would have limited.

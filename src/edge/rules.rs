@@ -69,7 +69,8 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
     pub outcome: Outcome,
-    pub shadow_limited: bool,
+    /// A shadow rule that would have limited or blocked the request.
+    pub shadow_limited: Option<Arc<str>>,
 }
 
 /// A fast hash with a per-process random seed: every request looks up several of these maps,
@@ -182,7 +183,7 @@ impl RuleSet {
 
     /// Decides a request from `src` in traffic class `class` at unix time `now`.
     pub fn check(&self, src: &Source, class: Option<&str>, now: f64) -> Check {
-        let mut check = Check { outcome: Outcome::Pass, shadow_limited: false };
+        let mut check = Check { outcome: Outcome::Pass, shadow_limited: None };
         if self.len == 0 || self.allowlist.iter().any(|n| n.contains(&src.ip)) {
             return check;
         }
@@ -213,7 +214,9 @@ impl RuleSet {
                 continue;
             }
             if rule.shadow {
-                check.shadow_limited = true;
+                if check.shadow_limited.is_none() {
+                    check.shadow_limited = Some(rule.name.clone());
+                }
             } else if matches!(verdict, Outcome::Blocked { .. }) || check.outcome == Outcome::Pass {
                 // A block outranks a limit.
                 check.outcome = verdict;
@@ -404,7 +407,7 @@ mod tests {
         s.mode = Mode::Shadow;
         let (set, _) = RuleSet::build([("ns/s".to_owned(), &s)], vec![], &RuleSet::default());
         let c = set.check(&src("192.0.2.1"), None, NOW);
-        assert_eq!(c, Check { outcome: Outcome::Pass, shadow_limited: true });
+        assert_eq!(c, Check { outcome: Outcome::Pass, shadow_limited: Some("ns/s".into()) });
     }
 
     #[test]

@@ -242,8 +242,9 @@ impl Guards {
                 let Some(r) = renewal(guard, &ns, m, extras, now) else { continue };
                 let renewed = owned(guard, &ns, mname, r.spec);
                 api.patch(mname, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&renewed)).await?;
+                let refuses = if renewed.spec.mode == Mode::Shadow { "would still refuse" } else { "still refuses" };
                 let note = format!(
-                    "{mname} renewed for {} (offence {}): its busiest edge still refuses {:.1} req/s, at least what it \
+                    "{mname} renewed for {} (offence {}): its busiest edge {refuses} {:.1} req/s, at least what it \
                      lets through ({:.1} req/s); lapsing would let that in until it is detected again",
                     crate::api::Duration(r.ttl),
                     renewed.spec.offence + 1,
