@@ -62,6 +62,9 @@ fn simulate_puts_the_scenarios_traffic_guard_in_front_by_default() {
     let g = &v["controllers"]["levee"]["traffic_guard"];
     assert!(g["attacks"][0]["detect_secs"].as_f64().is_some_and(|d| d <= 15.0), "{v}");
     assert!(g["false_positive_ratio"].as_f64().is_some_and(|f| f <= 0.001), "{v}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    let mitigations = format!("{} Mitigations, {} renewed", g["mitigations"], g["renewals"]);
+    assert!(html.contains("levee's TrafficGuard") && html.contains(&mitigations), "{mitigations} not in the report");
 
     let out = levee(&[&args[..], &[report.to_str().unwrap(), "--no-traffic-guard"]].concat());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -189,6 +189,10 @@ pub fn html(scenario: &Scenario, runs: &[Run]) -> String {
         escape(&table(runs))
     );
     if let Some(levee) = runs.iter().find(|r| r.summary.controller == "levee") {
+        let guard = guard_lines(levee);
+        if !guard.is_empty() {
+            let _ = write!(body, "<h2>levee's TrafficGuard</h2><pre>{}</pre>", escape(&guard));
+        }
         let actual: Vec<(f64, f64)> = levee.series.iter().map(|p| (p.minute, p.arrival_rate)).collect();
         let point: Vec<(f64, f64)> =
             levee.forecasts.iter().map(|(t, f)| ((t + f.horizon_secs) / 60.0, f.value)).collect();
