@@ -350,6 +350,12 @@ impl GuardDetector {
 
     /// Judges one sample, then learns from what was normal in it.
     pub fn observe(&mut self, s: &Sample) -> Observation {
+        // Before the pool's first request there is nothing to learn a baseline from: samples
+        // of nothing would make every baseline zero, and the first clients a surge against
+        // it. The warm-up starts with the first traffic.
+        if self.step == 0 && s.requests <= 0.0 {
+            return Observation::default();
+        }
         self.step += 1;
         let secs = s.secs.max(1e-3);
         let total_rate = s.requests / secs;

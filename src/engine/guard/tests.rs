@@ -268,3 +268,25 @@ fn a_mitigation_is_renewed_only_near_its_end_and_while_its_target_sends_twice_wh
     assert!(!renews(9.0, 10.0, 10.0, 1000.0), "one second into a 10 s term");
     assert!(renews(5.0, 10.0, 10.0, 1000.0));
 }
+
+#[test]
+fn a_pool_idle_until_its_clients_start_is_not_taken_for_a_surge() {
+    // The edges report nothing for 15 s (a new pool, traffic not yet moved to it), then all
+    // the clients start at once, each new in its first second. With no traffic before them
+    // there is no baseline to be a surge against: they become it.
+    let mut d = detector();
+    for t in 0..90u64 {
+        let s = if t < 15 { Vec::new() } else { regulars(t) };
+        let new: u64 = if t == 15 { s.iter().map(|x| x.3).sum() } else { 0 };
+        let o = d.observe(&sample(&s, new));
+        assert!(!o.surge && o.findings.is_empty(), "t={t}: {}", o.summary());
+    }
+    // Then a flood is still found.
+    let mut found = false;
+    for t in 90..100u64 {
+        let mut s = regulars(t);
+        s.push(("203.0.113.9".to_owned(), 64666, "BR", 300));
+        found |= d.observe(&sample(&s, 0)).findings.iter().any(|f| f.key == "203.0.113.9");
+    }
+    assert!(found);
+}
