@@ -290,3 +290,19 @@ fn a_pool_idle_until_its_clients_start_is_not_taken_for_a_surge() {
     }
     assert!(found);
 }
+
+#[test]
+fn clients_returning_after_a_quarter_hour_idle_are_not_a_surge() {
+    // Past the new-source filter's two generations, every returning client is new again in
+    // its first second, and the baselines have watched 15 minutes of nothing.
+    let mut d = warmed_up(300);
+    for _ in 0..900 {
+        d.observe(&sample(&[], 0));
+    }
+    for t in 0..60u64 {
+        let s = regulars(t);
+        let new: u64 = if t == 0 { s.iter().map(|x| x.3).sum() } else { 0 };
+        let o = d.observe(&sample(&s, new));
+        assert!(!o.surge && o.findings.is_empty(), "t={t}: {}", o.summary());
+    }
+}
