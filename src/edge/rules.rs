@@ -214,9 +214,7 @@ impl RuleSet {
                 continue;
             }
             if rule.shadow {
-                if check.shadow_limited.is_none() {
-                    check.shadow_limited = Some(rule.name.clone());
-                }
+                check.shadow_limited.get_or_insert_with(|| rule.name.clone());
             } else if matches!(verdict, Outcome::Blocked { .. }) || check.outcome == Outcome::Pass {
                 // A block outranks a limit.
                 check.outcome = verdict;

@@ -20,16 +20,14 @@ const MERGED_TOP: usize = 4096;
 struct Window {
     requests: u64,
     new_source_requests: u64,
-    interval_secs: f64,
-    edges: HashMap<String, Instant>,
+    /// Seconds each edge's reports covered, by edge.
+    edges: HashMap<String, f64>,
     top: BTreeMap<Dimension, HashMap<String, u64>>,
     classes: BTreeMap<String, u64>,
     /// ASN of each reported prefix (the latest word on it).
     prefix_asns: HashMap<String, String>,
     /// Requests refused per mitigation (`namespace/name`) and edge.
     refused: HashMap<String, HashMap<String, u64>>,
-    /// Seconds each edge's reports covered.
-    edge_secs: HashMap<String, f64>,
     /// Latest breaker state per (edge, upstream).
     breakers: HashMap<(String, String), String>,
     last_report: Option<Instant>,
@@ -78,7 +76,6 @@ impl ReportHub {
         let w = pools.entry((r.namespace, r.pool)).or_default();
         w.requests = w.requests.saturating_add(r.requests);
         w.new_source_requests = w.new_source_requests.saturating_add(r.new_source_requests);
-        w.interval_secs += r.interval_secs;
         for (dim, keys) in r.top {
             let m = w.top.entry(dim).or_default();
             for (k, n) in keys.into_iter().take(MERGED_TOP) {
@@ -100,11 +97,10 @@ impl ReportHub {
                 *w.refused.entry(m).or_default().entry(r.edge.clone()).or_default() += n;
             }
         }
-        *w.edge_secs.entry(r.edge.clone()).or_default() += r.interval_secs;
         for u in r.upstreams {
             w.breakers.insert((r.edge.clone(), u.name), u.breaker);
         }
-        w.edges.insert(r.edge, now);
+        *w.edges.entry(r.edge).or_default() += r.interval_secs;
         w.last_report = Some(now);
         Ok(())
     }
@@ -116,11 +112,10 @@ impl ReportHub {
     pub fn take(&self, namespace: &str, pool: &str) -> Option<(Sample, PoolExtras)> {
         let mut pools = self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let w = pools.get_mut(&(namespace.to_owned(), pool.to_owned()))?;
-        if w.interval_secs <= 0.0 {
+        if w.edges.is_empty() {
             return None;
         }
-        let reports_per_edge = w.edges.len().max(1) as f64;
-        let secs = w.interval_secs / reports_per_edge;
+        let secs = w.edges.values().sum::<f64>() / w.edges.len() as f64;
         let top = std::mem::take(&mut w.top)
             .into_iter()
             .map(|(d, m)| {
@@ -143,7 +138,7 @@ impl ReportHub {
                 .map(|(m, by_edge)| {
                     let busiest = by_edge
                         .iter()
-                        .map(|(e, &n)| n as f64 / w.edge_secs.get(e).copied().unwrap_or(secs))
+                        .map(|(e, &n)| n as f64 / w.edges.get(e).copied().unwrap_or(secs))
                         .fold(0.0, f64::max);
                     (m, busiest)
                 })
@@ -156,9 +151,7 @@ impl ReportHub {
             top,
             prefix_asns: std::mem::take(&mut w.prefix_asns),
         };
-        w.interval_secs = 0.0;
         w.edges.clear();
-        w.edge_secs.clear();
         Some((sample, extras))
     }
 
