@@ -6,11 +6,14 @@
 //! - **Distributed surge**: the total far above its robust baseline *and* a change in the
 //!   source mix (more new sources than usual, or a prefix, ASN or country taking a larger
 //!   share). The dominant aggregates are named: in the dimension whose hottest keys explain
-//!   most of the excess with the least legitimate traffic caught alongside. A rise from the
-//!   usual mix of sources is demand, not an attack: it is reported, and left to the scaler.
+//!   most of the excess with the least legitimate traffic caught alongside and the least let
+//!   through. A rise from the usual mix of sources is demand, not an attack: it is reported,
+//!   and left to the scaler.
 //!
 //! Baselines learn only from samples not judged anomalous, so a surge never becomes normal
-//! while it lasts. Allowlisted addresses and prefixes are never named.
+//! while it lasts; once declared, it goes on while the total stays above its baseline from a
+//! changed mix, so the part of it that its first limits leave is still looked for (for up to
+//! an hour). Allowlisted addresses and prefixes are never named.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -279,10 +282,19 @@ pub struct GuardDetector {
     calm: u32,
     /// Aggregates named in a surge before: candidates again in the next one, however old.
     offenders: Keyed<()>,
+    /// Aggregates born with the current surge named so far: they share its allowance with
+    /// those named later, even once their mitigations keep them out of the samples.
+    named_newborn: Keyed<()>,
 }
 
 /// A surge episode ends after this many samples in a row with the total not hot.
 const EPISODE_ENDS_AFTER: u32 = 60;
+
+/// Robust deviations above its baseline at which the total keeps a surge going once declared.
+const CONTINUE_SCORE: f64 = 2.0;
+
+/// Samples after its onset within which a surge goes on at [`CONTINUE_SCORE`].
+const CONTINUE_FOR: u64 = 3600;
 
 /// Robust deviations per sample the total's CUSUM forgives: noise around the baseline keeps
 /// returning it to zero, a sustained rise does not.
@@ -305,6 +317,10 @@ const MIN_BASELINE: f64 = 0.1;
 
 /// The new-source ratio assumed at least, for the budget of aggregates born with a surge.
 const MIN_NEW_RATIO: f64 = 0.01;
+
+/// Requests/s below which an aggregate born with a surge is not named, however far its
+/// fellow newcomers are above what new sources usually send.
+const NEWCOMER_FLOOR: f64 = 2.0;
 
 /// Samples a named key is left out of further surge findings.
 const NAMED_FOR: u64 = 30;
@@ -333,6 +349,7 @@ impl GuardDetector {
             rising_since: 0,
             calm: 0,
             offenders: Keyed::default(),
+            named_newborn: Keyed::default(),
         }
     }
 
@@ -383,34 +400,6 @@ impl GuardDetector {
                 self.rising_since = self.step;
             }
         }
-        let total_hot = warm && verdict.anomalous && total_rate > 1.5 * verdict.baseline;
-        self.total_hot = if total_hot { self.total_hot + 1 } else { 0 };
-        if total_hot {
-            self.calm = 0;
-            if self.episode.is_none() {
-                // The surge began when the total began to rise, however long it took to stand
-                // out: a surge that ramps up is declared minutes in, and what came with it
-                // since its onset is part of it.
-                // Never back into the first samples, whose clients are the baseline itself.
-                let onset = self
-                    .rising_since
-                    .max(self.step.saturating_sub(MAX_ONSET_LOOKBACK))
-                    .max(u64::from(self.tuning.warmup) + NEW_BEFORE_SURGE + 1)
-                    .min(self.step);
-                self.episode = Some(onset);
-                // Keys that came shortly before the surge began came with it.
-                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset) {
-                    k.surge_born = true;
-                }
-                self.rise = 0.0;
-            }
-        } else {
-            self.calm += 1;
-            if self.calm >= EPISODE_ENDS_AFTER {
-                self.episode = None;
-            }
-        }
-
         // Per key: rate, the baseline it is judged against, and whether it is hot.
         let mut judged: Vec<Judged> = Vec::new();
         let mut mix_distance = 0.0f64;
@@ -450,6 +439,47 @@ impl GuardDetector {
         }
         obs.mix_distance = mix_distance;
         let mix_changed = new_ratio - self.new_ratio >= NEW_SOURCE_SHIFT || mix_distance >= MIX_SHIFT;
+
+        // A surge is declared when the total is anomalous at half as much again as its
+        // baseline. It goes on while the total stays CONTINUE_SCORE deviations above that
+        // baseline with the source mix still changed: the edges report what they let through,
+        // so a surge that is mostly contained looks small, and what of it is not named yet
+        // (aggregates that ramp up later than the rest) must still be looked for. It goes on
+        // so for CONTINUE_FOR samples at most, after which only a surge that stands out as at
+        // first keeps the baseline from learning.
+        let declared = warm && verdict.anomalous && total_rate > 1.5 * verdict.baseline;
+        let continues = warm
+            && mix_changed
+            && verdict.score > CONTINUE_SCORE
+            && self.episode.is_some_and(|began| self.step - began < CONTINUE_FOR);
+        let total_hot = declared || continues;
+        self.total_hot = if total_hot { self.total_hot + 1 } else { 0 };
+        if total_hot {
+            self.calm = 0;
+            if self.episode.is_none() {
+                // The surge began when the total began to rise, however long it took to stand
+                // out: a surge that ramps up is declared minutes in, and what came with it
+                // since its onset is part of it.
+                // Never back into the first samples, whose clients are the baseline itself.
+                let onset = self
+                    .rising_since
+                    .max(self.step.saturating_sub(MAX_ONSET_LOOKBACK))
+                    .max(u64::from(self.tuning.warmup) + NEW_BEFORE_SURGE + 1)
+                    .min(self.step);
+                self.episode = Some(onset);
+                self.named_newborn = Keyed::default();
+                // Keys that came shortly before the surge began came with it.
+                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset) {
+                    k.surge_born = true;
+                }
+                self.rise = 0.0;
+            }
+        } else {
+            self.calm += 1;
+            if self.calm >= EPISODE_ENDS_AFTER {
+                self.episode = None;
+            }
+        }
         obs.surge = self.total_hot >= self.tuning.confirm && mix_changed;
         obs.demand_rise = self.total_hot >= self.tuning.confirm && !mix_changed;
 
@@ -514,14 +544,16 @@ impl GuardDetector {
     }
 
     /// The keys of one aggregate dimension that explain the surge's excess: per dimension,
-    /// keys with no usual traffic of their own that are well above the floor, heaviest excess
-    /// first, until half the excess is covered; the dimension that covers it while catching the
-    /// least usual traffic wins.
+    /// keys with no usual traffic of their own that stand out (alone, or as newcomers together
+    /// far above what new sources usually send), heaviest excess first, until half the excess
+    /// is covered; the dimension that covers it at the least cost (usual traffic caught, and
+    /// what the limits still let through) wins.
     ///
     /// Aggregates born with the surge share `allowance` (requests/s) between them as their
     /// baseline, so the limits add up to what new sources usually send, however many
-    /// aggregates an attack spreads over; an ISP real clients use is measured by what it
-    /// usually sends outside its established prefixes.
+    /// aggregates an attack spreads over and however many batches they are named in; an ISP
+    /// real clients use is judged, and limited, by what it sends outside its established
+    /// prefixes.
     fn dominant_aggregates(&mut self, judged: &[Judged<'_>], excess: f64, secs: f64, allowance: f64) -> Vec<Finding> {
         let step = self.step;
         self.recent.retain(|until| *until > step);
@@ -531,18 +563,67 @@ impl GuardDetector {
         let min_rate = self.tuning.min_rate;
         let base = |j: &Judged| j.own.unwrap_or(min_rate).max(min_rate);
         let shared = self.established_prefixes(surge_began);
-        let mut best: Option<(f64, f64, Vec<Finding>)> = None; // (covered, collateral, findings)
+        let mut best: Option<(f64, f64, Vec<Finding>)> = None; // (covered, cost, findings)
         let best_len = |b: &Option<(f64, f64, Vec<Finding>)>| b.as_ref().map_or(0, |b| b.2.len());
-        for dim in [Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::Ip] {
-            let is_recent = |j: &Judged| self.recent.contains(j.dim, j.key);
-            // What keys of this dimension named in the last samples already account for.
-            let already: f64 =
-                judged.iter().filter(|j| j.dim == dim && is_recent(j)).map(|j| (j.rate - base(j)).max(0.0)).sum();
-            let excess = (excess - already).max(0.0);
+        let dims = [Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::Ip];
+        let is_recent = |j: &Judged| self.recent.contains(j.dim, j.key);
+        // What keys named in the last samples already account for, in the dimension where
+        // they account for most: the same requests are in every dimension, and once an ASN's
+        // limit is in force its prefixes need none of their own.
+        let already = dims
+            .iter()
+            .map(|&dim| {
+                judged.iter().filter(|j| j.dim == dim && is_recent(j)).map(|j| (j.rate - base(j)).max(0.0)).sum()
+            })
+            .fold(0.0, f64::max);
+        let excess = (excess - already).max(0.0);
+        let prefix_rates: HashMap<&str, f64> =
+            judged.iter().filter(|j| j.dim == Dimension::Prefix).map(|j| (j.key, j.rate)).collect();
+        for dim in dims {
             // Aggregates that appeared with the surge, and ISPs real clients used before it
             // whose established prefixes are known: limiting the whole of an ISP or a country
             // real clients use would refuse them along with the attack.
             let established = |j: &Judged| (j.dim == Dimension::Asn).then(|| shared.get(j.key)).flatten();
+            // Aggregates with no traffic before the surge are judged together first: each of a
+            // surge spread thin over many of them (or one that ramps up) stays under the floor
+            // for minutes, while together they send far more than new sources usually do. Then
+            // each that sends twice its share of that, and at least NEWCOMER_FLOOR, is a
+            // candidate. (Addresses are not aggregates: each is judged alone.)
+            let born_with = |j: &Judged| j.born + NEW_BEFORE_SURGE >= surge_began && self.is_newcomer(dim, j.key);
+            let (n_new, together) = judged
+                .iter()
+                .filter(|j| j.dim == dim && born_with(j))
+                .fold((0usize, 0.0), |(n, r), j| (n + 1, r + j.rate));
+            let usual = allowance.max(MIN_BASELINE);
+            let as_group = dim != Dimension::Ip && (together - usual) * (secs / usual).sqrt() > POISSON_Z;
+            let group_share = (allowance / n_new.max(1) as f64).max(MIN_BASELINE);
+            // Per candidate: what it sends that the surge may account for, and what it is
+            // expected to send. An ISP real clients use is judged on its traffic from outside
+            // their established prefixes, against what it usually sends from there: the surge
+            // stands out there long before it doubles the ISP's whole rate.
+            let judge = |j: &Judged| -> (f64, f64) {
+                if as_group && born_with(j) {
+                    return (j.rate, group_share);
+                }
+                match established(j) {
+                    Some((prefixes, usual)) if j.born + NEW_BEFORE_SURGE < surge_began => {
+                        let inside: f64 = prefixes.iter().filter_map(|p| prefix_rates.get(p.as_str())).sum();
+                        ((j.rate - inside).max(0.0), (j.own.unwrap_or(0.0) - usual).max(MIN_BASELINE))
+                    }
+                    _ => (j.rate, base(j)),
+                }
+            };
+            let stands_out = |j: &Judged| {
+                let (rate, expected) = judge(j);
+                if as_group && born_with(j) {
+                    return rate >= (2.0 * expected).max(NEWCOMER_FLOOR);
+                }
+                // Judged against at least a request a second (the floor, for a key's whole
+                // rate): a tiny usual rate outside an ISP's prefixes must not make a few stray
+                // requests a surge.
+                let scale = if expected < min_rate { expected.max(1.0) } else { expected };
+                rate > 2.0 * scale && (rate - expected) * (secs / scale).sqrt() > POISSON_Z
+            };
             let mut cands: Vec<&Judged> = judged
                 .iter()
                 .filter(|j| {
@@ -550,8 +631,7 @@ impl GuardDetector {
                         && (j.born + NEW_BEFORE_SURGE >= surge_began
                             || self.offenders.contains(j.dim, j.key)
                             || established(j).is_some())
-                        && j.rate > 2.0 * base(j)
-                        && (j.rate - base(j)) * (secs / base(j)).sqrt() > POISSON_Z
+                        && stands_out(j)
                         && !self.allowlisted(dim, j.key)
                         && !is_recent(j)
                 })
@@ -559,13 +639,20 @@ impl GuardDetector {
             if cands.is_empty() {
                 continue;
             }
-            cands.sort_by(|a, b| (b.rate - base(b)).total_cmp(&(a.rate - base(a))));
+            let surplus = |j: &Judged| {
+                let (rate, expected) = judge(j);
+                rate - expected
+            };
+            cands.sort_by(|a, b| surplus(b).total_cmp(&surplus(a)));
             let (mut covered, mut collateral, mut picked) = (0.0, 0.0, Vec::new());
             for j in cands {
-                if covered >= 0.5 * excess || picked.len() >= self.tuning.max_findings {
+                // Not capped at the most findings a sample may name: dimensions are compared on
+                // what it takes each to cover the excess, and the winner is named from its
+                // heaviest keys, the rest in the next samples.
+                if covered >= 0.5 * excess {
                     break;
                 }
-                covered += j.rate - base(j);
+                covered += surplus(j);
                 let (baseline, except) = match established(j).filter(|_| j.born + NEW_BEFORE_SURGE < surge_began) {
                     // What it usually sends from elsewhere than its established prefixes is
                     // what the limit is measured against, and all the traffic caught with it.
@@ -585,33 +672,49 @@ impl GuardDetector {
                 });
             }
             for f in &mut picked {
-                f.born_with_surge = f.except.is_empty() && self.is_newcomer(f);
+                f.born_with_surge = f.except.is_empty() && self.is_newcomer(f.dimension, &f.key);
             }
-            let newborn = picked.iter().filter(|f| f.born_with_surge).count();
+            // The allowance is shared by every newcomer of the dimension, named now, before or
+            // not yet: a surge that ramps up is named a few aggregates at a time, and sharing
+            // it among each batch alone would give every batch the whole of it.
+            let named_before = self.named_newborn.iter().filter(|(d, ..)| *d == dim).count();
+            let unnamed = judged
+                .iter()
+                .filter(|j| j.dim == dim && self.is_newcomer(dim, j.key) && !self.named_newborn.contains(dim, j.key))
+                .count();
+            let newborn = picked.iter().filter(|f| f.born_with_surge).count().max(named_before + unnamed);
             let share = (allowance / newborn.max(1) as f64).max(MIN_BASELINE);
             for f in picked.iter_mut().filter(|f| f.born_with_surge) {
                 f.baseline = share;
             }
             let enough = covered >= 0.5 * excess;
+            // The cost of naming them: the usual traffic caught, and what their limits still
+            // let through, at least a request a second each (a surge spread over a thousand
+            // prefixes is better named by its hundred ASNs).
+            let cost = collateral + picked.iter().map(|f| f.baseline.max(1.0)).sum::<f64>();
             let bn = best_len(&best);
             let better = match &best {
                 None => true,
-                Some((bc, bcol, _)) => {
+                Some((bc, bcost, _)) => {
                     let best_enough = *bc >= 0.5 * excess;
                     match (enough, best_enough) {
                         (true, false) => true,
                         (false, true) => false,
-                        // Least usual traffic caught; then fewest rules.
-                        (true, true) => (collateral, picked.len()) < (*bcol, bn),
+                        (true, true) => (cost, picked.len()) < (*bcost, bn),
                         (false, false) => covered > *bc,
                     }
                 }
             };
             if better {
-                best = Some((covered, collateral, picked));
+                best = Some((covered, cost, picked));
             }
         }
-        best.map(|b| b.2).unwrap_or_default()
+        let mut findings = best.map(|b| b.2).unwrap_or_default();
+        findings.truncate(self.tuning.max_findings);
+        for f in findings.iter().filter(|f| f.born_with_surge) {
+            self.named_newborn.insert(f.dimension, &f.key, ());
+        }
+        findings
     }
 
     /// The state of a key, created when first seen (as surge-born during a surge episode).
@@ -622,8 +725,8 @@ impl GuardDetector {
 
     /// A key with no baseline of its own, or one that came with a surge (what it learnt since
     /// is what its mitigation let through).
-    fn is_newcomer(&self, f: &Finding) -> bool {
-        self.keys.get(f.dimension, &f.key).is_none_or(|k| k.samples < KEY_WARMUP || k.surge_born)
+    fn is_newcomer(&self, dim: Dimension, key: &str) -> bool {
+        self.keys.get(dim, key).is_none_or(|k| k.samples < KEY_WARMUP || k.surge_born)
     }
 
     /// Per ASN, the prefixes its clients came from before the surge (learnt, and seen before

@@ -256,6 +256,47 @@ fn a_surge_through_an_isp_real_clients_use_is_limited_outside_their_prefixes() {
 }
 
 #[test]
+fn a_surge_that_ramps_up_under_its_first_limits_is_named_in_full_within_one_allowance() {
+    let mut d = warmed_up(300);
+    // 1,700 addresses in 150 new ASNs and 300 through ASN 64500, which regular clients use,
+    // each from a /24 of its own; every address ramps from nothing to 8 req/s over ten
+    // minutes. Mitigations are applied as they come, so the first ones contain the surge
+    // while the rest of it is still small.
+    let attack = |t: u64| -> Vec<(String, u32, &str, u64)> {
+        let per_address = (t - 300) * 8 / 600;
+        (0..2000u32)
+            .map(|i| {
+                let ip = std::net::Ipv4Addr::from(0x2d00_0000 + i * 256).to_string();
+                if i < 300 {
+                    (ip, 64500, "DE", per_address)
+                } else {
+                    (ip, 70_000 + i % 150, ["BR", "VN", "IN", "ID"][(i % 4) as usize], per_address)
+                }
+            })
+            .filter(|a| a.3 > 0)
+            .collect()
+    };
+    let mut enforced: Vec<Finding> = Vec::new();
+    for t in 300..900 {
+        let mut s = regulars(t);
+        s.extend(attack(t).into_iter().filter(|a| !enforced.iter().any(|f| catches(f, a))));
+        let obs = d.observe(&sample(&s, 0));
+        enforced.extend(obs.findings);
+    }
+    for r in regulars(0) {
+        assert!(!enforced.iter().any(|f| catches(f, &r)), "regular client {} caught: {enforced:?}", r.0);
+    }
+    let leaked: Vec<_> = attack(899).into_iter().filter(|a| !enforced.iter().any(|f| catches(f, a))).collect();
+    assert!(leaked.is_empty(), "{} attacking addresses under no mitigation, e.g. {:?}", leaked.len(), leaked[0]);
+    // Aggregates that came with the surge share what new sources usually send (1% of the
+    // 800 req/s here), however many batches they were named in.
+    let newborn: Vec<&Finding> = enforced.iter().filter(|f| f.born_with_surge).collect();
+    let shared: f64 = newborn.iter().map(|f| f.baseline).sum();
+    assert!(!newborn.is_empty());
+    assert!(shared <= 8.5 + MIN_BASELINE * newborn.len() as f64, "{} newcomers share {shared:.1} req/s", newborn.len());
+}
+
+#[test]
 fn a_mitigation_is_renewed_only_near_its_end_and_while_its_target_sends_twice_what_it_may() {
     // Limited to 10 req/s an edge: refusing 10 more means the target sends 20.
     assert!(renews(20.0, 300.0, 10.0, 10.0));

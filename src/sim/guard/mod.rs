@@ -613,6 +613,25 @@ mod tests {
     }
 
     #[test]
+    fn a_surge_that_ramps_up_for_ten_minutes_is_held_below_the_database_capacity() {
+        let mut sc = small("surge");
+        // From nothing to 20x over ten minutes: it is named a few aggregates at a time, its
+        // first limits hold it down while the rest of it is still small, and the rest must
+        // still be found (before it overloads the database) rather than learnt as normal.
+        sc.attacks[0].rate = 6000.0;
+        sc.attacks[0].ramp = crate::api::Duration::from_secs(10 * 60);
+        sc.attacks[0].end = crate::api::Duration::from_secs(20 * 60);
+        sc.duration = crate::api::Duration::from_secs(21 * 60);
+        let runs = run(&sc, |_| {});
+        let levee = &runs[1];
+        let a = &levee.attacks[0];
+        assert!(a.admitted_ratio < 0.05, "{a:?}");
+        assert!(levee.legit_success_ratio_under_attack >= 0.99, "{levee:?}");
+        assert!(levee.db_overloaded_secs <= 10.0, "{levee:?}");
+        assert!(levee.false_positive_ratio <= 0.001, "{levee:?}");
+    }
+
+    #[test]
     fn deterministic_for_a_seed() {
         let mut sc = small("flood");
         sc.attacks.truncate(1);
