@@ -468,8 +468,10 @@ impl GuardDetector {
                     .min(self.step);
                 self.episode = Some(onset);
                 self.named_newborn = Keyed::default();
-                // Keys that came shortly before the surge began came with it.
-                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset) {
+                // Keys that came shortly before the surge began came with it; those seen in the
+                // warm-up are the baseline itself, however soon after it the surge comes.
+                let warmup = u64::from(self.tuning.warmup);
+                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset && k.born > warmup) {
                     k.surge_born = true;
                 }
                 self.rise = 0.0;

@@ -92,6 +92,45 @@ fn a_new_flooder_is_named_within_two_samples() {
 }
 
 #[test]
+fn a_flood_seconds_after_the_detector_starts_names_only_the_flooder() {
+    // Five clients at 20 req/s in one /24 (no prefix table: no ASN or country), then after
+    // 15 s a flood from another prefix. The clients are younger than the window within which
+    // aggregates count as having come with a surge, yet they are the baseline itself.
+    // The edge reports what it lets through: the flooder at its limit once it is named.
+    let second = |t: u64, flood: Option<u64>| {
+        let mut ips: Vec<(String, u64)> = (10..15).map(|i| (format!("198.51.100.{i}"), 18 + (t + i) % 5)).collect();
+        if let Some(n) = flood {
+            ips.push(("203.0.113.9".into(), n));
+        }
+        let mut prefixes: BTreeMap<String, u64> = BTreeMap::new();
+        for (ip, n) in &ips {
+            *prefixes.entry(crate::edge::source::prefix_of(ip.parse().unwrap()).to_string()).or_default() += n;
+        }
+        let mut prefixes: Vec<(String, u64)> = prefixes.into_iter().collect();
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.1));
+        ips.sort_by_key(|p| std::cmp::Reverse(p.1));
+        Sample {
+            secs: 1.0,
+            requests: ips.iter().map(|i| i.1 as f64).sum(),
+            new_source_requests: if t == 15 { 300.0 } else { 0.0 },
+            top: BTreeMap::from([(Dimension::Ip, ips), (Dimension::Prefix, prefixes)]),
+            prefix_asns: HashMap::new(),
+        }
+    };
+    let mut d = detector();
+    let mut flooder_named = false;
+    for t in 0..45 {
+        let flood = (t >= 15).then_some(if flooder_named { 39 } else { 300 });
+        let obs = d.observe(&second(t, flood));
+        for f in &obs.findings {
+            assert!(!f.key.starts_with("198.51.100."), "t={t}: {f:?}");
+            flooder_named |= f.key == "203.0.113.9";
+        }
+    }
+    assert!(flooder_named);
+}
+
+#[test]
 fn a_known_source_is_judged_against_its_own_baseline() {
     let mut d = warmed_up(120);
     // One regular client at 4× its rate is not a flood; at 10× it is.
