@@ -582,10 +582,14 @@ impl GuardDetector {
         let prefix_rates: HashMap<&str, f64> =
             judged.iter().filter(|j| j.dim == Dimension::Prefix).map(|j| (j.key, j.rate)).collect();
         for dim in dims {
-            // Aggregates that appeared with the surge, and ISPs real clients used before it
-            // whose established prefixes are known: limiting the whole of an ISP or a country
-            // real clients use would refuse them along with the attack.
-            let established = |j: &Judged| (j.dim == Dimension::Asn).then(|| shared.get(j.key)).flatten();
+            // ISPs real clients used before the surge whose established prefixes are known:
+            // those prefixes, and what the ISP usually sends from outside them. Limiting the
+            // whole of an ISP or a country real clients use would refuse them with the attack.
+            let shared_isp = |j: &Judged| -> Option<(&Vec<String>, f64)> {
+                let (prefixes, usual) = (j.dim == Dimension::Asn).then(|| shared.get(j.key)).flatten()?;
+                let outside = (j.own.unwrap_or(0.0) - usual).max(MIN_BASELINE);
+                (j.born + NEW_BEFORE_SURGE < surge_began).then_some((prefixes, outside))
+            };
             // Aggregates with no traffic before the surge are judged together first: each of a
             // surge spread thin over many of them (or one that ramps up) stays under the floor
             // for minutes, while together they send far more than new sources usually do. Then
@@ -599,66 +603,57 @@ impl GuardDetector {
             let usual = allowance.max(MIN_BASELINE);
             let as_group = dim != Dimension::Ip && (together - usual) * (secs / usual).sqrt() > POISSON_Z;
             let group_share = (allowance / n_new.max(1) as f64).max(MIN_BASELINE);
-            // Per candidate: what it sends that the surge may account for, and what it is
-            // expected to send. An ISP real clients use is judged on its traffic from outside
+            // The candidates that stand out, each with its surplus: what it sends beyond what it
+            // is expected to. An ISP real clients use is judged on its traffic from outside
             // their established prefixes, against what it usually sends from there: the surge
             // stands out there long before it doubles the ISP's whole rate.
-            let judge = |j: &Judged| -> (f64, f64) {
-                if as_group && born_with(j) {
-                    return (j.rate, group_share);
-                }
-                match established(j) {
-                    Some((prefixes, usual)) if j.born + NEW_BEFORE_SURGE < surge_began => {
-                        let inside: f64 = prefixes.iter().filter_map(|p| prefix_rates.get(p.as_str())).sum();
-                        ((j.rate - inside).max(0.0), (j.own.unwrap_or(0.0) - usual).max(MIN_BASELINE))
-                    }
-                    _ => (j.rate, base(j)),
-                }
-            };
-            let stands_out = |j: &Judged| {
-                let (rate, expected) = judge(j);
-                if as_group && born_with(j) {
-                    return rate >= (2.0 * expected).max(NEWCOMER_FLOOR);
-                }
-                // Judged against at least a request a second (the floor, for a key's whole
-                // rate): a tiny usual rate outside an ISP's prefixes must not make a few stray
-                // requests a surge.
-                let scale = if expected < min_rate { expected.max(1.0) } else { expected };
-                rate > 2.0 * scale && (rate - expected) * (secs / scale).sqrt() > POISSON_Z
-            };
-            let mut cands: Vec<&Judged> = judged
+            let mut cands: Vec<(&Judged, f64)> = judged
                 .iter()
                 .filter(|j| {
                     j.dim == dim
                         && (j.born + NEW_BEFORE_SURGE >= surge_began
                             || self.offenders.contains(j.dim, j.key)
-                            || established(j).is_some())
-                        && stands_out(j)
+                            || shared_isp(j).is_some())
                         && !self.allowlisted(dim, j.key)
                         && !is_recent(j)
+                })
+                .filter_map(|j| {
+                    if as_group && born_with(j) {
+                        return (j.rate >= (2.0 * group_share).max(NEWCOMER_FLOOR))
+                            .then_some((j, j.rate - group_share));
+                    }
+                    let (rate, expected) = match shared_isp(j) {
+                        Some((prefixes, outside)) => {
+                            let inside: f64 = prefixes.iter().filter_map(|p| prefix_rates.get(p.as_str())).sum();
+                            ((j.rate - inside).max(0.0), outside)
+                        }
+                        None => (j.rate, base(j)),
+                    };
+                    // Judged against at least a request a second (the floor, for a key's whole
+                    // rate): a tiny usual rate outside an ISP's prefixes must not make a few
+                    // stray requests a surge.
+                    let scale = if expected < min_rate { expected.max(1.0) } else { expected };
+                    let stands_out = rate > 2.0 * scale && (rate - expected) * (secs / scale).sqrt() > POISSON_Z;
+                    stands_out.then_some((j, rate - expected))
                 })
                 .collect();
             if cands.is_empty() {
                 continue;
             }
-            let surplus = |j: &Judged| {
-                let (rate, expected) = judge(j);
-                rate - expected
-            };
-            cands.sort_by(|a, b| surplus(b).total_cmp(&surplus(a)));
+            cands.sort_by(|a, b| b.1.total_cmp(&a.1));
             let (mut covered, mut collateral, mut picked) = (0.0, 0.0, Vec::new());
-            for j in cands {
+            for (j, surplus) in cands {
                 // Not capped at the most findings a sample may name: dimensions are compared on
                 // what it takes each to cover the excess, and the winner is named from its
                 // heaviest keys, the rest in the next samples.
                 if covered >= 0.5 * excess {
                     break;
                 }
-                covered += surplus(j);
-                let (baseline, except) = match established(j).filter(|_| j.born + NEW_BEFORE_SURGE < surge_began) {
+                covered += surplus;
+                let (baseline, except) = match shared_isp(j) {
                     // What it usually sends from elsewhere than its established prefixes is
                     // what the limit is measured against, and all the traffic caught with it.
-                    Some((prefixes, usual)) => ((j.own.unwrap_or(0.0) - usual).max(MIN_BASELINE), prefixes.clone()),
+                    Some((prefixes, outside)) => (outside, prefixes.clone()),
                     None => (base(j), Vec::new()),
                 };
                 collateral += if except.is_empty() { j.own.unwrap_or(0.0) } else { baseline };
