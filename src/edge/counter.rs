@@ -53,37 +53,42 @@ impl Default for CounterConfig {
 /// not (a false positive), never the opposite within a generation.
 #[derive(Clone, Debug)]
 pub struct SeenFilter {
-    current: Vec<u64>,
-    previous: Vec<u64>,
+    /// Each word of the two generations side by side: a lookup reads both from one cache line,
+    /// one miss instead of two.
+    words: Vec<[u64; 2]>,
+    /// Which of each pair is the current generation.
+    current: usize,
     mask: u64,
 }
 
 impl SeenFilter {
     pub fn new(bits: usize) -> Self {
         let words = (bits.max(64) / 64).next_power_of_two();
-        Self { current: vec![0; words], previous: vec![0; words], mask: words as u64 - 1 }
+        Self { words: vec![[0; 2]; words], current: 0, mask: words as u64 - 1 }
     }
 
     /// Records `hash` and says whether it had been seen in this or the previous generation.
     ///
-    /// Blocked: the three bits of a key share one 64-bit word, so a lookup is one cache miss
-    /// per generation instead of three. Uses bits 0–57 of `hash`.
+    /// Blocked: the three bits of a key share one 64-bit word, so a lookup is one cache miss.
+    /// Uses bits 0–57 of `hash`.
     pub fn check_and_insert(&mut self, hash: u64) -> bool {
-        let word = (hash & self.mask) as usize;
+        let pair = &mut self.words[(hash & self.mask) as usize];
         let bits = (1u64 << ((hash >> 40) & 63)) | (1u64 << ((hash >> 46) & 63)) | (1u64 << ((hash >> 52) & 63));
-        let seen = self.current[word] & bits == bits || self.previous[word] & bits == bits;
-        self.current[word] |= bits;
+        let seen = pair[0] & bits == bits || pair[1] & bits == bits;
+        pair[self.current] |= bits;
         seen
     }
 
     /// Starts a new generation; the oldest is forgotten.
     pub fn rotate(&mut self) {
-        std::mem::swap(&mut self.current, &mut self.previous);
-        self.current.fill(0);
+        self.current ^= 1;
+        for pair in &mut self.words {
+            pair[self.current] = 0;
+        }
     }
 
     pub fn memory_bytes(&self) -> usize {
-        (self.current.len() + self.previous.len()) * 8
+        self.words.len() * 16
     }
 }
 
@@ -95,11 +100,67 @@ const SKETCH_SAMPLE: u32 = 8;
 /// exactly; more (a table with more ASNs than exist) go to the sketch, so memory stays bounded.
 const EXACT_KEYS: usize = 200_000;
 
+/// Exact counts, for dimensions with a bounded number of keys: cheaper than a sketch and a heap.
+enum Exact {
+    /// A few tens of thousands of ASNs are announced: a map.
+    Asn(HashMap<u32, u64, foldhash::fast::FixedState>),
+    /// A slot per pair of letters: an increment, no hashing.
+    Country(Box<[u64; 26 * 26]>),
+}
+
+/// The slot of a country key (its two upper-case letters, as [`Source`] holds them).
+fn country_slot(key: u128) -> Option<usize> {
+    match (key as u16).to_be_bytes() {
+        [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => Some(usize::from(a - b'A') * 26 + usize::from(b - b'A')),
+        _ => None,
+    }
+}
+
+impl Exact {
+    /// Counts `key`; false if it has no room for it.
+    fn count(&mut self, key: u128) -> bool {
+        match self {
+            Exact::Country(slots) => country_slot(key).map(|i| slots[i] += 1).is_some(),
+            Exact::Asn(map) => {
+                let Ok(asn) = u32::try_from(key) else { return false };
+                if let Some(n) = map.get_mut(&asn) {
+                    *n += 1;
+                } else if map.len() < EXACT_KEYS {
+                    map.insert(asn, 1);
+                } else {
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// The counted keys, which are forgotten.
+    fn drain(&mut self) -> Vec<(u128, u64)> {
+        match self {
+            Exact::Asn(map) => map.drain().map(|(k, n)| (u128::from(k), n)).collect(),
+            Exact::Country(slots) => {
+                let mut keys = Vec::new();
+                for (i, n) in slots.iter_mut().enumerate().filter(|(_, n)| **n > 0) {
+                    let letters = [b'A' + (i / 26) as u8, b'A' + (i % 26) as u8];
+                    keys.push((u128::from(u16::from_be_bytes(letters)), std::mem::take(n)));
+                }
+                keys
+            }
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        match self {
+            Exact::Asn(map) => map.capacity() * (std::mem::size_of::<(u32, u64)>() + 1),
+            Exact::Country(slots) => std::mem::size_of_val(&**slots),
+        }
+    }
+}
+
 struct DimensionCounter {
     dimension: Dimension,
-    /// Exact counts, for dimensions with a bounded number of keys: a map increment is cheaper
-    /// than a sketch and a heap.
-    exact: Option<HashMap<u128, u64, foldhash::fast::FixedState>>,
+    exact: Option<Exact>,
     sketch: CountMin,
     top: HeavyHitters,
     /// Names of the API keys in `top` (other dimensions' keys name themselves).
@@ -111,15 +172,10 @@ impl DimensionCounter {
     /// it was a heavy hitter already. `sampled` says whether this request is one of the
     /// one-in-[`SKETCH_SAMPLE`] that the sketch counts.
     fn count(&mut self, key: u128, sampled: bool) -> (Option<u128>, bool) {
-        if let Some(exact) = &mut self.exact {
-            if let Some(n) = exact.get_mut(&key) {
-                *n += 1;
-                return (None, true);
-            }
-            if exact.len() < EXACT_KEYS {
-                exact.insert(key, 1);
-                return (None, false);
-            }
+        if let Some(exact) = &mut self.exact
+            && exact.count(key)
+        {
+            return (None, true);
         }
         // A heavy hitter's own count is the one reported: the sketch only decides who gets in,
         // so it is spared the cache misses for the keys already there.
@@ -223,8 +279,13 @@ impl TrafficCounter {
                         2,
                     ),
                     top: HeavyHitters::new(cfg.top_keys),
-                    exact: matches!(dimension, Dimension::Asn | Dimension::Country)
-                        .then(|| HashMap::with_hasher(foldhash::fast::FixedState::with_seed(3))),
+                    exact: match dimension {
+                        Dimension::Asn => {
+                            Some(Exact::Asn(HashMap::with_hasher(foldhash::fast::FixedState::with_seed(3))))
+                        }
+                        Dimension::Country => Some(Exact::Country(Box::new([0; 26 * 26]))),
+                        _ => None,
+                    },
                     names: HashMap::new(),
                 })
                 .collect(),
@@ -332,15 +393,12 @@ impl TrafficCounter {
     /// Bytes held by the counting structures: filter, sketches, heavy hitters and exact maps
     /// (not the API keys' names, at most `top_keys` of them).
     pub fn memory_bytes(&self) -> usize {
-        let exact_entry = std::mem::size_of::<(u128, u64)>() + 1;
         self.seen.memory_bytes()
             + self
                 .dims
                 .iter()
                 .map(|d| {
-                    d.sketch.memory_bytes()
-                        + d.top.memory_bytes()
-                        + d.exact.as_ref().map_or(0, |m| m.capacity() * exact_entry)
+                    d.sketch.memory_bytes() + d.top.memory_bytes() + d.exact.as_ref().map_or(0, Exact::memory_bytes)
                 })
                 .sum::<usize>()
     }

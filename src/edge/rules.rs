@@ -30,7 +30,7 @@ pub struct Rule {
     /// Unix seconds after which the rule no longer applies.
     pub expires_at: f64,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    /// (requests per second, burst) the limiter was built with, to reuse it across rebuilds.
+    /// (nanoseconds per token, burst) the limiter was built with, to reuse it across rebuilds.
     quota: Option<(u64, u32)>,
     /// Prefixes the rule leaves alone (`match.exceptPrefixes`), with the lengths present.
     except: HashSet<IpNet, Hasher>,
@@ -202,10 +202,15 @@ impl RuleSet {
                 MitigationAction::Block => Outcome::Blocked { rule: rule.name.clone(), reason: rule.reason.clone() },
                 MitigationAction::RateLimit => match rule.limiter.as_ref().map(|l| (l, l.check())) {
                     Some((l, Err(not_until))) => {
-                        // The limiter's own clock: building a clock calibrates it, far too slow
-                        // for a request path.
-                        let wait = not_until.wait_time_from(l.clock().now());
-                        Outcome::Limited { rule: rule.name.clone(), retry_after_secs: wait.as_secs().max(1) }
+                        // At a token a second or faster, the next is less than a second away:
+                        // no second clock reading. Otherwise the limiter's own clock (building
+                        // a clock calibrates it, far too slow for a request path).
+                        let retry_after_secs = if rule.quota.is_some_and(|(period_ns, _)| period_ns <= 1_000_000_000) {
+                            1
+                        } else {
+                            not_until.wait_time_from(l.clock().now()).as_secs().max(1)
+                        };
+                        Outcome::Limited { rule: rule.name.clone(), retry_after_secs }
                     }
                     _ => Outcome::Pass,
                 },
@@ -332,6 +337,28 @@ mod tests {
         }
         assert!((0..100).all(|_| set.check(&src("203.0.113.10"), None, NOW).outcome == Outcome::Pass));
         assert_eq!(set.check(&flooder, None, NOW + 61.0).outcome, Outcome::Pass, "expired");
+    }
+
+    #[test]
+    fn retry_after_says_when_the_next_token_comes() {
+        let retry = |rps: f64| {
+            let s = spec(
+                MatchSpec { ip: Some("203.0.113.9".into()), ..none() },
+                MitigationAction::RateLimit,
+                rps,
+                1,
+                NOW + 60.0,
+            );
+            let (set, _) = RuleSet::build([("ns/slow".to_owned(), &s)], vec![], &RuleSet::default());
+            assert_eq!(set.check(&src("203.0.113.9"), None, NOW).outcome, Outcome::Pass, "the burst");
+            match set.check(&src("203.0.113.9"), None, NOW).outcome {
+                Outcome::Limited { retry_after_secs, .. } => retry_after_secs,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(retry(50.0), 1, "under a second away: the least Retry-After");
+        assert_eq!(retry(1.0), 1);
+        assert!((9..=10).contains(&retry(0.1)), "a token every ten seconds: {}", retry(0.1));
     }
 
     #[test]

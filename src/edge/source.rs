@@ -98,31 +98,27 @@ fn parse_forwarded_entry(entry: &[u8]) -> Option<IpAddr> {
 /// accepts a subset of what the standard parser does (four decimal octets, no leading zeros)
 /// and returns `None` for anything else, which then goes to the standard parser.
 fn parse_dotted_quad(b: &[u8]) -> Option<Ipv4Addr> {
-    if b.len() < 7 || b.len() > 15 {
+    let mut octets = [0u8; 4];
+    let (mut n, mut v, mut digits) = (0, 0u32, 0);
+    for &c in b {
+        match c {
+            // A fourth digit, or a digit after a leading zero.
+            b'0'..=b'9' if digits < 3 && !(digits == 1 && v == 0) => {
+                v = v * 10 + u32::from(c - b'0');
+                digits += 1;
+            }
+            b'.' if digits > 0 && n < 3 => {
+                octets[n] = u8::try_from(v).ok()?;
+                (n, v, digits) = (n + 1, 0, 0);
+            }
+            _ => return None,
+        }
+    }
+    if n != 3 || digits == 0 {
         return None;
     }
-    let mut octets = [0u8; 4];
-    let mut i = 0;
-    for (n, octet) in octets.iter_mut().enumerate() {
-        if n > 0 {
-            if b.get(i) != Some(&b'.') {
-                return None;
-            }
-            i += 1;
-        }
-        let start = i;
-        let mut v: u32 = 0;
-        while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit() && i - start < 4) {
-            v = v * 10 + u32::from(d - b'0');
-            i += 1;
-        }
-        let len = i - start;
-        if len == 0 || len > 3 || (len > 1 && b[start] == b'0') {
-            return None;
-        }
-        *octet = u8::try_from(v).ok()?;
-    }
-    (i == b.len()).then(|| Ipv4Addr::from(octets))
+    octets[3] = u8::try_from(v).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 /// The network a source's aggregate is counted under: /24 for IPv4, /64 for IPv6.
