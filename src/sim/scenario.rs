@@ -379,6 +379,7 @@ impl Scenario {
                     cache_busting: g.surge.cache_busting,
                 })
                 .collect(),
+            crowds: Vec::new(),
             database: Database { capacity: f64::MAX },
             guard: g.guard.clone(),
         };

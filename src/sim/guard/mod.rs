@@ -34,6 +34,8 @@ struct Client {
     ids: [usize; 4],
     legit_rate: f64,
     attack: Option<usize>,
+    /// The crowd of legitimate newcomers it came with.
+    crowd: Option<usize>,
     last_seen: Option<f64>,
 }
 
@@ -71,16 +73,25 @@ impl World {
         let total: f64 = weights.iter().sum();
         // A prefix belongs to one ISP in one country, as address blocks are allocated.
         let mut origin = (String::new(), String::new());
-        for (i, w) in weights.iter().enumerate() {
-            let p = i / sc.legit.sources_per_prefix;
-            if i % sc.legit.sources_per_prefix == 0 {
+        // The usual clients, then each crowd's, in /24s after theirs.
+        let per_prefix = sc.legit.sources_per_prefix;
+        let crowd_members = sc.crowds.iter().enumerate().flat_map(|(k, c)| (0..c.sources).map(move |_| (0.0, Some(k))));
+        let members = weights.iter().map(|w| (sc.legit.rate * w / total, None)).chain(crowd_members);
+        let mut p = 0;
+        let mut last_crowd = None;
+        for (i, (legit_rate, crowd)) in members.enumerate() {
+            if i > 0 && (i % per_prefix == 0 || crowd != last_crowd) {
+                p += 1;
+            }
+            if i == 0 || i % per_prefix == 0 || crowd != last_crowd {
+                // The crowd's ISPs and countries are drawn as the usual clients' are.
                 origin = (
                     (64_000 + skewed(rng, sc.legit.asns)).to_string(),
                     countries[skewed(rng, sc.legit.countries)].clone(),
                 );
             }
-            let ip =
-                format!("{}.{}.{}.{}", 11 + p / 65536, p / 256 % 256, p % 256, 1 + i % sc.legit.sources_per_prefix);
+            last_crowd = crowd;
+            let ip = format!("{}.{}.{}.{}", 11 + p / 65536, p / 256 % 256, p % 256, 1 + i % per_prefix);
             let keys = [
                 ip,
                 format!("{}.{}.{}.0/24", 11 + p / 65536, p / 256 % 256, p % 256),
@@ -88,7 +99,7 @@ impl World {
                 origin.1.clone(),
             ];
             let ids = std::array::from_fn(|d| intern(&mut names[d], &mut index[d], keys[d].clone()));
-            clients.push(Client { ids, legit_rate: sc.legit.rate * w / total, attack: None, last_seen: None });
+            clients.push(Client { ids, legit_rate, attack: None, crowd, last_seen: None });
         }
         let mut next = 0usize;
         for (a, attack) in sc.attacks.iter().enumerate() {
@@ -105,7 +116,7 @@ impl World {
                     countries[j % attack.countries].clone(),
                 ];
                 let ids = std::array::from_fn(|d| intern(&mut names[d], &mut index[d], keys[d].clone()));
-                clients.push(Client { ids, legit_rate: 0.0, attack: Some(a), last_seen: None });
+                clients.push(Client { ids, legit_rate: 0.0, attack: Some(a), crowd: None, last_seen: None });
             }
         }
         let mut prefix_asn = vec![0; names[1].len()];
@@ -170,6 +181,8 @@ pub struct GuardSummary {
     /// what they let through.
     pub renewals: usize,
     pub attacks: Vec<AttackTiming>,
+    /// Per crowd of legitimate newcomers: (name, fraction of its requests admitted).
+    pub crowds: Vec<(String, f64)>,
     pub detect_p50_secs: Option<f64>,
     pub detect_p95_secs: Option<f64>,
     pub enforce_p95_secs: Option<f64>,
@@ -196,6 +209,8 @@ struct Tally {
     peak_db: f64,
     db_over: f64,
     attack: Vec<(f64, f64)>,
+    /// Per crowd: requests sent, and admitted.
+    crowd: Vec<(f64, f64)>,
 }
 
 /// Runs the scenario without a guard and with levee's.
@@ -233,6 +248,11 @@ fn attack_rate(sc: &GuardScenario, a: usize, t: f64) -> f64 {
     crate::sim::scenario::ramped(t, at.start, at.ramp, at.end, at.onset_rate, at.rate) / at.sources as f64
 }
 
+fn crowd_rate(sc: &GuardScenario, k: usize, t: f64) -> f64 {
+    let c = &sc.crowds[k];
+    crate::sim::scenario::ramped(t, c.start, c.ramp, c.end, 0.0, c.rate) / c.sources as f64
+}
+
 fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progress: impl FnMut(f64)) -> GuardRun {
     let mut rng = StdRng::seed_from_u64(sc.seed);
     let mut world = World::new(sc, &mut rng);
@@ -246,7 +266,11 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
     let mut pending: std::collections::VecDeque<(f64, Sample, Refusals)> = std::collections::VecDeque::new();
     let mut attacks: Vec<AttackTiming> =
         sc.attacks.iter().map(|a| AttackTiming { name: a.name.clone(), ..AttackTiming::default() }).collect();
-    let mut tally = Tally { attack: vec![(0.0, 0.0); sc.attacks.len()], ..Tally::default() };
+    let mut tally = Tally {
+        attack: vec![(0.0, 0.0); sc.attacks.len()],
+        crowd: vec![(0.0, 0.0); sc.crowds.len()],
+        ..Tally::default()
+    };
     let (mut mitigations, mut renewals) = (0, 0);
     let duration = sc.duration.as_secs_f64().floor() as usize;
     let report_every = g.report_interval.as_secs_f64().max(1.0);
@@ -263,7 +287,14 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
     }
     let miss = sc.legit.cache_miss_ratio;
     let last_attack_end = sc.attacks.iter().map(|a| a.end.as_secs_f64()).fold(0.0, f64::max);
-    let first_onset = sc.attacks.iter().map(|a| a.start.as_secs_f64()).fold(f64::INFINITY, f64::min);
+    // A page is timed from the first surge, an attack's or a crowd's (a page for a crowd is a
+    // false alarm, and its time says how soon it came).
+    let first_onset = sc
+        .attacks
+        .iter()
+        .map(|a| a.start.as_secs_f64())
+        .chain(sc.crowds.iter().map(|c| c.start.as_secs_f64()))
+        .fold(f64::INFINITY, f64::min);
     let mut admitted_by_second = Vec::with_capacity(duration);
     let mut page_secs = None;
 
@@ -282,9 +313,10 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
         let mut demand: Vec<(usize, f64, u8)> = Vec::with_capacity(world.clients.len());
         let mut rule_demand: foldhash::HashMap<(usize, usize), f64> = Default::default();
         for (i, c) in world.clients.iter_mut().enumerate() {
-            let rate = match c.attack {
-                Some(a) => attack_rate(sc, a, t),
-                None => c.legit_rate,
+            let rate = match (c.attack, c.crowd) {
+                (Some(a), _) => attack_rate(sc, a, t),
+                (None, Some(k)) => crowd_rate(sc, k, t),
+                (None, None) => c.legit_rate,
             };
             if rate <= 0.0 {
                 continue;
@@ -350,6 +382,10 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                     legit_this += n;
                     legit_admitted += admitted;
                     db_load += admitted * miss;
+                    if let Some(k) = c.crowd {
+                        tally.crowd[k].0 += n;
+                        tally.crowd[k].1 += admitted;
+                    }
                 }
             }
         }
@@ -488,6 +524,7 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
         enforce_p95_secs: quantile(enforces, 0.95),
         page_secs,
         attacks,
+        crowds: sc.crowds.iter().zip(&tally.crowd).map(|(c, &(sent, admitted))| (c.name.clone(), ratio(admitted, sent))).collect(),
     };
     GuardRun { summary, admitted: admitted_by_second }
 }
@@ -534,6 +571,9 @@ pub fn table(runs: &[GuardSummary]) -> String {
                 secs(a.enforce_secs),
                 a.admitted_ratio * 100.0
             ));
+        }
+        for (name, admitted) in &levee.crowds {
+            s.push_str(&format!("  {name:<10} legitimate crowd admitted {:.1}%\n", admitted * 100.0));
         }
         s.push_str(&format!(
             "  page       {:>5} after the first onset (with the incident's first Mitigation)\n",

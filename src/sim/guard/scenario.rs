@@ -1,6 +1,7 @@
-//! Guard scenarios: a population of legitimate clients, attacks on top of it, and a database
-//! that cache misses land on. Built-in: `surge` (the incident's distributed surge) and `flood`
-//! (single-source floods).
+//! Guard scenarios: a population of legitimate clients, attacks on top of it, crowds of
+//! legitimate newcomers, and a database that cache misses land on. Built-in: `surge` (the
+//! incident's distributed surge), `flood` (single-source floods) and `flash-crowd` (a surge of
+//! real users, which must not be taken for an attack).
 
 use serde::Deserialize;
 
@@ -21,7 +22,10 @@ pub struct GuardScenario {
     #[serde(default)]
     pub seed: u64,
     pub legit: Legit,
+    #[serde(default)]
     pub attacks: Vec<Attack>,
+    #[serde(default)]
+    pub crowds: Vec<Crowd>,
     pub database: Database,
     pub guard: GuardSettings,
 }
@@ -72,6 +76,23 @@ pub struct Attack {
     pub cache_busting: f64,
 }
 
+/// Legitimate newcomers arriving together (a launch, a news story, a mention on a busy site):
+/// new addresses in new /24s of the ISPs and countries the usual clients use, in the same
+/// proportions, each sending at a usual client's pace. Their refusals are false positives.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Crowd {
+    pub name: String,
+    pub start: Duration,
+    pub end: Duration,
+    /// Time from onset to full rate.
+    #[serde(default)]
+    pub ramp: Duration,
+    pub sources: usize,
+    /// Total requests per second at full rate.
+    pub rate: f64,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Database {
@@ -105,8 +126,11 @@ fn one_sec() -> Duration {
     Duration::from_secs(1)
 }
 
-pub const BUILTIN: &[(&str, &str)] =
-    &[("surge", include_str!("../scenarios/surge.yaml")), ("flood", include_str!("../scenarios/flood.yaml"))];
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("surge", include_str!("../scenarios/surge.yaml")),
+    ("flood", include_str!("../scenarios/flood.yaml")),
+    ("flash-crowd", include_str!("../scenarios/flash-crowd.yaml")),
+];
 
 impl GuardScenario {
     /// A built-in guard scenario, or a file whose `kind` is `guard`; `None` when `name` is
@@ -167,6 +191,14 @@ impl GuardScenario {
             }
             if a.end.0 <= a.start.0 {
                 return bad(&format!("attack {}: end must be after start", a.name));
+            }
+        }
+        for c in &s.crowds {
+            if c.sources == 0 || c.rate.is_nan() || c.rate <= 0.0 {
+                return bad(&format!("crowd {}: needs sources and a positive rate", c.name));
+            }
+            if c.end.0 <= c.start.0 {
+                return bad(&format!("crowd {}: end must be after start", c.name));
             }
         }
         if s.database.capacity.is_nan() || s.database.capacity <= 0.0 {
