@@ -180,8 +180,11 @@ pub struct Observation {
     pub mix_distance: f64,
     /// The total is surging and the source mix changed.
     pub surge: bool,
-    /// The total is far above baseline from the usual mix: demand, not an attack.
+    /// The total is far above baseline from the usual mix, or from new sources in the usual
+    /// networks (a crowd): demand, not an attack.
     pub demand_rise: bool,
+    /// The rise comes from new sources in the networks the usual clients use.
+    pub crowd: bool,
     pub findings: Vec<Finding>,
 }
 
@@ -199,6 +202,8 @@ impl Observation {
         );
         if self.surge {
             s.push_str("; distributed surge");
+        } else if self.crowd {
+            s.push_str("; a crowd of new sources from the usual networks (demand, not mitigated)");
         } else if self.demand_rise {
             s.push_str("; a rise from the usual sources (demand, not mitigated)");
         }
@@ -285,6 +290,8 @@ pub struct GuardDetector {
     /// Aggregates born with the current surge named so far: they share its allowance with
     /// those named later, even once their mitigations keep them out of the samples.
     named_newborn: Keyed<()>,
+    /// The current episode has been taken for an attack.
+    attack_seen: bool,
 }
 
 /// A surge episode ends after this many samples in a row with the total not hot.
@@ -325,6 +332,10 @@ const NEWCOMER_FLOOR: f64 = 2.0;
 /// Samples a named key is left out of further surge findings.
 const NAMED_FOR: u64 = 30;
 
+/// Below this fraction of a surge's excess coming from ASNs without a baseline of their own,
+/// its new sources are a crowd of real users from the usual networks, not an attack.
+const CROWD_NEW_NETWORKS: f64 = 0.25;
+
 impl GuardDetector {
     pub fn new(tuning: Tuning, allowlist: Vec<IpNet>) -> Self {
         let total = RobustDetector::new(DetectorConfig {
@@ -350,6 +361,7 @@ impl GuardDetector {
             calm: 0,
             offenders: Keyed::default(),
             named_newborn: Keyed::default(),
+            attack_seen: false,
         }
     }
 
@@ -480,10 +492,42 @@ impl GuardDetector {
             self.calm += 1;
             if self.calm >= EPISODE_ENDS_AFTER {
                 self.episode = None;
+                self.attack_seen = false;
             }
         }
-        obs.surge = self.total_hot >= self.tuning.confirm && mix_changed;
-        obs.demand_rise = self.total_hot >= self.tuning.confirm && !mix_changed;
+        let surging = self.total_hot >= self.tuning.confirm && mix_changed;
+        // New sources that come through the networks the usual clients use are a crowd (a
+        // launch, a news story), not an attack: an attack brings its own networks. Judged by
+        // the ASNs the excess comes from, when the edges report them; once an episode has
+        // been an attack, it stays one, so limits that hold its own networks down do not make
+        // its remainder look like a crowd.
+        let crowd = surging && !self.attack_seen && {
+            let excess = (total_rate - verdict.baseline).max(0.0);
+            s.top.get(&Dimension::Asn).is_some_and(|asns| {
+                let new_networks: f64 = asns
+                    .iter()
+                    .filter(|(k, _)| self.is_newcomer(Dimension::Asn, k))
+                    .map(|(_, n)| *n as f64 / secs)
+                    .sum();
+                new_networks < CROWD_NEW_NETWORKS * excess
+            })
+        };
+        if crowd {
+            // A crowd is demand: learnt as it comes, like any other traffic, so that an attack
+            // on top of it begins after it and is told from it. The episode its first hot
+            // samples opened is closed, and the keys it took for surge-born are not.
+            if let Some(onset) = self.episode.take() {
+                let warmup = u64::from(self.tuning.warmup);
+                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset && k.born > warmup) {
+                    k.surge_born = false;
+                }
+            }
+            (self.rise, self.rising_since) = (0.0, self.step);
+        }
+        obs.surge = surging && !crowd;
+        obs.crowd = crowd;
+        obs.demand_rise = self.total_hot >= self.tuning.confirm && (!mix_changed || crowd);
+        self.attack_seen |= obs.surge;
 
         // Single sources: hot for `confirm` samples in a row.
         for j in &judged {

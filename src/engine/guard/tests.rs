@@ -386,3 +386,57 @@ fn clients_returning_after_a_quarter_hour_idle_are_not_a_surge() {
         assert!(!o.surge && o.findings.is_empty(), "t={t}: {}", o.summary());
     }
 }
+
+#[test]
+fn a_crowd_from_the_usual_networks_is_demand_and_an_attack_on_top_of_it_is_not() {
+    let mut d = warmed_up(300);
+    // 120 new users in 30 new prefixes of the regulars' ISPs and countries, at their pace: four
+    // times the usual traffic.
+    let crowd = |t: u64| -> Vec<(String, u32, &'static str, u64)> {
+        (0..120u64)
+            .map(|i| {
+                let jitter = (i * 7919 + t * 104_729) % 11;
+                let prefix = i % 30;
+                (
+                    format!("192.0.{prefix}.{}", 10 + i),
+                    64500 + (prefix % 4) as u32,
+                    ["DE", "FR"][(prefix % 2) as usize],
+                    15 + jitter,
+                )
+            })
+            .collect()
+    };
+    let mut took_for_crowd = false;
+    for t in 300..420 {
+        let mut s = regulars(t);
+        s.extend(crowd(t));
+        let obs = d.observe(&sample(&s, if t == 300 { 2400 } else { 0 }));
+        assert!(obs.findings.is_empty() && !obs.surge, "t={t}: {}", obs.summary());
+        took_for_crowd |= obs.crowd && obs.demand_rise;
+    }
+    assert!(took_for_crowd, "the crowd was never reported as one");
+    // Then 200 addresses in 50 ASNs and 2 countries of their own, 30 req/s each.
+    let attackers: Vec<(String, u32, &str, u64)> = (0..200u32)
+        .map(|i| {
+            (
+                std::net::Ipv4Addr::from(0x2d00_0000 + i * 97).to_string(),
+                70_000 + i % 50,
+                ["BR", "VN"][(i % 2) as usize],
+                30,
+            )
+        })
+        .collect();
+    let mut named_attack = false;
+    for t in 420..450 {
+        let mut s = regulars(t);
+        s.extend(crowd(t));
+        s.extend(attackers.iter().cloned());
+        let obs = d.observe(&sample(&s, if t == 420 { 200 } else { 0 }));
+        for f in &obs.findings {
+            assert!(!names_a_regular(f), "t={t}: {f:?}");
+            assert!(!crowd(t).iter().any(|c| catches(f, c)), "t={t}: {f:?} catches the crowd");
+            named_attack |= attackers.iter().any(|a| catches(f, a));
+        }
+    }
+    assert!(named_attack, "the attack on top of the crowd was never named");
+}

@@ -287,14 +287,14 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
     }
     let miss = sc.legit.cache_miss_ratio;
     let last_attack_end = sc.attacks.iter().map(|a| a.end.as_secs_f64()).fold(0.0, f64::max);
-    // A page is timed from the first surge, an attack's or a crowd's (a page for a crowd is a
+    // A page is timed from the first attack; with none, from the first crowd (a page then is a
     // false alarm, and its time says how soon it came).
-    let first_onset = sc
-        .attacks
-        .iter()
-        .map(|a| a.start.as_secs_f64())
-        .chain(sc.crowds.iter().map(|c| c.start.as_secs_f64()))
-        .fold(f64::INFINITY, f64::min);
+    let starts: Vec<f64> = if sc.attacks.is_empty() {
+        sc.crowds.iter().map(|c| c.start.as_secs_f64()).collect()
+    } else {
+        sc.attacks.iter().map(|a| a.start.as_secs_f64()).collect()
+    };
+    let first_onset = starts.into_iter().fold(f64::INFINITY, f64::min);
     let mut admitted_by_second = Vec::with_capacity(duration);
     let mut page_secs = None;
 
@@ -524,7 +524,12 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
         enforce_p95_secs: quantile(enforces, 0.95),
         page_secs,
         attacks,
-        crowds: sc.crowds.iter().zip(&tally.crowd).map(|(c, &(sent, admitted))| (c.name.clone(), ratio(admitted, sent))).collect(),
+        crowds: sc
+            .crowds
+            .iter()
+            .zip(&tally.crowd)
+            .map(|(c, &(sent, admitted))| (c.name.clone(), ratio(admitted, sent)))
+            .collect(),
     };
     GuardRun { summary, admitted: admitted_by_second }
 }
@@ -669,6 +674,39 @@ mod tests {
         assert!(levee.legit_success_ratio_under_attack >= 0.99, "{levee:?}");
         assert!(levee.db_overloaded_secs <= 10.0, "{levee:?}");
         assert!(levee.false_positive_ratio <= 0.001, "{levee:?}");
+    }
+
+    #[test]
+    fn a_crowd_of_real_users_is_let_in_and_an_attack_on_top_of_it_is_not() {
+        // 5x the usual traffic from new users of the usual ISPs and countries: demand. (A
+        // thousand users over 100 ISPs: spread over the scenario's 400, many ISPs would have
+        // none of them, and the crowd's users there would come from networks never seen.)
+        let mut sc = small("flash-crowd");
+        sc.legit.asns = 100;
+        sc.crowds[0].sources = 4000;
+        sc.crowds[0].rate = 1200.0;
+        sc.crowds[0].end = crate::api::Duration::from_secs(16 * 60);
+        sc.duration = crate::api::Duration::from_secs(16 * 60);
+        let alone = run(&sc, |_| {}).remove(1);
+        assert_eq!(alone.mitigations, 0, "{alone:?}");
+        assert!(alone.false_positive_ratio <= 0.001, "{alone:?}");
+        assert!(alone.page_secs.is_none(), "{alone:?}");
+
+        // The incident's surge, from networks of its own, arrives while the crowd is in.
+        let surge = small("surge").attacks.remove(0);
+        sc.attacks = vec![scenario::Attack {
+            start: crate::api::Duration::from_secs(10 * 60),
+            end: crate::api::Duration::from_secs(15 * 60),
+            rate: 6000.0,
+            ..surge
+        }];
+        sc.database.capacity = 400.0;
+        let both = run(&sc, |_| {}).remove(1);
+        let a = &both.attacks[0];
+        assert!(a.detect_secs.is_some_and(|s| s <= 15.0), "{a:?}");
+        assert!(a.admitted_ratio < 0.05, "{a:?}");
+        assert!(both.crowds[0].1 >= 0.999, "{both:?}");
+        assert!(both.false_positive_ratio <= 0.001, "{both:?}");
     }
 
     #[test]
