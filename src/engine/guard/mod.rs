@@ -480,12 +480,7 @@ impl GuardDetector {
                     .min(self.step);
                 self.episode = Some(onset);
                 self.named_newborn = Keyed::default();
-                // Keys that came shortly before the surge began came with it; those seen in the
-                // warm-up are the baseline itself, however soon after it the surge comes.
-                let warmup = u64::from(self.tuning.warmup);
-                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset && k.born > warmup) {
-                    k.surge_born = true;
-                }
+                self.mark_came_with(onset, true);
                 self.rise = 0.0;
             }
         } else {
@@ -517,10 +512,7 @@ impl GuardDetector {
             // on top of it begins after it and is told from it. The episode its first hot
             // samples opened is closed, and the keys it took for surge-born are not.
             if let Some(onset) = self.episode.take() {
-                let warmup = u64::from(self.tuning.warmup);
-                for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset && k.born > warmup) {
-                    k.surge_born = false;
-                }
+                self.mark_came_with(onset, false);
             }
             (self.rise, self.rising_since) = (0.0, self.step);
         }
@@ -762,6 +754,16 @@ impl GuardDetector {
     fn key_state(&mut self, dim: Dimension, key: &str) -> &mut KeyState {
         let (born, surge_born) = (self.step, self.episode.is_some());
         self.keys.get_or_insert_with(dim, key, || KeyState { born, surge_born, ..KeyState::default() })
+    }
+
+    /// Marks the keys that came with a surge beginning at `onset` as surge-born (or, for a
+    /// crowd, no longer): those that came shortly before it began came with it; those seen in
+    /// the warm-up are the baseline itself, however soon after it the surge comes.
+    fn mark_came_with(&mut self, onset: u64, surge_born: bool) {
+        let warmup = u64::from(self.tuning.warmup);
+        for k in self.keys.values_mut().filter(|k| k.born + NEW_BEFORE_SURGE >= onset && k.born > warmup) {
+            k.surge_born = surge_born;
+        }
     }
 
     /// A key with no baseline of its own, or one that came with a surge (what it learnt since
