@@ -3,7 +3,8 @@
 #   1. the upstream directly (nginx returning a fixed 200),
 #   2. nginx `proxy_pass` with `limit_req` to that upstream,
 #   3. `levee edge` (release build, standalone) to the same upstream.
-# Each wrk run is bounded (BENCH_SECS, default 10 s). Prints wrk's figures and a summary.
+# Each wrk run is bounded (BENCH_SECS, default 10 s). Prints wrk's figures and a summary, with
+# the CPU time each proxy (and the upstream) used per request.
 # Usage: hack/bench-edge.sh [wrk threads] [connections]
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT_DIR"
@@ -70,14 +71,30 @@ trap cleanup EXIT
 wait_for "levee edge" 20 curl -sf "http://127.0.0.1:$ADMIN/readyz"
 wait_for "nginx" 20 curl -sf "http://127.0.0.1:$NGX/"
 
-run() {
-  local name=$1 port=$2
-  log "wrk -t$THREADS -c$CONNS -d${SECS}s against $name"
-  wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:$port/" | tee "$dir/$name.txt"
+# CPU time (user + system, clock ticks) the given processes have used. On a shared machine the
+# CPU a proxy spends per request is steadier than the requests per second it reaches.
+ticks() {
+  local t=0 p f
+  for p in "$@"; do
+    read -r -a f <"/proc/$p/stat" || continue
+    t=$((t + f[13] + f[14]))
+  done
+  echo "$t"
 }
-run upstream "$UP"
-run nginx "$NGX"
-run levee "$EDGE"
+workers() { pgrep -P "$(cat "$dir/$1/nginx.pid")" | tr '\n' ' '; }
+run() {
+  local name=$1 port=$2 before
+  shift 2
+  log "wrk -t$THREADS -c$CONNS -d${SECS}s against $name"
+  before=$(ticks "$@")
+  wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:$port/" | tee "$dir/$name.txt"
+  echo $(($(ticks "$@") - before)) >"$dir/$name.cpu"
+}
+# shellcheck disable=SC2046 # one argument per worker pid
+run upstream "$UP" $(workers upstream)
+# shellcheck disable=SC2046
+run nginx "$NGX" $(workers proxy)
+run levee "$EDGE" "$edge_pid"
 # Added latency without queueing: one connection, one request at a time.
 latency() {
   local name=$1 port=$2
@@ -87,12 +104,16 @@ log "wrk -t1 -c1 -d${SECS}s against each (latency without queueing)"
 latency upstream "$UP"; latency nginx "$NGX"; latency levee "$EDGE"
 
 summary() {
-  local f="$dir/$1.txt"
-  printf '%-9s %12s req/s   p50 %8s   p99 %8s   non-2xx %s\n' "$1" \
+  local f="$dir/$1.txt" cpu=""
+  if [ -f "$dir/$1.cpu" ]; then
+    cpu=$(awk -v t="$(cat "$dir/$1.cpu")" -v hz="$(getconf CLK_TCK)" '/requests in/{n=$1} END{if (n > 0) printf "   CPU %5.1f us/request", t * 1e6 / hz / n}' "$f")
+  fi
+  printf '%-9s %12s req/s   p50 %8s   p99 %8s   non-2xx %s%s\n' "$1" \
     "$(awk '/Requests\/sec/{print $2}' "$f")" \
     "$(awk '$1=="50%"{print $2}' "$f")" \
     "$(awk '$1=="99%"{print $2}' "$f")" \
-    "$(awk '/Non-2xx/{print $5}' "$f" | sed 's/^$/0/')"
+    "$(awk '/Non-2xx/{n=$5} END{print n+0}' "$f")" \
+    "$cpu"
 }
 echo
 echo "summary (wrk -t$THREADS -c$CONNS -d${SECS}s, $(nproc) cores shared by wrk, nginx and levee):"
