@@ -144,7 +144,7 @@ pub fn backtest(
 /// Arguments of `levee simulate`.
 #[derive(clap::Args)]
 pub struct SimulateArgs {
-    /// A built-in scenario (incident, nasa, diurnal; surge and flood for the traffic guard)
+    /// A built-in scenario (incident, nasa, diurnal; surge, flood and flash-crowd for the traffic guard)
     /// or a scenario file. Default: incident, or nasa when --trace is given.
     #[arg(long)]
     pub scenario: Option<String>,

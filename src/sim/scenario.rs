@@ -252,9 +252,15 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("diurnal", include_str!("scenarios/diurnal.yaml")),
 ];
 
+/// Every built-in scenario's name, autoscaling and traffic guard, for errors.
+fn builtin_names() -> String {
+    let names: Vec<&str> = BUILTIN.iter().chain(crate::sim::guard::scenario::BUILTIN).map(|(n, _)| *n).collect();
+    names.join(", ")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("no built-in scenario {0:?} and no such file (built-in: incident, nasa, diurnal)")]
+    #[error("no built-in scenario {0:?} and no such file (built-in: {names})", names = builtin_names())]
     Unknown(String),
     #[error("cannot read {path}: {source}")]
     Io { path: String, source: std::io::Error },
@@ -416,7 +422,7 @@ mod tests {
     #[test]
     fn unknown_and_bad_scenarios_are_clear_errors() {
         let e = Scenario::load("no-such-scenario").unwrap_err();
-        assert!(e.to_string().contains("built-in: incident"), "{e}");
+        assert!(e.to_string().contains("built-in: incident, nasa, diurnal, surge, flood, flash-crowd"), "{e}");
         let e = Scenario::parse("x", "name: x\nduration: forever\n").unwrap_err();
         assert!(e.to_string().contains("invalid duration"), "{e}");
     }
