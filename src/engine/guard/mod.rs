@@ -617,21 +617,21 @@ impl GuardDetector {
         let excess = (excess - already).max(0.0);
         let prefix_rates: HashMap<&str, f64> =
             judged.iter().filter(|j| j.dim == Dimension::Prefix).map(|j| (j.key, j.rate)).collect();
+        // ISPs real clients used before the surge whose established prefixes are known: those
+        // prefixes, and what the ISP usually sends from outside them. Limiting the whole of an
+        // ISP or a country real clients use would refuse them with the attack.
+        let shared_isp = |j: &Judged| -> Option<(&Vec<String>, f64)> {
+            let (prefixes, usual) = (j.dim == Dimension::Asn).then(|| shared.get(j.key)).flatten()?;
+            let outside = (j.own.unwrap_or(0.0) - usual).max(MIN_BASELINE);
+            (j.born + NEW_BEFORE_SURGE < surge_began).then_some((prefixes, outside))
+        };
+        let born_with = |j: &Judged| j.born + NEW_BEFORE_SURGE >= surge_began && self.is_newcomer(j.dim, j.key);
         for dim in dims {
-            // ISPs real clients used before the surge whose established prefixes are known:
-            // those prefixes, and what the ISP usually sends from outside them. Limiting the
-            // whole of an ISP or a country real clients use would refuse them with the attack.
-            let shared_isp = |j: &Judged| -> Option<(&Vec<String>, f64)> {
-                let (prefixes, usual) = (j.dim == Dimension::Asn).then(|| shared.get(j.key)).flatten()?;
-                let outside = (j.own.unwrap_or(0.0) - usual).max(MIN_BASELINE);
-                (j.born + NEW_BEFORE_SURGE < surge_began).then_some((prefixes, outside))
-            };
             // Aggregates with no traffic before the surge are judged together first: each of a
             // surge spread thin over many of them (or one that ramps up) stays under the floor
             // for minutes, while together they send far more than new sources usually do. Then
             // each that sends twice its share of that, and at least NEWCOMER_FLOOR, is a
             // candidate. (Addresses are not aggregates: each is judged alone.)
-            let born_with = |j: &Judged| j.born + NEW_BEFORE_SURGE >= surge_began && self.is_newcomer(dim, j.key);
             let (n_new, together) = judged
                 .iter()
                 .filter(|j| j.dim == dim && born_with(j))
@@ -715,8 +715,8 @@ impl GuardDetector {
                 .iter()
                 .filter(|j| j.dim == dim && self.is_newcomer(dim, j.key) && !self.named_newborn.contains(dim, j.key))
                 .count();
-            let newborn = picked.iter().filter(|f| f.born_with_surge).count().max(named_before + unnamed);
-            let share = (allowance / newborn.max(1) as f64).max(MIN_BASELINE);
+            // (Those picked now are among them: present, and named before or not.)
+            let share = (allowance / (named_before + unnamed).max(1) as f64).max(MIN_BASELINE);
             for f in picked.iter_mut().filter(|f| f.born_with_surge) {
                 f.baseline = share;
             }

@@ -77,21 +77,21 @@ impl World {
         let per_prefix = sc.legit.sources_per_prefix;
         let crowd_members = sc.crowds.iter().enumerate().flat_map(|(k, c)| (0..c.sources).map(move |_| (0.0, Some(k))));
         let members = weights.iter().map(|w| (sc.legit.rate * w / total, None)).chain(crowd_members);
-        let mut p = 0;
-        let mut last_crowd = None;
+        // The /24 being filled, and its next host; the first member opens the first /24.
+        let (mut p, mut host, mut last_crowd) = (0usize, per_prefix, None);
         for (i, (legit_rate, crowd)) in members.enumerate() {
-            if i > 0 && (i % per_prefix == 0 || crowd != last_crowd) {
-                p += 1;
-            }
-            if i == 0 || i % per_prefix == 0 || crowd != last_crowd {
-                // The crowd's ISPs and countries are drawn as the usual clients' are.
+            if host == per_prefix || crowd != last_crowd {
+                // A new /24; a crowd's ISPs and countries are drawn as the usual clients' are.
+                p += usize::from(i > 0);
+                host = 0;
                 origin = (
                     (64_000 + skewed(rng, sc.legit.asns)).to_string(),
                     countries[skewed(rng, sc.legit.countries)].clone(),
                 );
             }
             last_crowd = crowd;
-            let ip = format!("{}.{}.{}.{}", 11 + p / 65536, p / 256 % 256, p % 256, 1 + i % per_prefix);
+            let ip = format!("{}.{}.{}.{}", 11 + p / 65536, p / 256 % 256, p % 256, 1 + host);
+            host += 1;
             let keys = [
                 ip,
                 format!("{}.{}.{}.0/24", 11 + p / 65536, p / 256 % 256, p % 256),
