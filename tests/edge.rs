@@ -440,3 +440,42 @@ async fn a_distributed_surge_is_limited_by_its_aggregate_while_regular_clients_k
     assert!(isp.spec.reason.contains("outside its 1 established prefixes"), "{}", isp.spec.reason);
     std::fs::remove_file(table).ok();
 }
+
+#[tokio::test]
+async fn a_crowd_of_new_users_from_the_usual_network_is_let_in_and_told_in_an_event() {
+    // Regular clients in a prefix of ASN 64500; then a hundred new users of the same ISP, each
+    // from a /24 of its own and at half a regular client's pace: six times the traffic, from
+    // addresses never seen, through the network the regular clients use.
+    let table = std::env::temp_dir().join(format!("levee-prefixes-crowd-{}.csv", std::process::id()));
+    std::fs::write(&table, "198.51.0.0/16,64500,DE\n").unwrap();
+    let (ns, _op, _up, edge) =
+        guarded_edge("edge-crowd", "Enforce", "", &["--prefix-table", table.to_str().unwrap()]).await;
+    let (secs, onset) = (60.0, 35.0);
+    let regulars: Vec<_> =
+        (0..10).map(|i| tokio::spawn(load(edge.url("/"), format!("198.51.100.{}", 10 + i), 10.0, secs))).collect();
+    let crowd: Vec<_> = (1..=100)
+        .map(|i| {
+            let url = edge.url("/");
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(onset)).await;
+                load(url, format!("198.51.{i}.7"), 5.0, secs - onset).await
+            })
+        })
+        .collect();
+    for c in regulars.into_iter().chain(crowd) {
+        let t = c.await.unwrap();
+        assert_eq!((t.limited, t.other), (0, 0), "a client was refused: {t:?}");
+    }
+    let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
+    assert!(ms.items.is_empty(), "the crowd was mitigated: {:#?}", ms.items);
+    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
+    let crowds: Vec<&str> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Crowd"))
+        .filter_map(|e| e.note.as_deref())
+        .collect();
+    assert_eq!(crowds.len(), 1, "one crowd, one Event: {crowds:#?}");
+    assert!(crowds[0].contains("let in as demand"), "{}", crowds[0]);
+    std::fs::remove_file(table).ok();
+}

@@ -65,6 +65,8 @@ struct GuardState {
     last_edges: Option<i32>,
     /// The incident paged about, if the guard has mitigations in force since.
     incident: Option<Incident>,
+    /// When a sample last showed a crowd: its Event is told when one begins, not each sample.
+    last_crowd: Option<Instant>,
 }
 
 /// An incident: from the first mitigation a guard creates while none of its own is in force,
@@ -87,6 +89,9 @@ pub struct Guards {
     prometheus_url: Option<String>,
     pager: Pager,
 }
+
+/// A crowd seen again within this long of its last sample is the same crowd.
+const CROWD_QUIET: Duration = Duration::from_secs(300);
 
 /// A failed seeding is retried after this long; meanwhile baselines come from edge reports.
 const SEED_RETRY: Duration = Duration::from_secs(60);
@@ -194,6 +199,7 @@ impl Guards {
                 last_active: None,
                 last_edges: None,
                 incident: None,
+                last_crowd: None,
             });
             if st.generation != generation {
                 // Sensitivity, window, baseline or allowlist may have changed: the detector
@@ -210,6 +216,15 @@ impl Guards {
             let st = states.get_mut(&key);
             taken.as_ref().and_then(|(sample, _)| st.map(|st| st.detector.observe(sample)))
         };
+        if let Some(obs) = &observation
+            && self.crowd_began(&key, obs.crowd)
+        {
+            // A crowd is let in: the on-call hears why a surge brought no mitigation, and that
+            // the upstream must now carry it.
+            let note = format!("a crowd of new users from the usual networks, let in as demand: {}", obs.summary());
+            info!(guard = %key, "{note}");
+            self.event(guard, EventType::Normal, "Crowd", "Detect", note).await;
+        }
 
         let api: Api<Mitigation> = Api::namespaced(client.clone(), &ns);
         let existing = api.list(&ListParams::default().labels(&format!("{GUARD_LABEL}={name}"))).await?;
@@ -391,6 +406,18 @@ impl Guards {
                 warn!(error = %e, "cannot publish event");
             }
         });
+    }
+
+    /// Records a sample's crowd verdict; true when a crowd begins, that is, none was seen for
+    /// `CROWD_QUIET`. A crowd is learnt as it comes, so its samples stop showing it and show it
+    /// again as it grows: one crowd, one Event.
+    fn crowd_began(&self, key: &str, crowd: bool) -> bool {
+        let now = Instant::now();
+        let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(st) = states.get_mut(key).filter(|_| crowd) else { return false };
+        let began = st.last_crowd.is_none_or(|t| now.duration_since(t) > CROWD_QUIET);
+        st.last_crowd = Some(now);
+        began
     }
 
     async fn event(&self, guard: &TrafficGuard, type_: EventType, reason: &str, action: &str, note: String) {
