@@ -132,7 +132,14 @@ const MALFORMED: &[(&str, &str, &str, &str, &str)] = &[
         SCALING,
         "prometheus: { query",
         "rabbitmq: { managementUrl: 'http://r', queue: q }, prometheus: { query",
-        "exactly one of prometheus, rabbitmq, postgres",
+        "exactly one of prometheus, rabbitmq, sqs, postgres",
+    ),
+    (
+        "an sqs signal as an arrival rate",
+        SCALING,
+        "prometheus: { query: \"sum(rate(http_requests_total[1m]))\" }",
+        "sqs: { queueUrl: 'https://sqs.eu-west-1.amazonaws.com/123456789012/jobs' }",
+        "an sqs signal measures a queue's depth and must have role Backlog",
     ),
     (
         "duplicate signal names",

@@ -7,7 +7,10 @@ mod common;
 use std::{process::Stdio, time::Duration};
 
 use common::{Operator, TestNs, aws, create_db_instance, env, eventually, free_port, policy, prom_signal};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Event};
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Event},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{
     Api,
     api::{ListParams, Patch, PatchParams},
@@ -184,6 +187,64 @@ async fn a_rabbitmq_backlog_scales_workers_up_and_its_drain_down() {
     http.delete(format!("{base}/api/queues/%2F/{queue}")).basic_auth(&user, Some(&pass)).send().await.unwrap();
 }
 
+/// The `SignalsAvailable` condition of policy `name`, once it is False.
+async fn signal_lost(ns: &TestNs, name: &str) -> Condition {
+    let conds = eventually(
+        Duration::from_secs(15),
+        "SignalsAvailable=False",
+        || common::conditions::<ScalingPolicy>(ns, name),
+        |c| common::condition(c, "SignalsAvailable").is_some_and(|c| c.status == "False"),
+    )
+    .await;
+    common::condition(&conds, "SignalsAvailable").cloned().expect("the condition was just seen")
+}
+
+#[tokio::test]
+async fn an_sqs_backlog_scales_workers_up_a_lost_queue_holds_and_an_empty_one_scales_down() {
+    let ns = TestNs::new("scale-sqs").await;
+    let sqs = aws_sdk_sqs::Client::new(&aws().await);
+    let create = || sqs.create_queue().queue_name(&ns.name).send();
+    let url = create().await.unwrap().queue_url().unwrap().to_owned();
+    for batch in 0..30 {
+        let entries = (0..10).map(|i| {
+            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(format!("m{i}"))
+                .message_body(format!("task {}", batch * 10 + i))
+                .build()
+                .unwrap()
+        });
+        sqs.send_message_batch().queue_url(&url).set_entries(Some(entries.collect())).send().await.unwrap();
+    }
+    deployment(&ns, "worker", 1).await;
+    let _kubelet = kubelet(&ns, "worker");
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "workers",
+        "{ deployment: { name: worker } }",
+        &format!("    - {{ name: backlog, role: Backlog, sqs: {{ queueUrl: '{url}' }} }}"),
+        "{ unitsPerReplica: 5, targetUtilization: 1.0, drainWithin: 10s }",
+        "{ minReplicas: 1, maxReplicas: 10, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+    // 300 messages within 10 s at 5/s per worker: 6 workers.
+    eventually(Duration::from_secs(30), "6 workers", || replicas(&ns, "worker"), |r| *r == 6).await;
+
+    // A queue that is gone is no signal, not an empty queue: the size holds.
+    sqs.delete_queue().queue_url(&url).send().await.unwrap();
+    let message = signal_lost(&ns, "workers").await.message;
+    assert!(message.contains("sqs") && message.contains("not found") && message.contains(&ns.name), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&ns, "worker").await, 6, "scaled on a lost signal");
+
+    // Back, and empty: drained, so down to the minimum.
+    create().await.unwrap();
+    eventually(Duration::from_secs(30), "back to 1 worker", || replicas(&ns, "worker"), |r| *r == 1).await;
+    assert!(op.stop().await);
+    sqs.delete_queue().queue_url(&url).send().await.unwrap();
+}
+
 async fn levee_replicas(rds: &aws_sdk_rds::Client, source: &str) -> Vec<String> {
     let out = rds.describe_db_instances().send().await.unwrap();
     out.db_instances()
@@ -325,21 +386,7 @@ async fn losing_prometheus_during_a_peak_holds_instead_of_scaling_down() {
     eventually(Duration::from_secs(15), "peak: 10 replicas", || replicas(&ns, "api"), |r| *r == 10).await;
 
     prom.kill().await.unwrap();
-    let api: Api<ScalingPolicy> = ns.api();
-    let p = eventually(
-        Duration::from_secs(15),
-        "SignalsAvailable=False",
-        || api.get("api"),
-        |p| {
-            p.as_ref()
-                .ok()
-                .and_then(|p| p.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "SignalsAvailable" && c.status == "False"))
-        },
-    )
-    .await
-    .unwrap();
-    let cond = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "SignalsAvailable").unwrap();
+    let cond = signal_lost(&ns, "api").await;
     assert_eq!(cond.reason, "SignalLost");
     assert!(cond.message.contains("prometheus") && cond.message.contains("holding"), "{}", cond.message);
     // Several ticks later the size is unchanged: missing data is never zero load.

@@ -121,12 +121,13 @@ pub enum SignalRole {
     ReplicaLag,
 }
 
-/// One demand signal. Exactly one source (`prometheus`, `rabbitmq`, `postgres`) is set.
+/// One demand signal. Exactly one source (`prometheus`, `rabbitmq`, `sqs`, `postgres`) is set.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.rabbitmq), has(self.postgres)].exists_one(x, x)").message("spec.signals[]: exactly one of prometheus, rabbitmq, postgres must be set"))]
+#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.rabbitmq), has(self.sqs), has(self.postgres)].exists_one(x, x)").message("spec.signals[]: exactly one of prometheus, rabbitmq, sqs, postgres must be set"))]
 #[x_kube(validation = Rule::new("!has(self.postgres) || self.role == 'ReplicaLag'").message("spec.signals[].role: a postgres signal measures replica lag and must have role ReplicaLag"))]
 #[x_kube(validation = Rule::new("!has(self.rabbitmq) || self.role != 'ReplicaLag'").message("spec.signals[].role: a rabbitmq signal measures ArrivalRate or Backlog"))]
+#[x_kube(validation = Rule::new("!has(self.sqs) || self.role == 'Backlog'").message("spec.signals[].role: an sqs signal measures a queue's depth and must have role Backlog (SQS reports no arrival rate)"))]
 pub struct Signal {
     /// Name of the signal, unique within the policy; used in status and decisions.
     #[schemars(length(min = 1, max = 63))]
@@ -139,6 +140,9 @@ pub struct Signal {
     /// A RabbitMQ queue, read through the management API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<RabbitMqSignal>,
+    /// An Amazon SQS queue: its visible and in-flight messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqs: Option<SqsSignal>,
     /// Replay lag of a PostgreSQL streaming replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSignal>,
@@ -176,6 +180,18 @@ pub struct RabbitMqSignal {
 
 fn default_vhost() -> String {
     "/".into()
+}
+
+/// An Amazon SQS queue, read with the operator's AWS credentials (the SDK's default chain).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SqsSignal {
+    /// Queue URL, as `GetQueueUrl` returns it.
+    #[schemars(length(min = 1, max = 2048))]
+    pub queue_url: String,
+    /// AWS region; the operator's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// A PostgreSQL streaming replica.

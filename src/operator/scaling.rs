@@ -26,7 +26,7 @@ use crate::{
         scaling_policy::{DecisionStatus, ForecastStatus, Signal, SignalRole},
     },
     engine::scaling::{Decision, Planner, Reason, SignalReading, Tick},
-    signals::{SignalError, postgres, prometheus::Prometheus, rabbitmq::RabbitMq},
+    signals::{SignalError, postgres, prometheus::Prometheus, rabbitmq::RabbitMq, sqs},
 };
 
 /// The field manager of the scaler's status fields (the policy controller owns the rest).
@@ -254,6 +254,10 @@ impl Scaler {
                     SignalRole::ArrivalRate => q.publish_rate,
                     _ => q.backlog() as f64,
                 });
+            }
+            if let Some(q) = &s.sqs {
+                let client = aws_sdk_sqs::Client::new(&self.aws(q.region.as_deref()).await);
+                return Ok(sqs::queue_depth(&client, &q.queue_url).await?.backlog() as f64);
             }
             if let Some(p) = &s.postgres {
                 let conninfo = self.secret(client, ns, &p.connection_secret_ref).await?;

@@ -1,9 +1,10 @@
-//! Signal sources: Prometheus, RabbitMQ, PostgreSQL. Each read has a timeout and fails with
+//! Signal sources: Prometheus, RabbitMQ, Amazon SQS, PostgreSQL. Each read has a timeout and fails with
 //! an error that says which source, what was asked and what went wrong.
 
 pub mod postgres;
 pub mod prometheus;
 pub mod rabbitmq;
+pub mod sqs;
 
 use std::time::Duration;
 
