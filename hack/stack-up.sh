@@ -154,7 +154,7 @@ pg_running "$PG/replica" || "${pg_user[@]}" "$PG_BIN/pg_ctl" -D "$PG/replica" -l
 wait_for "postgres replica streaming" 60 bash -c \
   "psql -h 127.0.0.1 -p $PG_PRIMARY_PORT -U postgres -Atc \"select count(*) from pg_stat_replication where state='streaming'\" | grep -x 1 >/dev/null"
 
-# --- moto (AWS ECS, RDS and SQS) -------------------------------------------------------
+# --- moto (AWS ECS, RDS and SQS) ------------------------------------------------------
 MOTO_BIN=$(ls -d "$CACHE_DIR"/venv-moto-*/bin | sort -V | tail -1)
 start moto "$MOTO_BIN/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" || true
 wait_for moto 60 curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/"
