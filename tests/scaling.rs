@@ -137,6 +137,26 @@ async fn shadow_mode_records_without_acting() {
     assert!(op.stop().await);
 }
 
+/// A one-worker Deployment under a policy whose only `signal` is a backlog of 300 messages:
+/// drained within 10 s at 5 messages/s per worker, that is 6 workers, which it waits for.
+async fn six_workers_for_300_messages(ns: &TestNs, signal: &str) -> (Operator, tokio::task::JoinHandle<()>) {
+    deployment(ns, "worker", 1).await;
+    let kubelet = kubelet(ns, "worker");
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "workers",
+        "{ deployment: { name: worker } }",
+        signal,
+        "{ unitsPerReplica: 5, targetUtilization: 1.0, drainWithin: 10s }",
+        "{ minReplicas: 1, maxReplicas: 10, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "6 workers", || replicas(ns, "worker"), |r| *r == 6).await;
+    (op, kubelet)
+}
+
 #[tokio::test]
 async fn a_rabbitmq_backlog_scales_workers_up_and_its_drain_down() {
     let ns = TestNs::new("scale-rabbit").await;
@@ -163,24 +183,10 @@ async fn a_rabbitmq_backlog_scales_workers_up_and_its_drain_down() {
     ))
     .await
     .unwrap();
-    deployment(&ns, "worker", 1).await;
-    let _kubelet = kubelet(&ns, "worker");
-    let op = Operator::start_with(&ns.name, TICK).await;
     let signal = format!(
         "    - {{ name: backlog, role: Backlog, rabbitmq: {{ managementUrl: '{base}', queue: {queue}, credentialsSecretRef: {{ name: rmq, key: auth }} }} }}"
     );
-    ns.create_yaml(&policy(
-        "workers",
-        "{ deployment: { name: worker } }",
-        &signal,
-        "{ unitsPerReplica: 5, targetUtilization: 1.0, drainWithin: 10s }",
-        "{ minReplicas: 1, maxReplicas: 10, scaleDownStabilization: 0s }",
-        "",
-    ))
-    .await
-    .unwrap();
-    // 300 messages within 10 s at 5/s per worker: 6 workers.
-    eventually(Duration::from_secs(30), "6 workers", || replicas(&ns, "worker"), |r| *r == 6).await;
+    let (op, _kubelet) = six_workers_for_300_messages(&ns, &signal).await;
     http.delete(format!("{base}/api/queues/%2F/{queue}/contents")).basic_auth(&user, Some(&pass)).send().await.unwrap();
     eventually(Duration::from_secs(30), "back to 1 worker", || replicas(&ns, "worker"), |r| *r == 1).await;
     assert!(op.stop().await);
@@ -215,21 +221,8 @@ async fn an_sqs_backlog_scales_workers_up_a_lost_queue_holds_and_an_empty_one_sc
         });
         sqs.send_message_batch().queue_url(&url).set_entries(Some(entries.collect())).send().await.unwrap();
     }
-    deployment(&ns, "worker", 1).await;
-    let _kubelet = kubelet(&ns, "worker");
-    let op = Operator::start_with(&ns.name, TICK).await;
-    ns.create_yaml(&policy(
-        "workers",
-        "{ deployment: { name: worker } }",
-        &format!("    - {{ name: backlog, role: Backlog, sqs: {{ queueUrl: '{url}' }} }}"),
-        "{ unitsPerReplica: 5, targetUtilization: 1.0, drainWithin: 10s }",
-        "{ minReplicas: 1, maxReplicas: 10, scaleDownStabilization: 0s }",
-        "",
-    ))
-    .await
-    .unwrap();
-    // 300 messages within 10 s at 5/s per worker: 6 workers.
-    eventually(Duration::from_secs(30), "6 workers", || replicas(&ns, "worker"), |r| *r == 6).await;
+    let signal = format!("    - {{ name: backlog, role: Backlog, sqs: {{ queueUrl: '{url}' }} }}");
+    let (op, _kubelet) = six_workers_for_300_messages(&ns, &signal).await;
 
     // A queue that is gone is no signal, not an empty queue: the size holds.
     sqs.delete_queue().queue_url(&url).send().await.unwrap();
