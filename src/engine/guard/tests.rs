@@ -440,3 +440,62 @@ fn a_crowd_from_the_usual_networks_is_demand_and_an_attack_on_top_of_it_is_not()
     }
     assert!(named_attack, "the attack on top of the crowd was never named");
 }
+
+#[test]
+fn a_small_sites_crowd_through_isps_it_never_saw_is_demand_and_an_attack_through_its_own_is_not() {
+    // Forty regulars, each in a /24 of its own through an ISP no other regular uses: a site
+    // that has seen little of its users' ISPs.
+    let regulars = |t: u64| -> Vec<(String, u32, &'static str, u64)> {
+        (0..40u64)
+            .map(|i| {
+                let jitter = (i * 7919 + t * 104_729) % 11;
+                (format!("198.51.{i}.10"), 64500 + i as u32, "DE", 15 + jitter)
+            })
+            .collect()
+    };
+    let warmed = || {
+        let mut d = detector();
+        for t in 0..300 {
+            d.observe(&sample(&regulars(t), 0));
+        }
+        d
+    };
+    let mut d = warmed();
+    // A crowd in 60 new /24s, half through the regulars' ISPs and half through ISPs never
+    // seen, at the regulars' pace: about as many new ISPs as new users of such a site bring.
+    let crowd = |t: u64| -> Vec<(String, u32, &'static str, u64)> {
+        (0..60u64)
+            .map(|i| {
+                let jitter = (i * 7919 + t * 104_729) % 11;
+                let asn = if i % 2 == 0 { 64500 + (i % 40) as u32 } else { 65000 + i as u32 };
+                (format!("192.0.{i}.10"), asn, "DE", 15 + jitter)
+            })
+            .collect()
+    };
+    let mut took_for_crowd = false;
+    for t in 300..420 {
+        let mut s = regulars(t);
+        s.extend(crowd(t));
+        let obs = d.observe(&sample(&s, if t == 300 { 900 } else { 0 }));
+        assert!(obs.findings.is_empty() && !obs.surge, "t={t}: {}", obs.summary());
+        took_for_crowd |= obs.crowd;
+    }
+    assert!(took_for_crowd, "the crowd was never reported as one");
+    // On the same site, before any crowd, an attack whose every address comes through an ISP
+    // of its own is still one: a site's having seen few ISPs does not make every new ISP a
+    // user's.
+    let mut d = warmed();
+    let attackers: Vec<(String, u32, &str, u64)> =
+        (0..200u32).map(|i| (format!("45.{}.{}.7", i / 256, i % 256), 70_000 + i % 50, "BR", 30)).collect();
+    let mut named_attack = false;
+    for t in 300..330 {
+        let mut s = regulars(t);
+        s.extend(attackers.iter().cloned());
+        let obs = d.observe(&sample(&s, if t == 300 { 200 } else { 0 }));
+        for f in &obs.findings {
+            assert!(!regulars(t).iter().any(|c| catches(f, c)), "t={t}: {f:?} catches a regular");
+            named_attack |= attackers.iter().any(|a| catches(f, a));
+        }
+    }
+    assert!(named_attack, "the attack was never named");
+}
