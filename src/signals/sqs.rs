@@ -47,8 +47,8 @@ pub async fn queue_depth_within(
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             .send()
             .await
-            .map_err(|e| match crate::actuators::aws_code(&e) {
-                Some(code) if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") => {
+            .map_err(|e| match e.as_service_error() {
+                Some(se) if se.is_queue_does_not_exist() => {
                     SignalError::NotFound { source_name: NAME.into(), what: format!("queue {queue_url}") }
                 }
                 Some(_) => SignalError::BadResponse {

@@ -503,7 +503,7 @@ impl GuardDetector {
         let surging = self.total_hot >= self.tuning.confirm && mix_changed;
         // New sources that come through the networks the usual clients use are a crowd (a
         // launch, a news story), not an attack: an attack brings its own networks. Judged by
-        // the ISPs of the prefixes that came with the episode, when the edges know them; once
+        // the ISPs of the addresses that came with the episode, when the edges know them; once
         // an episode has been an attack, it stays one, so limits that hold its own networks
         // down do not make its remainder look like a crowd.
         let crowd = surging
