@@ -101,6 +101,11 @@ build_helm() {
 }
 
 mkdir -p "$CACHE_DIR/bin"
+# The binaries are what is kept; Go's build cache for them is some 3 GB that nothing reuses,
+# so the builds get a cache of their own that goes when they are done.
+GOCACHE=$(mktemp -d "${TMPDIR:-/tmp}/levee-gocache.XXXXXX")
+export GOCACHE
+trap 'chmod -R u+w "$GOCACHE" 2>/dev/null; rm -rf "$GOCACHE"' EXIT
 build_etcd
 build_kube_cmd kube-apiserver
 build_kube_cmd kubectl
