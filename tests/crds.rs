@@ -100,6 +100,13 @@ const MALFORMED: &[(&str, &str, &str, &str, &str)] = &[
     ),
     ("no target", SCALING, "{ deployment: { name: api } }", "{}", "spec.target: exactly one of"),
     (
+        "page after 0s",
+        SCALING,
+        "capacity:",
+        "page: { after: 0s, routeSecretRef: { name: pager, key: route } }\n  capacity:",
+        "spec.page.after must be between 1s and 24h",
+    ),
+    (
         "quantile out of range",
         SCALING,
         "capacity:",

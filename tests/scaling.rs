@@ -6,7 +6,9 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{Operator, TestNs, aws, create_db_instance, env, eventually, free_port, policy, prom_signal};
+use common::{
+    Operator, TestNs, aws, create_db_instance, edge::PageReceiver, env, eventually, free_port, policy, prom_signal,
+};
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Event},
     apimachinery::pkg::apis::meta::v1::Condition,
@@ -134,6 +136,57 @@ async fn shadow_mode_records_without_acting() {
     assert!(p.status.unwrap().last_decision.unwrap().message.starts_with("shadow:"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(replicas(&ns, "api").await, 1, "shadow never scales");
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
+    let ns = TestNs::new("scale-page").await;
+    let pager = PageReceiver::start().await;
+    ns.create_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: pager}}\nstringData: {{route: '{}'}}\n",
+        pager.url()
+    ))
+    .await
+    .unwrap();
+    deployment(&ns, "api", 1).await;
+    let _kubelet = kubelet(&ns, "api");
+    let op = Operator::start_with(&ns.name, TICK).await;
+    // 1,000/s at 50 per replica needs 20; the bound is 5.
+    ns.create_yaml(&policy(
+        "api",
+        "{ deployment: { name: api } }",
+        &prom_signal("vector(1000)"),
+        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 5 }",
+        "  page: { after: 3s, routeSecretRef: { name: pager, key: route } }",
+    ))
+    .await
+    .unwrap();
+    let pages = || async { pager.pages.lock().unwrap().iter().map(|(_, b)| b.clone()).collect::<Vec<_>>() };
+    let first = eventually(Duration::from_secs(20), "a page", pages, |p| !p.is_empty()).await;
+    assert_eq!(replicas(&ns, "api").await, 5, "scaled to the bound first");
+    let summary = first[0]["summary"].as_str().unwrap();
+    assert!(summary.contains("cannot keep up for 3s: demand needs 20 replicas, above maxReplicas 5"), "{summary}");
+    assert_eq!(first[0]["severity"], "critical");
+    // The spell goes on, and has paged: no second page for it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(pages().await.len(), 1, "one page per spell");
+
+    // A query that returns nothing: the signal is lost, a new spell, a new page.
+    set_query(&ns, "api", "vector(1) > 2").await;
+    let both = eventually(Duration::from_secs(20), "a second page", pages, |p| p.len() == 2).await;
+    let summary = both[1]["summary"].as_str().unwrap();
+    assert!(summary.contains("signals lost, holding blind"), "{summary}");
+    assert_eq!(both[1]["severity"], "warning");
+    let events: Api<Event> = ns.api();
+    let paged = || async {
+        let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+        let paged = list.into_iter().filter(|e| e.reason.as_deref() == Some("Paged"));
+        // Events alike but for their note are one Event with a series count.
+        paged.map(|e| e.series.and_then(|s| s.count).or(e.count).unwrap_or(1).max(1)).sum::<i32>()
+    };
+    eventually(Duration::from_secs(10), "a Paged Event for each page", paged, |n| *n == 2).await;
     assert!(op.stop().await);
 }
 

@@ -47,6 +47,27 @@ pub struct ScalingPolicySpec {
     /// `Enforce` scales the target; `Shadow` only records what it would do.
     #[serde(default)]
     pub mode: Mode,
+    /// Page the on-call when the policy cannot keep up: demand needs more replicas than
+    /// `bounds.maxReplicas`, or a signal is lost. Without it, Events and status only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<ScalingPage>,
+}
+
+/// When and where a ScalingPolicy pages.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPage {
+    /// How long the policy must be unable to keep up, without a break, before it pages: a
+    /// peak that the bounds cut for a minute is not worth waking anyone.
+    #[serde(default = "default_page_after")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')").message("spec.page.after must be between 1s and 24h"))]
+    pub after: Duration,
+    /// Secret key holding the pager route (a PagerDuty routing key or a webhook URL).
+    pub route_secret_ref: SecretKeyRef,
+}
+
+fn default_page_after() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// The workload levee scales. Exactly one field is set.

@@ -112,6 +112,9 @@ impl Validate for ScalingPolicySpec {
                 refs.push((format!("spec.signals[{i}].postgres.connectionSecretRef"), &p.connection_secret_ref));
             }
         }
+        if let Some(p) = &self.page {
+            refs.push(("spec.page.routeSecretRef".to_owned(), &p.route_secret_ref));
+        }
         refs
     }
 }

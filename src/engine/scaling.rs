@@ -61,6 +61,14 @@ pub enum Reason {
     SignalLossFallback,
 }
 
+impl Decision {
+    /// The replicas needed, when more than `max` (the policy's upper bound): demand it cannot
+    /// meet.
+    pub fn needed_above(&self, max: i32) -> Option<i64> {
+        self.needed.filter(|&n| n > i64::from(max))
+    }
+}
+
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,6 +101,9 @@ pub struct Decision {
     pub reactive: Option<i64>,
     /// Replicas the forecast needs.
     pub predictive: Option<i64>,
+    /// Replicas all signals together need, before bounds: above `bounds.maxReplicas`, the
+    /// policy cannot keep up.
+    pub needed: Option<i64>,
     #[serde(skip)]
     pub forecast: Option<Forecast>,
     pub lead_time_secs: f64,
@@ -168,6 +179,7 @@ impl Planner {
             lag_secs: None,
             reactive: None,
             predictive: None,
+            needed: None,
             forecast: None,
             lead_time_secs: lead_secs,
         };
@@ -219,7 +231,8 @@ impl Planner {
             (Some(r), Some(p)) => Some(p.max(r.min(current))),
             (r, p) => r.or(p),
         };
-        let raw = [demand, lag_need].into_iter().flatten().max().unwrap_or(current).clamp(min, max);
+        d.needed = [demand, lag_need].into_iter().flatten().max();
+        let raw = d.needed.unwrap_or(current).clamp(min, max);
 
         // Scale-down stabilisation: never below the highest recommendation in the window.
         let window = b.scale_down_stabilization.as_secs_f64();
@@ -338,6 +351,9 @@ impl Planner {
         }
         if let (Some(l), Some(max)) = (d.lag_secs, self.spec.capacity.max_replica_lag) {
             parts.push(format!("replica lag {l:.1}s (max {max})"));
+        }
+        if let Some(n) = d.needed_above(self.spec.bounds.max_replicas) {
+            parts.push(format!("needs {n}, above maxReplicas {}", self.spec.bounds.max_replicas));
         }
         match d.reason {
             Reason::StabilizationHold => {

@@ -9,6 +9,7 @@ pub mod pager;
 pub mod policy;
 pub mod scaling;
 pub mod secrets;
+pub mod shortfall;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -69,7 +70,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         () = wait_for_crds(client.clone()) => {}
         () = shutdown.cancelled() => return finish(server).await,
     }
-    let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone());
+    let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone(), pager.clone());
     let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone(), pager);
     let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards });
     health.set_ready(true);

@@ -8,8 +8,12 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
 use serde_json::json;
+
+use crate::api::SecretKeyRef;
 
 /// PagerDuty's Events API v2.
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
@@ -132,6 +136,47 @@ impl Pager {
             attempt += 1;
         }
     }
+}
+
+/// Pages the on-call apart from the caller, so a slow pager never delays the loop that paged:
+/// reads the route from `secret_ref` in `ns`, delivers `page`, and tells the outcome in an
+/// Event on `object` (`Paged` or `PageFailed`) and the log.
+pub fn deliver(
+    client: &kube::Client,
+    pager: &Pager,
+    recorder: &Recorder,
+    ns: String,
+    object: ObjectReference,
+    secret_ref: SecretKeyRef,
+    page: Page,
+) {
+    let (client, pager, recorder) = (client.clone(), pager.clone(), recorder.clone());
+    tokio::spawn(async move {
+        let result = async {
+            let value = super::secrets::read(&client, &ns, &secret_ref).await.map_err(|e| e.to_string())?;
+            let route = Route::parse(&value)
+                .map_err(|e| format!("key {:?} of Secret {:?}: {e}", secret_ref.key, secret_ref.name))?;
+            pager.send(&route, &page).await.map_err(|e| e.to_string())
+        }
+        .await;
+        let (type_, reason, note) = match result {
+            Ok(()) => (EventType::Normal, "Paged", format!("paged the on-call ({}): {}", page.dedup_key, page.summary)),
+            Err(e) => (
+                EventType::Warning,
+                "PageFailed",
+                format!("cannot page the on-call: {e}; the page was: {}", page.summary),
+            ),
+        };
+        if type_ == EventType::Normal {
+            tracing::info!(source = %page.source, "{note}");
+        } else {
+            tracing::warn!(source = %page.source, "{note}");
+        }
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Page".into(), secondary: None };
+        if let Err(e) = recorder.publish(&ev, &object).await {
+            tracing::warn!(error = %e, "cannot publish event");
+        }
+    });
 }
 
 /// The webhook body: the page as it is, marked so a receiver can tell levee's pages apart.

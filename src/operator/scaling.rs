@@ -13,7 +13,11 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-use super::conditions::{Wanted, merge};
+use super::{
+    conditions::{Wanted, merge},
+    pager::{Pager, deliver},
+    shortfall::{Shortfall, Spell},
+};
 use crate::{
     actuators::{
         ActuatorError, Size,
@@ -55,6 +59,9 @@ pub struct Scaler {
     recorder: Recorder,
     /// Per policy: the generation planned for, when it last ticked, and its planner.
     planners: Mutex<HashMap<String, (i64, f64, Planner)>>,
+    /// Per policy that is falling short: when it last ticked, and its spell.
+    spells: Mutex<HashMap<String, (f64, Option<Spell>)>>,
+    pager: Pager,
     aws: OnceCell<aws_config::SdkConfig>,
     started: tokio::time::Instant,
 }
@@ -92,12 +99,14 @@ impl Target {
 }
 
 impl Scaler {
-    pub fn new(client: Client, config: ScalerConfig) -> Self {
+    pub fn new(client: Client, config: ScalerConfig, pager: Pager) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             config,
             recorder: Recorder::new(client, reporter),
             planners: Mutex::new(HashMap::new()),
+            spells: Mutex::new(HashMap::new()),
+            pager,
             aws: OnceCell::new(),
             started: tokio::time::Instant::now(),
         }
@@ -156,6 +165,7 @@ impl Scaler {
             Ok(t) => t,
             Err(e) => {
                 self.write_status(client, policy, None, None, &[], Some(&e.to_string())).await?;
+                self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: e.to_string() }), None);
                 return Ok(());
             }
         };
@@ -168,8 +178,9 @@ impl Scaler {
             Ok(s) => s,
             Err(e) => {
                 warn!(policy = %key, error = %e, "cannot read the target; holding");
-                self.write_status(client, policy, None, None, &lost, Some(&format!("cannot read the target: {e}")))
-                    .await?;
+                let why = format!("cannot read the target: {e}");
+                self.write_status(client, policy, None, None, &lost, Some(&why)).await?;
+                self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why }), None);
                 return Ok(());
             }
         };
@@ -194,6 +205,8 @@ impl Scaler {
                 if let Err(e) = target.scale(decision.to).await {
                     let why = format!("cannot scale to {}: {e}", decision.to);
                     self.write_status(client, policy, None, learned, &lost, Some(&why)).await?;
+                    let shortfall = Shortfall::TargetError { detail: why };
+                    self.watch(client, policy, &key, Some(shortfall), Some(&decision));
                     return Err(e.into());
                 }
                 info!(policy = %key, from = decision.from, to = decision.to, reason = decision.reason.as_str(), "{}", decision.message);
@@ -203,7 +216,38 @@ impl Scaler {
             self.event(policy, &decision).await;
         }
         self.write_status(client, policy, Some(&decision), learned, &lost, None).await?;
+        let shortfall = Shortfall::of(&decision, policy.spec.bounds.max_replicas, &lost);
+        self.watch(client, policy, &key, shortfall, Some(&decision));
         Ok(())
+    }
+
+    /// Follows the policy's spell of falling short (`shortfall` is this tick's, none when it
+    /// kept up) and pages the on-call once the spell has lasted `spec.page.after`. A policy
+    /// without `page`, or in `Shadow` mode, never pages.
+    fn watch(
+        &self,
+        client: &Client,
+        policy: &ScalingPolicy,
+        key: &str,
+        shortfall: Option<Shortfall>,
+        d: Option<&Decision>,
+    ) {
+        let Some(page) = policy.spec.page.as_ref().filter(|_| policy.spec.mode == Mode::Enforce) else { return };
+        let now = self.started.elapsed().as_secs_f64();
+        let due = {
+            let mut spells = self.spells.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = FORGET_AFTER_TICKS * self.config.tick.as_secs_f64();
+            spells.retain(|_, (last, _)| now - *last < stale);
+            let entry = spells.entry(key.to_owned()).or_insert((now, None));
+            entry.0 = now;
+            super::shortfall::pages(&mut entry.1, shortfall.as_ref(), now, page.after.as_secs_f64())
+        };
+        let Some(shortfall) = shortfall.filter(|_| due) else { return };
+        let page_text =
+            super::shortfall::page(key, &shortfall, &page.after.to_string(), d, Timestamp::now().as_second());
+        let ns = policy.namespace().unwrap_or_default();
+        let secret = page.route_secret_ref.clone();
+        deliver(client, &self.pager, &self.recorder, ns, policy.object_ref(&()), secret, page_text);
     }
 
     async fn event(&self, policy: &ScalingPolicy, d: &Decision) {

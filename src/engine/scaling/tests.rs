@@ -47,6 +47,20 @@ fn exact_target_is_reachable() {
 }
 
 #[test]
+fn demand_above_the_upper_bound_is_capped_and_said() {
+    let mut p = Planner::new(&spec(""));
+    // 800/s at 10 per replica is 80; the bound is 50.
+    let d = p.plan(&tick(0.0, 10, Some(800.0)));
+    assert_eq!((d.to, d.needed, d.needed_above(50)), (50, Some(80), Some(80)));
+    assert!(d.message.contains("needs 80, above maxReplicas 50"), "{}", d.message);
+    let d = p.plan(&tick(1.0, 50, Some(500.0)));
+    assert_eq!((d.to, d.needed_above(50)), (50, None), "exactly at the bound is keeping up");
+    assert!(!d.message.contains("above maxReplicas"), "{}", d.message);
+    // Lost signals say nothing of demand.
+    assert_eq!(p.plan(&tick(2.0, 50, None)).needed, None);
+}
+
+#[test]
 fn lost_signal_holds_and_says_so() {
     let mut p = Planner::new(&spec(""));
     let d = p.plan(&tick(0.0, 7, None));

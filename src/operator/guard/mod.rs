@@ -33,7 +33,7 @@ use crate::{
         traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction, PageWhen},
     },
     engine::guard::{Finding, GuardDetector, Kind as FindingKind, Observation, Tuning, mitigation_limit, renews},
-    operator::pager::{Page, Pager, Route, Severity},
+    operator::pager::{Page, Pager, Severity, deliver},
 };
 use hub::{PoolExtras, ReportHub};
 
@@ -374,38 +374,8 @@ impl Guards {
             (policy.route_secret_ref.clone(), page_for(guard, key, dedup_key, obs, &created))
         };
         let (secret_ref, page) = page;
-        let (client, pager, recorder) = (client.clone(), self.pager.clone(), self.recorder.clone());
-        let (ns, object) = (guard.namespace().unwrap_or_default(), guard.object_ref(&()));
-        let key = key.to_owned();
-        tokio::spawn(async move {
-            let result = async {
-                let value =
-                    crate::operator::secrets::read(&client, &ns, &secret_ref).await.map_err(|e| e.to_string())?;
-                let route = Route::parse(&value)
-                    .map_err(|e| format!("key {:?} of Secret {:?}: {e}", secret_ref.key, secret_ref.name))?;
-                pager.send(&route, &page).await.map_err(|e| e.to_string())
-            }
-            .await;
-            let (type_, reason, note) = match result {
-                Ok(()) => {
-                    (EventType::Normal, "Paged", format!("paged the on-call ({}): {}", page.dedup_key, page.summary))
-                }
-                Err(e) => (
-                    EventType::Warning,
-                    "PageFailed",
-                    format!("cannot page the on-call: {e}; the page was: {}", page.summary),
-                ),
-            };
-            if type_ == EventType::Normal {
-                info!(guard = %key, "{note}");
-            } else {
-                warn!(guard = %key, "{note}");
-            }
-            let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Page".into(), secondary: None };
-            if let Err(e) = recorder.publish(&ev, &object).await {
-                warn!(error = %e, "cannot publish event");
-            }
-        });
+        let ns = guard.namespace().unwrap_or_default();
+        deliver(client, &self.pager, &self.recorder, ns, guard.object_ref(&()), secret_ref, page);
     }
 
     /// Records a sample's crowd verdict; true when a crowd begins, that is, none was seen for
