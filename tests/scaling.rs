@@ -66,7 +66,7 @@ async fn set_query(ns: &TestNs, name: &str, query: &str) {
 }
 
 /// A Deployment `api` at one replica, its kubelet, an operator with `args`, and a policy for
-/// it whose Prometheus signal is `query`, at 50 per replica.
+/// it whose Prometheus signal is `query`, at 50 per replica, in a new namespace.
 async fn api_under_policy(
     prefix: &str,
     args: &[&str],
@@ -75,8 +75,20 @@ async fn api_under_policy(
     extra: &str,
 ) -> (TestNs, Operator, tokio::task::JoinHandle<()>) {
     let ns = TestNs::new(prefix).await;
-    deployment(&ns, "api", 1).await;
-    let kubelet = kubelet(&ns, "api");
+    let (op, kubelet) = api_policy_in(&ns, args, query, bounds, extra).await;
+    (ns, op, kubelet)
+}
+
+/// [`api_under_policy`] in a namespace the caller has prepared.
+async fn api_policy_in(
+    ns: &TestNs,
+    args: &[&str],
+    query: &str,
+    bounds: &str,
+    extra: &str,
+) -> (Operator, tokio::task::JoinHandle<()>) {
+    deployment(ns, "api", 1).await;
+    let kubelet = kubelet(ns, "api");
     let op = Operator::start_with(&ns.name, args).await;
     ns.create_yaml(&policy(
         "api",
@@ -88,7 +100,7 @@ async fn api_under_policy(
     ))
     .await
     .unwrap();
-    (ns, op, kubelet)
+    (op, kubelet)
 }
 
 #[tokio::test]
@@ -149,20 +161,10 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
     ))
     .await
     .unwrap();
-    deployment(&ns, "api", 1).await;
-    let _kubelet = kubelet(&ns, "api");
-    let op = Operator::start_with(&ns.name, TICK).await;
     // 1,000/s at 50 per replica needs 20; the bound is 5.
-    ns.create_yaml(&policy(
-        "api",
-        "{ deployment: { name: api } }",
-        &prom_signal("vector(1000)"),
-        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
-        "{ minReplicas: 1, maxReplicas: 5 }",
-        "  page: { after: 3s, routeSecretRef: { name: pager, key: route } }",
-    ))
-    .await
-    .unwrap();
+    let bounds = "{ minReplicas: 1, maxReplicas: 5 }";
+    let page = "  page: { after: 3s, routeSecretRef: { name: pager, key: route } }";
+    let (op, _kubelet) = api_policy_in(&ns, TICK, "vector(1000)", bounds, page).await;
     let pages = || async { pager.pages.lock().unwrap().iter().map(|(_, b)| b.clone()).collect::<Vec<_>>() };
     let first = eventually(Duration::from_secs(20), "a page", pages, |p| !p.is_empty()).await;
     assert_eq!(replicas(&ns, "api").await, 5, "scaled to the bound first");
