@@ -16,7 +16,10 @@ SECS=${BENCH_SECS:-10}
 command -v wrk >/dev/null || die "wrk not installed"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || die "nginx not installed"
-cargo build --release --locked --quiet
+# The production profile (whole-program optimisation): levee as it would be deployed. Its first
+# build takes a quarter of an hour on two cores.
+log "building levee with --profile production"
+cargo build --profile production --locked --quiet
 
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -59,7 +62,7 @@ nginx_conf proxy auto "
       proxy_pass http://app;
     }
   }"
-target/release/levee edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
+target/production/levee edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
   --upstream "http://127.0.0.1:$UP" >"$dir/edge.log" 2>&1 &
 edge_pid=$!
 cleanup() {

@@ -171,6 +171,10 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
     let summary = first[0]["summary"].as_str().unwrap();
     assert!(summary.contains("cannot keep up for 3s: demand needs 20 replicas, above maxReplicas 5"), "{summary}");
     assert_eq!(first[0]["severity"], "critical");
+    let conds = common::conditions::<ScalingPolicy>(&ns, "api").await;
+    let met = common::condition(&conds, "DemandMet").expect("a DemandMet condition");
+    assert_eq!((met.status.as_str(), met.reason.as_str()), ("False", "AboveMaxReplicas"));
+    assert_eq!(met.message, "demand needs 20 replicas, above maxReplicas 5");
     // The spell goes on, and has paged: no second page for it.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(pages().await.len(), 1, "one page per spell");
@@ -181,6 +185,8 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
     let summary = both[1]["summary"].as_str().unwrap();
     assert!(summary.contains("signals lost, holding blind"), "{summary}");
     assert_eq!(both[1]["severity"], "warning");
+    let conds = common::conditions::<ScalingPolicy>(&ns, "api").await;
+    assert_eq!(common::condition(&conds, "DemandMet").unwrap().status, "False", "kept while demand is unseen");
     let events: Api<Event> = ns.api();
     let paged = || async {
         let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();

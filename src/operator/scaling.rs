@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -42,6 +45,8 @@ const FORGET_AFTER_TICKS: f64 = 60.0;
 pub const SIGNALS_AVAILABLE: &str = "SignalsAvailable";
 /// Condition saying whether the target could be read and scaled on the last tick.
 pub const TARGET_REACHABLE: &str = "TargetReachable";
+/// Condition saying whether demand, when last seen, fit within `bounds.maxReplicas`.
+pub const DEMAND_MET: &str = "DemandMet";
 
 /// Settings of the scaler.
 #[derive(Clone, Debug)]
@@ -327,7 +332,7 @@ impl Scaler {
         target_error: Option<&str>,
     ) -> Result<(), kube::Error> {
         let existing = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-        let wanted = [
+        let mut wanted = vec![
             Wanted {
                 type_: SIGNALS_AVAILABLE,
                 status: lost.is_empty(),
@@ -345,6 +350,7 @@ impl Scaler {
                 message: target_error.unwrap_or_default().to_owned(),
             },
         ];
+        wanted.extend(demand_met(policy, d, &existing));
         let mine = merge(&existing, &wanted, policy.metadata.generation, Timestamp::now());
         let mut status = json!({ "conditions": mine });
         if let Some(d) = d {
@@ -397,5 +403,29 @@ impl Scaler {
         let api: Api<ScalingPolicy> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
         api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
         Ok(())
+    }
+}
+
+/// The `DemandMet` condition for a tick's decision. A tick that did not see demand (a lost
+/// signal, an unreadable target) keeps the last one: under server-side apply, leaving it out
+/// would delete it.
+fn demand_met(policy: &ScalingPolicy, d: Option<&Decision>, existing: &[Condition]) -> Option<Wanted> {
+    let max = policy.spec.bounds.max_replicas;
+    match d.filter(|d| d.needed.is_some()) {
+        Some(d) => Some(match d.needed_above(max) {
+            Some(n) => Wanted {
+                type_: DEMAND_MET,
+                status: false,
+                reason: "AboveMaxReplicas".into(),
+                message: format!("demand needs {n} replicas, above maxReplicas {max}"),
+            },
+            None => Wanted { type_: DEMAND_MET, status: true, reason: "WithinBounds".into(), message: String::new() },
+        }),
+        None => existing.iter().find(|c| c.type_ == DEMAND_MET).map(|c| Wanted {
+            type_: DEMAND_MET,
+            status: c.status == "True",
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        }),
     }
 }
