@@ -134,26 +134,30 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
 
 #[tokio::test]
 async fn shadow_mode_records_without_acting() {
-    let bounds = "{ minReplicas: 1, maxReplicas: 20 }";
-    let (ns, op, _kubelet) = api_under_policy("scale-shadow", TICK, "vector(400)", bounds, "  mode: Shadow").await;
+    let ns = TestNs::new("scale-shadow").await;
+    let pager = pager_secret(&ns).await;
+    // 400/s needs 8, above the bound of 5: an Enforce policy would page after 1s.
+    let bounds = "{ minReplicas: 1, maxReplicas: 5 }";
+    let extra = "  mode: Shadow\n  page: { after: 1s, routeSecretRef: { name: pager, key: route } }";
+    let (op, _kubelet) = api_policy_in(&ns, TICK, "vector(400)", bounds, extra).await;
     let api: Api<ScalingPolicy> = ns.api();
     let p = eventually(
         Duration::from_secs(15),
         "shadow decision",
         || api.get("api"),
-        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8),
+        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(5),
     )
     .await
     .unwrap();
     assert!(p.status.unwrap().last_decision.unwrap().message.starts_with("shadow:"));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(replicas(&ns, "api").await, 1, "shadow never scales");
+    assert!(pager.pages.lock().unwrap().is_empty(), "shadow never pages");
     assert!(op.stop().await);
 }
 
-#[tokio::test]
-async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
-    let ns = TestNs::new("scale-page").await;
+/// A pager webhook, and the Secret `pager` whose key `route` points at it.
+async fn pager_secret(ns: &TestNs) -> PageReceiver {
     let pager = PageReceiver::start().await;
     ns.create_yaml(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: pager}}\nstringData: {{route: '{}'}}\n",
@@ -161,6 +165,13 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
     ))
     .await
     .unwrap();
+    pager
+}
+
+#[tokio::test]
+async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
+    let ns = TestNs::new("scale-page").await;
+    let pager = pager_secret(&ns).await;
     // 1,000/s at 50 per replica needs 20; the bound is 5.
     let bounds = "{ minReplicas: 1, maxReplicas: 5 }";
     let page = "  page: { after: 3s, routeSecretRef: { name: pager, key: route } }";
