@@ -17,7 +17,7 @@ command -v wrk >/dev/null || die "wrk not installed"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || die "nginx not installed"
 # The production profile (whole-program optimisation): levee as it would be deployed. Its first
-# build takes a quarter of an hour on two cores.
+# build took 13 to 15 minutes on two cores.
 log "building levee with --profile production"
 cargo build --profile production --locked --quiet
 

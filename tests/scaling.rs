@@ -134,12 +134,8 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
 
 #[tokio::test]
 async fn shadow_mode_records_without_acting() {
-    let ns = TestNs::new("scale-shadow").await;
-    let pager = pager_secret(&ns).await;
     // 400/s needs 8, above the bound of 5: an Enforce policy would page after 1s.
-    let bounds = "{ minReplicas: 1, maxReplicas: 5 }";
-    let extra = "  mode: Shadow\n  page: { after: 1s, routeSecretRef: { name: pager, key: route } }";
-    let (op, _kubelet) = api_policy_in(&ns, TICK, "vector(400)", bounds, extra).await;
+    let (ns, pager, op, _kubelet) = capped_at_five_paging("scale-shadow", "vector(400)", "1s", "  mode: Shadow").await;
     let api: Api<ScalingPolicy> = ns.api();
     let p = eventually(
         Duration::from_secs(15),
@@ -156,8 +152,15 @@ async fn shadow_mode_records_without_acting() {
     assert!(op.stop().await);
 }
 
-/// A pager webhook, and the Secret `pager` whose key `route` points at it.
-async fn pager_secret(ns: &TestNs) -> PageReceiver {
+/// [`api_under_policy`] with `maxReplicas: 5` and a `page` due `after`, to a pager webhook
+/// on loopback (through the Secret `pager`).
+async fn capped_at_five_paging(
+    prefix: &str,
+    query: &str,
+    after: &str,
+    extra: &str,
+) -> (TestNs, PageReceiver, Operator, tokio::task::JoinHandle<()>) {
+    let ns = TestNs::new(prefix).await;
     let pager = PageReceiver::start().await;
     ns.create_yaml(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: pager}}\nstringData: {{route: '{}'}}\n",
@@ -165,17 +168,16 @@ async fn pager_secret(ns: &TestNs) -> PageReceiver {
     ))
     .await
     .unwrap();
-    pager
+    let bounds = "{ minReplicas: 1, maxReplicas: 5 }";
+    let extra = format!("{extra}\n  page: {{ after: {after}, routeSecretRef: {{ name: pager, key: route }} }}");
+    let (op, kubelet) = api_policy_in(&ns, TICK, query, bounds, &extra).await;
+    (ns, pager, op, kubelet)
 }
 
 #[tokio::test]
 async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
-    let ns = TestNs::new("scale-page").await;
-    let pager = pager_secret(&ns).await;
     // 1,000/s at 50 per replica needs 20; the bound is 5.
-    let bounds = "{ minReplicas: 1, maxReplicas: 5 }";
-    let page = "  page: { after: 3s, routeSecretRef: { name: pager, key: route } }";
-    let (op, _kubelet) = api_policy_in(&ns, TICK, "vector(1000)", bounds, page).await;
+    let (ns, pager, op, _kubelet) = capped_at_five_paging("scale-page", "vector(1000)", "3s", "").await;
     let pages = || async { pager.pages.lock().unwrap().iter().map(|(_, b)| b.clone()).collect::<Vec<_>>() };
     let first = eventually(Duration::from_secs(20), "a page", pages, |p| !p.is_empty()).await;
     assert_eq!(replicas(&ns, "api").await, 5, "scaled to the bound first");

@@ -169,8 +169,9 @@ impl Scaler {
         let target = match self.target(client, policy, &ns).await {
             Ok(t) => t,
             Err(e) => {
-                self.write_status(client, policy, None, None, &[], Some(&e.to_string())).await?;
-                self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: e.to_string() }), None);
+                let why = e.to_string();
+                self.write_status(client, policy, None, None, &[], Some(&why)).await?;
+                self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why }), None);
                 return Ok(());
             }
         };
@@ -413,11 +414,11 @@ fn demand_met(policy: &ScalingPolicy, d: Option<&Decision>, existing: &[Conditio
     let max = policy.spec.bounds.max_replicas;
     match d.filter(|d| d.needed.is_some()) {
         Some(d) => Some(match d.needed_above(max) {
-            Some(n) => Wanted {
+            Some(needed) => Wanted {
                 type_: DEMAND_MET,
                 status: false,
                 reason: "AboveMaxReplicas".into(),
-                message: format!("demand needs {n} replicas, above maxReplicas {max}"),
+                message: Shortfall::AboveMax { needed, max }.sentence(),
             },
             None => Wanted { type_: DEMAND_MET, status: true, reason: "WithinBounds".into(), message: String::new() },
         }),

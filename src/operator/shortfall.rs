@@ -39,7 +39,8 @@ impl Shortfall {
         }
     }
 
-    fn sentence(&self) -> String {
+    /// What is short, in words (also the `DemandMet` condition's message).
+    pub fn sentence(&self) -> String {
         match self {
             Self::AboveMax { needed, max } => format!("demand needs {needed} replicas, above maxReplicas {max}"),
             Self::SignalLost { detail } => format!("signals lost, holding blind: {detail}"),
