@@ -120,6 +120,12 @@ pub fn backtest(
         report.mdape
     );
     println!(
+        "            {:6.2} %   without the trace's {} holes (buckets below {} of the median of the day before)",
+        report.mape_without_holes,
+        report.holes,
+        backtest::HOLE_FRACTION
+    );
+    println!(
         "  noise     {:6.2} %   MAPE of an oracle averaging the buckets either side (it sees the future)",
         report.noise_floor_mape
     );

@@ -175,7 +175,7 @@ async fn capped_at_five_paging(
 }
 
 #[tokio::test]
-async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
+async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_it_ends() {
     // 1,000/s at 50 per replica needs 20; the bound is 5.
     let (ns, pager, op, _kubelet) = capped_at_five_paging("scale-page", "vector(1000)", "3s", "").await;
     let pages = || async { pager.pages.lock().unwrap().iter().map(|(_, b)| b.clone()).collect::<Vec<_>>() };
@@ -192,22 +192,41 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(pages().await.len(), 1, "one page per spell");
 
-    // A query that returns nothing: the signal is lost, a new spell, a new page.
+    // A query that returns nothing: the signal is lost. The first spell is over, so its page
+    // is resolved; the new spell pages.
     set_query(&ns, "api", "vector(1) > 2").await;
-    let both = eventually(Duration::from_secs(20), "a second page", pages, |p| p.len() == 2).await;
-    let summary = both[1]["summary"].as_str().unwrap();
+    let three = eventually(Duration::from_secs(20), "a resolve and a second page", pages, |p| p.len() >= 3).await;
+    assert_eq!(three[1]["event"], "levee.resolve");
+    assert_eq!(three[1]["dedup_key"], first[0]["dedup_key"]);
+    let summary = three[2]["summary"].as_str().unwrap();
     assert!(summary.contains("signals lost, holding blind"), "{summary}");
-    assert_eq!(both[1]["severity"], "warning");
+    assert_eq!(three[2]["severity"], "warning");
     let conds = common::conditions::<ScalingPolicy>(&ns, "api").await;
     assert_eq!(common::condition(&conds, "DemandMet").unwrap().status, "False", "kept while demand is unseen");
+
+    // Demand within bounds again (100/s needs 2): the policy keeps up; the second page is
+    // resolved, and nothing more is sent.
+    set_query(&ns, "api", "vector(100)").await;
+    let four = eventually(Duration::from_secs(20), "the second page resolved", pages, |p| p.len() >= 4).await;
+    assert_eq!(four[3]["event"], "levee.resolve");
+    assert_eq!(four[3]["dedup_key"], three[2]["dedup_key"]);
     let events: Api<Event> = ns.api();
-    let paged = || async {
-        let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-        let paged = list.into_iter().filter(|e| e.reason.as_deref() == Some("Paged"));
-        // Events alike but for their note are one Event with a series count.
-        paged.map(|e| e.series.and_then(|s| s.count).or(e.count).unwrap_or(1).max(1)).sum::<i32>()
+    let counted = |reason: &'static str| {
+        let events = events.clone();
+        move || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+                let matching = list.into_iter().filter(|e| e.reason.as_deref() == Some(reason));
+                // Events alike but for their note are one Event with a series count.
+                matching.map(|e| e.series.and_then(|s| s.count).or(e.count).unwrap_or(1).max(1)).sum::<i32>()
+            }
+        }
     };
-    eventually(Duration::from_secs(10), "a Paged Event for each page", paged, |n| *n == 2).await;
+    eventually(Duration::from_secs(10), "a Paged Event for each page", counted("Paged"), |n| *n == 2).await;
+    eventually(Duration::from_secs(10), "a PageResolved Event for each", counted("PageResolved"), |n| *n == 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pages().await.len(), 4, "nothing more once the policy keeps up");
     assert!(op.stop().await);
 }
 

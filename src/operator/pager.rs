@@ -1,7 +1,8 @@
 //! Paging the on-call. A route is what a policy's `page.routeSecretRef` holds: an `http(s)://`
 //! URL gets the page as a JSON POST (a generic webhook: Alertmanager-style receivers, Slack
 //! relays, Opsgenie integrations), a 32-character key is a PagerDuty routing key and gets an
-//! Events API v2 `trigger`.
+//! Events API v2 `trigger`. When what paged is over, a `resolve` with the same dedup key
+//! closes the incident, so the on-call is not left holding an alert nobody will clear.
 //!
 //! Delivery is retried a few times within a bounded time: a pager that is down must not hold
 //! up the guard, and one that refuses the page says why in the error.
@@ -69,10 +70,20 @@ pub enum Severity {
     Warning,
 }
 
+/// Whether a page opens (or adds to) an incident, or says it is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Trigger,
+    Resolve,
+}
+
 /// One page.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Page {
-    /// Pages of one incident share it, so the pager groups them.
+    #[serde(skip)]
+    pub action: Action,
+    /// Pages of one incident share it, so the pager groups them (and a resolve finds them).
     pub dedup_key: String,
     /// One line the on-call reads first.
     pub summary: String,
@@ -81,6 +92,13 @@ pub struct Page {
     pub source: String,
     /// The evidence: what was seen and what was done.
     pub details: serde_json::Value,
+}
+
+impl Page {
+    /// The page that closes the incident paged under `dedup_key`: `summary` says what ended.
+    pub fn resolve(dedup_key: String, source: String, summary: String, details: serde_json::Value) -> Self {
+        Self { action: Action::Resolve, dedup_key, summary, severity: Severity::Warning, source, details }
+    }
 }
 
 /// Sends pages.
@@ -159,9 +177,14 @@ pub fn deliver(
             pager.send(&route, &page).await.map_err(|e| e.to_string())
         }
         .await;
-        let (type_, reason, note) = match result {
-            Ok(()) => (EventType::Normal, "Paged", format!("paged the on-call ({}): {}", page.dedup_key, page.summary)),
-            Err(e) => (
+        let (type_, reason, note) = match (result, page.action) {
+            (Ok(()), Action::Trigger) => {
+                (EventType::Normal, "Paged", format!("paged the on-call ({}): {}", page.dedup_key, page.summary))
+            }
+            (Ok(()), Action::Resolve) => {
+                (EventType::Normal, "PageResolved", format!("resolved the page ({}): {}", page.dedup_key, page.summary))
+            }
+            (Err(e), _) => (
                 EventType::Warning,
                 "PageFailed",
                 format!("cannot page the on-call: {e}; the page was: {}", page.summary),
@@ -179,16 +202,27 @@ pub fn deliver(
     });
 }
 
-/// The webhook body: the page as it is, marked so a receiver can tell levee's pages apart.
+/// The webhook body: the page as it is, marked so a receiver can tell levee's pages apart
+/// (`levee.page`) from the ends of their incidents (`levee.resolve`).
 fn webhook_body(page: &Page) -> serde_json::Value {
     let mut v = serde_json::to_value(page).unwrap_or_default();
-    v["event"] = json!("levee.page");
+    v["event"] = json!(match page.action {
+        Action::Trigger => "levee.page",
+        Action::Resolve => "levee.resolve",
+    });
     v["summary"] = json!(crate::text::truncate(&page.summary, MAX_SUMMARY));
     v
 }
 
-/// A PagerDuty Events API v2 `trigger`.
+/// A PagerDuty Events API v2 `trigger`, or a `resolve` (which takes no payload).
 fn pagerduty_body(routing_key: &str, page: &Page) -> serde_json::Value {
+    if page.action == Action::Resolve {
+        return json!({
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": page.dedup_key,
+        });
+    }
     json!({
         "routing_key": routing_key,
         "event_action": "trigger",
@@ -235,6 +269,7 @@ mod tests {
 
     fn page() -> Page {
         Page {
+            action: Action::Trigger,
             dedup_key: "levee/shop/edge/1".into(),
             summary: "surge: limit ASN 64512".into(),
             severity: Severity::Critical,
@@ -301,6 +336,21 @@ mod tests {
         assert_eq!(body["payload"]["severity"], "critical");
         assert_eq!(body["payload"]["source"], "TrafficGuard/shop/edge");
         assert_eq!(body["payload"]["custom_details"]["mitigations"][0]["name"], "edge-asn-64512");
+    }
+
+    #[tokio::test]
+    async fn a_resolve_closes_the_incident_under_the_same_key() {
+        let (url, seen) = receiver(vec![202]).await;
+        let pager = Pager::new(&url).unwrap();
+        let key = "R0123456789abcdef0123456789abcde";
+        let end = Page::resolve(page().dedup_key, page().source, "over".into(), json!({}));
+        pager.send(&Route::parse(key).unwrap(), &end).await.unwrap();
+        pager.send(&Route::parse(&url).unwrap(), &end).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], json!({"routing_key": key, "event_action": "resolve", "dedup_key": "levee/shop/edge/1"}));
+        assert_eq!(seen[1]["event"], "levee.resolve");
+        assert_eq!(seen[1]["dedup_key"], "levee/shop/edge/1");
+        assert_eq!(seen[1]["summary"], "over");
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::{
     conditions::{Wanted, merge},
     pager::{Pager, deliver},
-    shortfall::{Shortfall, Spell},
+    shortfall::{self as shortfalls, Due, Shortfall, Spell},
 };
 use crate::{
     actuators::{
@@ -228,8 +228,8 @@ impl Scaler {
     }
 
     /// Follows the policy's spell of falling short (`shortfall` is this tick's, none when it
-    /// kept up) and pages the on-call once the spell has lasted `spec.page.after`. A policy
-    /// without `page`, or in `Shadow` mode, never pages.
+    /// kept up), pages the on-call once the spell has lasted `spec.page.after`, and resolves
+    /// that page when the spell ends. A policy without `page`, or in `Shadow` mode, never pages.
     fn watch(
         &self,
         client: &Client,
@@ -246,11 +246,16 @@ impl Scaler {
             spells.retain(|_, (last, _)| now - *last < stale);
             let entry = spells.entry(key.to_owned()).or_insert((now, None));
             entry.0 = now;
-            super::shortfall::pages(&mut entry.1, shortfall.as_ref(), now, page.after.as_secs_f64())
+            let new_key = |kind: &str| shortfalls::dedup_key(key, kind, Timestamp::now().as_second());
+            shortfalls::pages(&mut entry.1, shortfall.as_ref(), now, page.after.as_secs_f64(), new_key)
         };
-        let Some(shortfall) = shortfall.filter(|_| due) else { return };
-        let page_text =
-            super::shortfall::page(key, &shortfall, &page.after.to_string(), d, Timestamp::now().as_second());
+        let page_text = match (due, shortfall) {
+            (Due::Trigger(dedup_key), Some(shortfall)) => {
+                shortfalls::page(key, &shortfall, &page.after.to_string(), d, dedup_key)
+            }
+            (Due::Resolve { dedup_key, sentence, lasted }, _) => shortfalls::resolve(key, dedup_key, &sentence, lasted),
+            _ => return,
+        };
         let ns = policy.namespace().unwrap_or_default();
         let secret = page.route_secret_ref.clone();
         deliver(client, &self.pager, &self.recorder, ns, policy.object_ref(&()), secret, page_text);

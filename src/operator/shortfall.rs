@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use super::pager::{Page, Severity};
+use super::pager::{Action, Page, Severity};
 use crate::engine::scaling::{Decision, Reason};
 
 /// Why a policy is not keeping up.
@@ -54,33 +54,88 @@ impl Shortfall {
 pub struct Spell {
     kind: &'static str,
     since: f64,
-    paged: bool,
+    /// The dedup key it paged under, once it has.
+    paged: Option<String>,
+    /// What fell short, in words, as its last tick said it.
+    sentence: String,
+}
+
+/// What a tick's shortfall calls for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Due {
+    Nothing,
+    /// The spell has lasted long enough: page, under this dedup key.
+    Trigger(String),
+    /// A spell that paged is over: close its incident. `lasted` is in seconds.
+    Resolve {
+        dedup_key: String,
+        sentence: String,
+        lasted: f64,
+    },
 }
 
 /// Records a tick's shortfall (none when the policy kept up) at `now` (seconds) and says
-/// whether it pages: when its spell has lasted `after` seconds and has not paged yet. A tick
-/// that keeps up ends the spell; a shortfall of another kind starts a new one.
-pub fn pages(spell: &mut Option<Spell>, shortfall: Option<&Shortfall>, now: f64, after: f64) -> bool {
-    let Some(kind) = shortfall.map(Shortfall::kind) else {
-        *spell = None;
-        return false;
-    };
-    let s = match spell {
-        Some(s) if s.kind == kind => s,
-        _ => spell.insert(Spell { kind, since: now, paged: false }),
-    };
-    if s.paged || now - s.since < after {
-        return false;
+/// what it calls for: a page when its spell has lasted `after` seconds and has not paged yet
+/// (under the key `new_key` makes of the spell's kind), the end of the incident when a spell
+/// that paged ends. A tick that keeps up ends the spell; a shortfall of another kind ends it
+/// and starts a new one.
+pub fn pages(
+    spell: &mut Option<Spell>,
+    shortfall: Option<&Shortfall>,
+    now: f64,
+    after: f64,
+    new_key: impl FnOnce(&str) -> String,
+) -> Due {
+    let same = spell.as_ref().is_some_and(|s| shortfall.is_some_and(|f| f.kind() == s.kind));
+    if !same && let Some(ended) = spell.take() {
+        if let Some(shortfall) = shortfall {
+            *spell = Some(Spell::begin(shortfall, now));
+        }
+        return match ended.paged {
+            Some(dedup_key) => Due::Resolve { dedup_key, sentence: ended.sentence, lasted: now - ended.since },
+            None => Due::Nothing,
+        };
     }
-    s.paged = true;
-    true
+    let Some(shortfall) = shortfall else { return Due::Nothing };
+    let s = spell.get_or_insert_with(|| Spell::begin(shortfall, now));
+    s.sentence = shortfall.sentence();
+    if s.paged.is_some() || now - s.since < after {
+        return Due::Nothing;
+    }
+    let key = new_key(s.kind);
+    s.paged = Some(key.clone());
+    Due::Trigger(key)
+}
+
+impl Spell {
+    fn begin(shortfall: &Shortfall, now: f64) -> Self {
+        Self { kind: shortfall.kind(), since: now, paged: None, sentence: shortfall.sentence() }
+    }
+}
+
+/// The dedup key of a page about a policy (`key` is `namespace/name`) falling short in the
+/// way `kind` names, at `unix_now`.
+pub fn dedup_key(key: &str, kind: &str, unix_now: i64) -> String {
+    format!("levee/ScalingPolicy/{key}/{kind}/{unix_now}")
+}
+
+/// The page that ends the incident of a spell that paged.
+pub fn resolve(key: &str, dedup_key: String, sentence: &str, lasted: f64) -> Page {
+    let lasted = crate::api::Duration::from_secs(lasted.round().max(0.0) as u64);
+    Page::resolve(
+        dedup_key,
+        format!("ScalingPolicy/{key}"),
+        format!("levee: ScalingPolicy {key}: ended after {lasted}: {sentence}"),
+        json!({ "policy": key, "lasted": lasted.to_string() }),
+    )
 }
 
 /// The page for a policy (`key` is `namespace/name`) that has fallen short for `lasted`.
-pub fn page(key: &str, shortfall: &Shortfall, lasted: &str, d: Option<&Decision>, unix_now: i64) -> Page {
+pub fn page(key: &str, shortfall: &Shortfall, lasted: &str, d: Option<&Decision>, dedup_key: String) -> Page {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     Page {
-        dedup_key: format!("levee/ScalingPolicy/{key}/{}/{unix_now}", shortfall.kind()),
+        action: Action::Trigger,
+        dedup_key,
         summary: format!("levee: ScalingPolicy {key} cannot keep up for {lasted}: {}", shortfall.sentence()),
         // Demand above the bound is load the service is not sized for now; a blind hold or
         // a target levee cannot act on only may become that.
@@ -110,33 +165,70 @@ mod tests {
         Shortfall::SignalLost { detail: "prometheus: connection refused".into() }
     }
 
+    /// Runs `pages` with keys made of the kind and the time.
+    fn tick(spell: &mut Option<Spell>, shortfall: Option<&Shortfall>, now: f64) -> Due {
+        pages(spell, shortfall, now, 60.0, |kind| format!("{kind}@{now}"))
+    }
+
     #[test]
     fn a_spell_pages_once_when_it_has_lasted_long_enough() {
         let mut spell = None;
-        assert!(!pages(&mut spell, Some(&above()), 0.0, 60.0));
-        assert!(!pages(&mut spell, Some(&above()), 59.0, 60.0));
-        assert!(pages(&mut spell, Some(&above()), 60.0, 60.0));
-        assert!(!pages(&mut spell, Some(&above()), 600.0, 60.0), "one page per spell");
+        assert_eq!(tick(&mut spell, Some(&above()), 0.0), Due::Nothing);
+        assert_eq!(tick(&mut spell, Some(&above()), 59.0), Due::Nothing);
+        assert_eq!(tick(&mut spell, Some(&above()), 60.0), Due::Trigger("AboveMax@60".into()));
+        assert_eq!(tick(&mut spell, Some(&above()), 600.0), Due::Nothing, "one page per spell");
+    }
+
+    #[test]
+    fn a_spell_that_paged_resolves_its_incident_when_it_ends() {
+        let mut spell = None;
+        tick(&mut spell, Some(&above()), 0.0);
+        assert_eq!(tick(&mut spell, Some(&above()), 60.0), Due::Trigger("AboveMax@60".into()));
+        let sentence = "demand needs 20 replicas, above maxReplicas 5".to_owned();
+        assert_eq!(
+            tick(&mut spell, None, 90.0),
+            Due::Resolve { dedup_key: "AboveMax@60".into(), sentence: sentence.clone(), lasted: 90.0 }
+        );
+        assert_eq!(tick(&mut spell, None, 95.0), Due::Nothing, "resolved once");
+        // A spell that changes kind after paging ends too; the new one pages on its own clock.
+        tick(&mut spell, Some(&above()), 100.0);
+        tick(&mut spell, Some(&above()), 160.0);
+        assert_eq!(
+            tick(&mut spell, Some(&lost()), 170.0),
+            Due::Resolve { dedup_key: "AboveMax@160".into(), sentence, lasted: 70.0 }
+        );
+        assert_eq!(tick(&mut spell, Some(&lost()), 230.0), Due::Trigger("SignalLost@230".into()));
     }
 
     #[test]
     fn a_break_or_another_kind_starts_a_new_spell() {
         let mut spell = None;
-        assert!(!pages(&mut spell, Some(&above()), 0.0, 60.0));
-        assert!(!pages(&mut spell, None, 50.0, 60.0));
-        assert!(!pages(&mut spell, Some(&above()), 55.0, 60.0), "the break reset the clock");
-        assert!(!pages(&mut spell, Some(&lost()), 100.0, 60.0), "another kind starts afresh");
-        assert!(!pages(&mut spell, Some(&lost()), 159.0, 60.0));
-        assert!(pages(&mut spell, Some(&lost()), 160.0, 60.0));
+        assert_eq!(tick(&mut spell, Some(&above()), 0.0), Due::Nothing);
+        assert_eq!(tick(&mut spell, None, 50.0), Due::Nothing, "a spell that never paged ends quietly");
+        assert_eq!(tick(&mut spell, Some(&above()), 55.0), Due::Nothing, "the break reset the clock");
+        assert_eq!(tick(&mut spell, Some(&lost()), 100.0), Due::Nothing, "another kind starts afresh");
+        assert_eq!(tick(&mut spell, Some(&lost()), 159.0), Due::Nothing);
+        assert!(matches!(tick(&mut spell, Some(&lost()), 160.0), Due::Trigger(_)));
         // After the spell ends, the next one pages again.
-        assert!(!pages(&mut spell, None, 170.0, 60.0));
-        assert!(!pages(&mut spell, Some(&lost()), 180.0, 60.0));
-        assert!(pages(&mut spell, Some(&lost()), 240.0, 60.0));
+        assert!(matches!(tick(&mut spell, None, 170.0), Due::Resolve { .. }));
+        assert_eq!(tick(&mut spell, Some(&lost()), 180.0), Due::Nothing);
+        assert!(matches!(tick(&mut spell, Some(&lost()), 240.0), Due::Trigger(_)));
+    }
+
+    #[test]
+    fn the_resolve_says_what_ended_and_how_long_it_lasted() {
+        let p = resolve("shop/api", "k".into(), &above().sentence(), 432.4);
+        assert_eq!(p.action, Action::Resolve);
+        assert_eq!(p.dedup_key, "k");
+        assert_eq!(
+            p.summary,
+            "levee: ScalingPolicy shop/api: ended after 7m12s: demand needs 20 replicas, above maxReplicas 5"
+        );
     }
 
     #[test]
     fn the_page_says_what_is_short_and_where_to_look() {
-        let p = page("shop/api", &above(), "5m", None, 1_800_000_000);
+        let p = page("shop/api", &above(), "5m", None, dedup_key("shop/api", "AboveMax", 1_800_000_000));
         assert_eq!(
             p.summary,
             "levee: ScalingPolicy shop/api cannot keep up for 5m: demand needs 20 replicas, above maxReplicas 5"
@@ -144,6 +236,6 @@ mod tests {
         assert_eq!(p.severity, Severity::Critical);
         assert_eq!(p.dedup_key, "levee/ScalingPolicy/shop/api/AboveMax/1800000000");
         assert_eq!(p.details["inspect"], "kubectl -n shop describe scalingpolicy api");
-        assert_eq!(page("shop/api", &lost(), "5m", None, 0).severity, Severity::Warning);
+        assert_eq!(page("shop/api", &lost(), "5m", None, "k".into()).severity, Severity::Warning);
     }
 }

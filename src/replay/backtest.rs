@@ -4,6 +4,12 @@
 //! nothing after) forecasts the bucket `horizon` ahead. Scores: MAPE over non-zero actuals;
 //! MASE against the seasonal-naive forecast (the same bucket one day earlier) on the same
 //! points; and how often the actual falls inside the band.
+//!
+//! MAPE is also given without the trace's holes: buckets below a tenth of the median of the
+//! day before them, where the logging failed rather than demand. One such bucket with two
+//! requests in fifteen minutes adds an APE of tens of thousands of percent, which outweighs
+//! thousands of ordinary points; what makes a bucket a hole depends on the trace alone, never
+//! on the forecast.
 
 use serde::Serialize;
 
@@ -28,6 +34,10 @@ pub struct BacktestConfig {
 pub struct BacktestReport {
     /// Mean absolute percentage error over non-zero actuals, in percent.
     pub mape: f64,
+    /// MAPE over the non-zero actuals that are not holes in the trace.
+    pub mape_without_holes: f64,
+    /// Buckets scored that were holes: below [`HOLE_FRACTION`] of the median of the day before.
+    pub holes: usize,
     /// Median absolute percentage error, in percent: MAPE without its tail of near-zero actuals.
     pub mdape: f64,
     /// MAPE, on the same points, of an oracle that sees the future: the mean of the buckets
@@ -70,6 +80,9 @@ pub struct WorstPoint {
     pub ape: f64,
 }
 
+/// A bucket below this fraction of the median of the day before it is a hole in the trace.
+pub const HOLE_FRACTION: f64 = 0.1;
+
 /// How many of the worst points a report names.
 const WORST: usize = 5;
 
@@ -87,6 +100,8 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         seasonality: cfg.seasonality,
     });
     let (mut ape, mut ae, mut ae_naive) = (Vec::new(), 0.0, 0.0);
+    let (mut ape_kept, mut holes) = (Vec::new(), 0usize);
+    let mut day: Vec<f64> = Vec::with_capacity(season);
     let mut worst: Vec<WorstPoint> = Vec::with_capacity(WORST + 1);
     let mut floor_ape = 0.0;
     let (mut inside, mut below, mut points, mut zeros) = (0usize, 0usize, 0usize, 0usize);
@@ -110,6 +125,14 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         if y > 0.0 {
             let e = (y - fc.value).abs() / y;
             ape.push(e);
+            day.clear();
+            day.extend_from_slice(&buckets[target - season..target]);
+            let (_, median, _) = day.select_nth_unstable_by(season / 2, f64::total_cmp);
+            if y < HOLE_FRACTION * *median {
+                holes += 1;
+            } else {
+                ape_kept.push(e);
+            }
             if worst.len() < WORST || worst.last().is_some_and(|w| 100.0 * e > w.ape) {
                 let time = trace.start + target as f64 * step;
                 worst.push(WorstPoint { time, actual: y, forecast: fc.value, ape: 100.0 * e });
@@ -136,8 +159,11 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
     let worst_share = worst.iter().map(|w| w.ape).sum::<f64>() / ape.len() as f64;
     let noise_floor_mape = 100.0 * floor_ape / ape.len() as f64;
     ape.sort_by(f64::total_cmp);
+    let mape_without_holes = 100.0 * ape_kept.iter().sum::<f64>() / ape_kept.len().max(1) as f64;
     Some(BacktestReport {
         mape,
+        mape_without_holes,
+        holes,
         mdape: 100.0 * ape[ape.len() / 2],
         noise_floor_mape,
         mase: if ae_naive > 0.0 { ae / ae_naive } else { f64::INFINITY },
@@ -193,14 +219,17 @@ mod tests {
         outage.sort_by(f64::total_cmp);
         assert_eq!(outage, [4000.0 * 60.0, 4005.0 * 60.0], "{:?}", r.worst);
         assert!(r.worst.windows(2).all(|w| w[0].ape >= w[1].ape));
-        // Those two points carry most of the mean.
+        // Those two points carry most of the mean, and are the holes left out of the other.
         assert!(r.worst_share > 0.9 * r.mape && r.mdape < 2.0, "{r:?}");
+        assert_eq!(r.holes, 2, "{r:?}");
+        assert!(r.mape_without_holes < 2.0, "{r:?}");
     }
 
     #[test]
     fn a_clean_daily_cycle_is_forecast_well() {
         let r = run(&sine(0..0), cfg(), |_| {}).unwrap();
         assert!(r.mape < 2.0, "{r:?}");
+        assert_eq!((r.holes, r.mape_without_holes), (0, r.mape), "the night's low is no hole: {r:?}");
         assert!(r.noise_floor_mape < 0.1, "a smooth curve has almost no bucket-to-bucket noise: {r:?}");
         assert!(r.points > 500);
     }

@@ -33,7 +33,7 @@ use crate::{
         traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction, PageWhen},
     },
     engine::guard::{Finding, GuardDetector, Kind as FindingKind, Observation, Tuning, mitigation_limit, renews},
-    operator::pager::{Page, Pager, Severity, deliver},
+    operator::pager::{Action, Page, Pager, Severity, deliver},
 };
 use hub::{PoolExtras, ReportHub};
 
@@ -70,10 +70,20 @@ struct GuardState {
 }
 
 /// An incident: from the first mitigation a guard creates while none of its own is in force,
-/// until none is. Its pages share a dedup key.
+/// until none is. Its pages share a dedup key; its end resolves them.
 struct Incident {
     dedup_key: String,
+    began: Instant,
     last_page: Instant,
+}
+
+/// What a guard's tick calls for on the pager: the end of the incident that was (its dedup
+/// key, how long it lasted), a page under this key, or both when a new incident begins as the
+/// last one ends.
+#[derive(Debug, Default, PartialEq)]
+struct PagesDue {
+    resolve: Option<(String, Duration)>,
+    trigger: Option<String>,
 }
 
 /// Within one incident, new mitigations page again only this long after the last page: the
@@ -358,24 +368,31 @@ impl Guards {
         none_active: bool,
         created: Vec<PagedMitigation>,
     ) {
-        let page = {
+        let (due, secret_ref) = {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(st) = states.get_mut(key) else { return };
             let offences: Vec<i32> = created.iter().map(|m| m.spec.offence).collect();
-            let when = guard.spec.page.as_ref().map(|p| p.when);
+            let Some(policy) = &guard.spec.page else { return };
             let shadow = guard.spec.mode == Mode::Shadow;
             let new_key = || format!("levee/{key}/{}", Timestamp::now().as_second());
-            let Some(dedup_key) =
-                page_due(&mut st.incident, when, shadow, &offences, none_active, Instant::now(), new_key)
-            else {
-                return;
-            };
-            let Some(policy) = &guard.spec.page else { return };
-            (policy.route_secret_ref.clone(), page_for(guard, key, dedup_key, obs, &created))
+            let due =
+                page_due(&mut st.incident, Some(policy.when), shadow, &offences, none_active, Instant::now(), new_key);
+            (due, policy.route_secret_ref.clone())
         };
-        let (secret_ref, page) = page;
         let ns = guard.namespace().unwrap_or_default();
-        deliver(client, &self.pager, &self.recorder, ns, guard.object_ref(&()), secret_ref, page);
+        let mut pages = Vec::new();
+        if let Some((dedup_key, lasted)) = due.resolve {
+            let lasted = crate::api::Duration(Duration::from_secs(lasted.as_secs()));
+            let summary = format!("levee: TrafficGuard {key}: incident over after {lasted}, no mitigation in force");
+            let details = json!({ "guard": key, "lasted": lasted.to_string() });
+            pages.push(Page::resolve(dedup_key, format!("TrafficGuard/{key}"), summary, details));
+        }
+        if let Some(dedup_key) = due.trigger {
+            pages.push(page_for(guard, key, dedup_key, obs, &created));
+        }
+        for page in pages {
+            deliver(client, &self.pager, &self.recorder, ns.clone(), guard.object_ref(&()), secret_ref.clone(), page);
+        }
     }
 
     /// Records a sample's crowd verdict; true when a crowd begins, that is, none was seen for
@@ -555,9 +572,9 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
 }
 
 /// Whether the mitigations just created (their `offences`) page the on-call now, and under
-/// which dedup key. An incident ends when none of the guard's mitigations is in force
-/// (`none_active`, before this tick's); within one, pages come at most every
-/// [`REPAGE_AFTER`] and share the key `new_key` made for its first.
+/// which dedup key; and whether an incident that paged has ended. An incident ends when none
+/// of the guard's mitigations is in force (`none_active`, before this tick's); within one,
+/// pages come at most every [`REPAGE_AFTER`] and share the key `new_key` made for its first.
 fn page_due(
     incident: &mut Option<Incident>,
     when: Option<PageWhen>,
@@ -566,19 +583,20 @@ fn page_due(
     none_active: bool,
     now: Instant,
     new_key: impl FnOnce() -> String,
-) -> Option<String> {
+) -> PagesDue {
+    let mut due = PagesDue::default();
     if none_active {
-        *incident = None;
+        due.resolve = incident.take().map(|i| (i.dedup_key, now.duration_since(i.began)));
     }
-    let wanted = match when? {
-        PageWhen::Never => false,
-        PageWhen::Mitigation => !offences.is_empty(),
-        PageWhen::Escalation => offences.iter().any(|&o| o > 0),
+    let wanted = match when {
+        None | Some(PageWhen::Never) => false,
+        Some(PageWhen::Mitigation) => !offences.is_empty(),
+        Some(PageWhen::Escalation) => offences.iter().any(|&o| o > 0),
     };
     if !wanted || shadow {
-        return None;
+        return due;
     }
-    match incident {
+    due.trigger = match incident {
         Some(i) if now.duration_since(i.last_page) < REPAGE_AFTER => None,
         Some(i) => {
             i.last_page = now;
@@ -586,10 +604,11 @@ fn page_due(
         }
         None => {
             let dedup_key = new_key();
-            *incident = Some(Incident { dedup_key: dedup_key.clone(), last_page: now });
+            *incident = Some(Incident { dedup_key: dedup_key.clone(), began: now, last_page: now });
             Some(dedup_key)
         }
-    }
+    };
+    due
 }
 
 /// The page for mitigations just created: a one-line summary the on-call reads first, and
@@ -624,6 +643,7 @@ fn page_for(
         })
         .collect();
     Page {
+        action: Action::Trigger,
         dedup_key,
         summary,
         severity: if created.iter().any(PagedMitigation::critical) { Severity::Critical } else { Severity::Warning },
@@ -732,16 +752,28 @@ mod tests {
             let now = t0 + Duration::from_secs(secs);
             page_due(&mut incident, when, shadow, offences, none_active, now, || key.to_owned())
         };
+        let trigger = |key: &str| PagesDue { resolve: None, trigger: Some(key.into()) };
         let m = Some(PageWhen::Mitigation);
-        assert_eq!(due(m, false, &[], true, 0, "a"), None, "nothing created");
-        assert_eq!(due(m, false, &[0], true, 0, "a").as_deref(), Some("a"), "the incident begins");
-        assert_eq!(due(m, false, &[0, 0], false, 60, "b"), None, "within five minutes of the last page");
-        assert_eq!(due(m, false, &[0], false, 301, "b").as_deref(), Some("a"), "again, same incident");
-        assert_eq!(due(m, false, &[0], true, 400, "c").as_deref(), Some("c"), "a new incident");
+        assert_eq!(due(m, false, &[], true, 0, "a"), PagesDue::default(), "nothing created");
+        assert_eq!(due(m, false, &[0], true, 0, "a"), trigger("a"), "the incident begins");
+        assert_eq!(due(m, false, &[0, 0], false, 60, "b"), PagesDue::default(), "within five minutes of the last page");
+        assert_eq!(due(m, false, &[0], false, 301, "b"), trigger("a"), "again, same incident");
+        assert_eq!(
+            due(m, false, &[0], true, 400, "c"),
+            PagesDue { resolve: Some(("a".into(), Duration::from_secs(400))), trigger: Some("c".into()) },
+            "the last incident ends as a new one begins"
+        );
+        assert_eq!(
+            due(m, false, &[], true, 500, "d"),
+            PagesDue { resolve: Some(("c".into(), Duration::from_secs(100))), trigger: None },
+            "an incident ends when none of its mitigations is in force"
+        );
+        assert_eq!(due(m, false, &[], true, 600, "d"), PagesDue::default(), "and is resolved once");
 
         let mut incident = None;
-        let mut due =
-            |when, shadow, offences: &[i32]| page_due(&mut incident, when, shadow, offences, true, t0, || "k".into());
+        let mut due = |when, shadow, offences: &[i32]| {
+            page_due(&mut incident, when, shadow, offences, true, t0, || "k".into()).trigger
+        };
         assert_eq!(due(Some(PageWhen::Never), false, &[0]), None);
         assert_eq!(due(None, false, &[0]), None, "no page policy");
         assert_eq!(due(Some(PageWhen::Mitigation), true, &[0]), None, "shadow guards never page");
