@@ -2,8 +2,11 @@
 # Starts the local test stack on loopback: etcd + kube-apiserver, Prometheus, RabbitMQ
 # (management plugin), PostgreSQL primary + streaming replica, and moto (AWS ECS/RDS).
 # Idempotent: a service already running is left alone. Writes $STACK_DIR/env, which
-# tests source to find everything (KUBECONFIG, URLs, ports).
+# tests source to find everything (KUBECONFIG, URLs, ports). Installs what the services need
+# first (a no-op once done), so it works by hand on a fresh machine too.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+"$HACK_DIR/install-deps.sh"
 
 mkdir -p "$STACK_DIR/logs" "$STACK_DIR/run"
 ENV_FILE="$STACK_DIR/env"

@@ -6,7 +6,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT_DIR"
 
 started=$SECONDS
-"$HACK_DIR/install-deps.sh"
 was_up=0
 if [ -f "$STACK_DIR/run/kube-apiserver.pid" ] && kill -0 "$(cat "$STACK_DIR/run/kube-apiserver.pid")" 2>/dev/null; then
   was_up=1
