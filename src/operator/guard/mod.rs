@@ -355,10 +355,11 @@ impl Guards {
     }
 
     /// Pages the on-call about the mitigations just created, when the guard's `page` asks for
-    /// it: once when an incident begins, again at most every [`REPAGE_AFTER`] while it grows.
+    /// it: once when an incident begins, again at most every [`REPAGE_AFTER`] while it grows;
+    /// and resolves the incident's page once none of the guard's mitigations is in force.
     /// Shadow guards never page: nothing is being done that the on-call must know of.
     /// Delivery runs apart, so a slow pager never delays the next look at the pool; its outcome
-    /// is an Event on the guard (`Paged` or `PageFailed`).
+    /// is an Event on the guard (`Paged`, `PageResolved` or `PageFailed`).
     fn page_if_due(
         &self,
         client: &Client,
