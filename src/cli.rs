@@ -129,6 +129,7 @@ pub fn backtest(
         "  noise     {:6.2} %   MAPE of an oracle averaging the buckets either side (it sees the future)",
         report.noise_floor_mape
     );
+    println!("            {:6.2} %   the same without the holes", report.noise_floor_without_holes);
     println!("  MASE      {:6.3}     (vs. the same bucket one day earlier; < 1 beats it)", report.mase);
     println!(
         "  coverage  {:6.1} %   inside the band (nominal {:.0} %); {:.1} % at or below its upper edge",
