@@ -275,8 +275,8 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
     // page is resolved under the same dedup key.
     let mitigations = ns.api::<Mitigation>();
     mitigations.delete_collection(&Default::default(), &Default::default()).await.unwrap();
-    let pages = || async { pager.pages.lock().unwrap().iter().map(|(_, b)| b.clone()).collect::<Vec<_>>() };
-    let both = eventually(Duration::from_secs(15), "the page resolved", pages, |p| p.len() >= 2).await;
+    let both =
+        eventually(Duration::from_secs(15), "the page resolved", || async { pager.bodies() }, |p| p.len() >= 2).await;
     assert_eq!(both.len(), 2, "{both:#?}");
     assert_eq!(both[1]["event"], "levee.resolve");
     assert_eq!(both[1]["dedup_key"], both[0]["dedup_key"]);

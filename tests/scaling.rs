@@ -178,7 +178,7 @@ async fn capped_at_five_paging(
 async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_it_ends() {
     // 1,000/s at 50 per replica needs 20; the bound is 5.
     let (ns, pager, op, _kubelet) = capped_at_five_paging("scale-page", "vector(1000)", "3s", "").await;
-    let pages = || async { pager.pages.lock().unwrap().iter().map(|(_, b)| b.clone()).collect::<Vec<_>>() };
+    let pages = || async { pager.bodies() };
     let first = eventually(Duration::from_secs(20), "a page", pages, |p| !p.is_empty()).await;
     assert_eq!(replicas(&ns, "api").await, 5, "scaled to the bound first");
     let summary = first[0]["summary"].as_str().unwrap();
@@ -211,23 +211,21 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_
     assert_eq!(four[3]["event"], "levee.resolve");
     assert_eq!(four[3]["dedup_key"], three[2]["dedup_key"]);
     let events: Api<Event> = ns.api();
-    let counted = |reason: &'static str| {
-        let events = events.clone();
-        move || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-                let matching = list.into_iter().filter(|e| e.reason.as_deref() == Some(reason));
-                // Events alike but for their note are one Event with a series count.
-                matching.map(|e| e.series.and_then(|s| s.count).or(e.count).unwrap_or(1).max(1)).sum::<i32>()
-            }
-        }
-    };
-    eventually(Duration::from_secs(10), "a Paged Event for each page", counted("Paged"), |n| *n == 2).await;
-    eventually(Duration::from_secs(10), "a PageResolved Event for each", counted("PageResolved"), |n| *n == 2).await;
+    let paged = || events_with_reason(&events, "Paged");
+    eventually(Duration::from_secs(10), "a Paged Event for each page", paged, |n| *n == 2).await;
+    let resolved = || events_with_reason(&events, "PageResolved");
+    eventually(Duration::from_secs(10), "a PageResolved Event for each", resolved, |n| *n == 2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pages().await.len(), 4, "nothing more once the policy keeps up");
     assert!(op.stop().await);
+}
+
+/// How many Events with `reason` there are (Events alike but for their note are one Event
+/// with a series count).
+async fn events_with_reason(events: &Api<Event>, reason: &str) -> i32 {
+    let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+    let matching = list.into_iter().filter(|e| e.reason.as_deref() == Some(reason));
+    matching.map(|e| e.series.and_then(|s| s.count).or(e.count).unwrap_or(1).max(1)).sum()
 }
 
 /// A one-worker Deployment under a policy whose only `signal` is a backlog of 300 messages:

@@ -103,7 +103,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         seasonality: cfg.seasonality,
     });
     let (mut ape, mut ae, mut ae_naive) = (Vec::new(), 0.0, 0.0);
-    let (mut ape_kept, mut holes, mut floor_kept) = (Vec::new(), 0usize, 0.0);
+    let (mut kept_ape_sum, mut holes, mut kept_floor_sum) = (0.0, 0usize, 0.0);
     let mut day: Vec<f64> = Vec::with_capacity(season);
     let mut worst: Vec<WorstPoint> = Vec::with_capacity(WORST + 1);
     let mut floor_ape = 0.0;
@@ -135,7 +135,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
             if hole {
                 holes += 1;
             } else {
-                ape_kept.push(e);
+                kept_ape_sum += e;
             }
             if worst.len() < WORST || worst.last().is_some_and(|w| 100.0 * e > w.ape) {
                 let time = trace.start + target as f64 * step;
@@ -147,7 +147,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
             let floor = (y - neighbours).abs() / y;
             floor_ape += floor;
             if !hole {
-                floor_kept += floor;
+                kept_floor_sum += floor;
             }
         } else {
             zeros += 1;
@@ -167,9 +167,9 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
     let worst_share = worst.iter().map(|w| w.ape).sum::<f64>() / ape.len() as f64;
     let noise_floor_mape = 100.0 * floor_ape / ape.len() as f64;
     ape.sort_by(f64::total_cmp);
-    let kept = ape_kept.len().max(1) as f64;
-    let mape_without_holes = 100.0 * ape_kept.iter().sum::<f64>() / kept;
-    let noise_floor_without_holes = 100.0 * floor_kept / kept;
+    let kept = (ape.len() - holes).max(1) as f64;
+    let mape_without_holes = 100.0 * kept_ape_sum / kept;
+    let noise_floor_without_holes = 100.0 * kept_floor_sum / kept;
     Some(BacktestReport {
         mape,
         mape_without_holes,

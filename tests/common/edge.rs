@@ -68,6 +68,11 @@ impl PageReceiver {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/page", self.port)
     }
+
+    /// The bodies received so far, in order.
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.pages.lock().unwrap().iter().map(|(_, b)| b.clone()).collect()
+    }
 }
 
 /// `levee edge` as a child process.
