@@ -11,6 +11,7 @@ use kube::{
 
 use crate::{
     api::{self, Duration, scaling_policy::Seasonality},
+    operator::oncall,
     replay::{backtest, nab, trace::Trace},
     sim::{self, controllers::Kind, report, scenario::Scenario},
 };
@@ -42,6 +43,28 @@ pub fn check_crds(dir: &Path) -> anyhow::Result<()> {
         bail!("CRDs are out of date (run `levee crd` and commit):\n  {}", drifted.join("\n  "));
     }
     println!("{} CRDs in {} match the code", api::crds().len(), dir.display());
+    Ok(())
+}
+
+/// `levee status`: the operator's on-call status, as a table or as JSON.
+pub async fn status(operator: &str, json: bool) -> anyhow::Result<()> {
+    let url = format!("{}/status", operator.trim_end_matches('/'));
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
+    let res = client.get(&url).send().await.with_context(|| {
+        format!("cannot reach the operator at {url} (in a cluster: `kubectl -n levee port-forward deploy/levee 8080`)")
+    })?;
+    let code = res.status();
+    let body = res.text().await.with_context(|| format!("cannot read the answer of {url}"))?;
+    if !code.is_success() {
+        bail!("{url} answered {code}: {}", body.trim());
+    }
+    let snapshot: oncall::Snapshot =
+        serde_json::from_str(&body).with_context(|| format!("{url} did not answer a levee status document"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{}", snapshot.render());
+    }
     Ok(())
 }
 

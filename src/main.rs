@@ -116,6 +116,16 @@ enum Command {
         #[arg(long, default_value_t = levee::engine::detect::DetectorConfig::default().cooldown)]
         cooldown: usize,
     },
+    /// Show what the operator is doing and what needs a human, from its on-call status API.
+    Status {
+        /// The operator's URL (reach one in a cluster with
+        /// `kubectl -n levee port-forward deploy/levee 8080`).
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "LEVEE_OPERATOR_URL")]
+        operator: String,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the CRDs generated from the code (or check or apply them).
     Crd {
         /// Directory the CRD files are written to.
@@ -260,6 +270,7 @@ fn main() -> ExitCode {
                 };
                 levee::cli::nab(&data, &windows, detector, json, detections.as_deref())
             }
+            Command::Status { operator, json } => levee::cli::status(&operator, json).await,
             Command::Crd { dir, check: true, .. } => levee::cli::check_crds(&dir),
             Command::Crd { apply: true, .. } => levee::cli::apply_crds().await,
             Command::Crd { dir, .. } => levee::cli::write_crds(&dir),

@@ -1,4 +1,5 @@
-//! The `levee` binary's offline commands, end to end: simulate, backtest, crd.
+//! The `levee` binary's offline commands, end to end: simulate, backtest, crd (and `levee
+//! status` with no operator to ask).
 
 use std::process::Command;
 
@@ -89,6 +90,11 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(":3:") && !err.contains("panicked"), "{err}");
     std::fs::remove_file(bad).ok();
+
+    // Nothing listens on port 1 of loopback.
+    let out = levee(&["status", "--operator", "http://127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot reach the operator at http://127.0.0.1:1/status"), "{err}");
 }
 
 #[test]

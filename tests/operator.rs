@@ -198,3 +198,49 @@ async fn a_restarted_operator_picks_up_where_it_was() {
     assert_eq!(reqwest::get(op.url("/healthz")).await.unwrap().status(), 200);
     assert!(op.stop().await);
 }
+
+#[tokio::test]
+async fn the_status_api_says_what_needs_a_human() {
+    let ns = TestNs::new("oncall").await;
+    let op = Operator::start(&ns.name).await;
+    ns.create_yaml(&scaling("broken", BAD_QUERY)).await.unwrap();
+    let expires = k8s_openapi::jiff::Timestamp::now() + std::time::Duration::from_secs(600);
+    ns.create_yaml(&format!(
+        "apiVersion: levee.dev/v1alpha1\nkind: Mitigation\nmetadata: {{name: by-hand}}\nspec:\n  edgePool: public\n  match: {{prefix: 203.0.113.0/24}}\n  action: Block\n  expiresAt: '{expires}'\n  reason: blocked by the on-call\n"
+    ))
+    .await
+    .unwrap();
+    wait_ready_status::<ScalingPolicy>(&ns, "broken", "False", Duration::from_secs(5)).await;
+
+    let doc = common::eventually(
+        Duration::from_secs(10),
+        "the status document lists the broken policy and the Mitigation",
+        || async { reqwest::get(op.url("/status")).await.unwrap().json::<serde_json::Value>().await.unwrap() },
+        |d| d["mitigations"].as_array().is_some_and(|m| m.len() == 1),
+    )
+    .await;
+    let attention = doc["attention"].as_array().unwrap();
+    assert_eq!(attention.len(), 1, "{doc:#}");
+    assert_eq!(attention[0]["name"], "broken");
+    assert!(attention[0]["why"].as_str().unwrap().starts_with("Invalid (InvalidSpec): "), "{doc:#}");
+    let m = &doc["mitigations"][0];
+    assert_eq!((m["match"].as_str(), m["action"].as_str()), (Some("prefix 203.0.113.0/24"), Some("Block")));
+    let left = m["expiresInSeconds"].as_i64().unwrap();
+    assert!((590..=600).contains(&left), "{m:#}");
+
+    // `levee status` prints the same as a table.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["status", "--operator", &op.url("")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(
+        text.contains(&format!("Needs attention (1):\n  ScalingPolicy {}/broken: Invalid (InvalidSpec): ", ns.name)),
+        "{text}"
+    );
+    assert!(text.contains(&format!("  {}/by-hand  Block   prefix 203.0.113.0/24  Enforce", ns.name)), "{text}");
+    assert!(op.stop().await);
+}

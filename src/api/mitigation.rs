@@ -101,6 +101,27 @@ pub struct MatchSpec {
     pub except_prefixes: Vec<String>,
 }
 
+impl std::fmt::Display for MatchSpec {
+    /// `ip 203.0.113.7`, `asn 64500 except 2 prefixes`. An API key shows only its first four
+    /// characters: whoever reads the status has no need of the whole secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self { ip: Some(ip), .. } => write!(f, "ip {ip}")?,
+            Self { prefix: Some(p), .. } => write!(f, "prefix {p}")?,
+            Self { asn: Some(asn), .. } => write!(f, "asn {asn}")?,
+            Self { country: Some(c), .. } => write!(f, "country {c}")?,
+            Self { api_key: Some(k), .. } => write!(f, "apiKey {}…", crate::text::truncate(k, 4))?,
+            Self { traffic_class: Some(c), .. } => write!(f, "trafficClass {c}")?,
+            _ => f.write_str("nothing")?,
+        }
+        match self.except_prefixes.len() {
+            0 => Ok(()),
+            1 => write!(f, " except 1 prefix"),
+            n => write!(f, " except {n} prefixes"),
+        }
+    }
+}
+
 /// What a rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum MitigationAction {

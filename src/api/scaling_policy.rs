@@ -90,6 +90,19 @@ pub struct ScaleTarget {
     pub rds_read_replicas: Option<RdsReplicasRef>,
 }
 
+impl std::fmt::Display for ScaleTarget {
+    /// `Deployment/api`, `StatefulSet/db`, `ECS shop/api`, `RDS replicas of orders`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self { deployment: Some(d), .. } => write!(f, "Deployment/{}", d.name),
+            Self { stateful_set: Some(s), .. } => write!(f, "StatefulSet/{}", s.name),
+            Self { ecs_service: Some(e), .. } => write!(f, "ECS {}/{}", e.cluster, e.service),
+            Self { rds_read_replicas: Some(r), .. } => write!(f, "RDS replicas of {}", r.source_instance),
+            _ => f.write_str("no target"),
+        }
+    }
+}
+
 /// A namespaced workload by name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkloadRef {

@@ -15,7 +15,13 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::{Controller, WatchStreamExt, controller::Action, predicates, reflector, watcher},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        predicates,
+        reflector::{Store, store::Writer},
+        watcher,
+    },
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -222,11 +228,16 @@ fn error_policy<K: Policy>(guard: Arc<DeserializeGuard<K>>, error: &Error, ctx: 
 /// Runs the controller for kind `K` until `shutdown` is cancelled.
 ///
 /// A malformed object does not stop the watch: it is reconciled as `Malformed` and its
-/// `Invalid` condition carries the deserialization error.
-pub async fn run<K: Policy>(api: Api<DeserializeGuard<K>>, ctx: Arc<Context>, shutdown: CancellationToken) {
+/// `Invalid` condition carries the deserialization error. `cache` is the store the watch
+/// fills, which the status API reads too.
+pub async fn run<K: Policy>(
+    api: Api<DeserializeGuard<K>>,
+    (reader, writer): (Store<DeserializeGuard<K>>, Writer<DeserializeGuard<K>>),
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
     // Only spec changes (a new generation) trigger a reconcile: the operator's own status
     // writes must not, or every status write would start another tick at once.
-    let (reader, writer) = reflector::store();
     let changes = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)

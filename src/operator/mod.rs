@@ -1,10 +1,11 @@
 //! `levee run`: the operator. Watches every policy kind, judges each policy and reports in
-//! status, and serves health and metrics.
+//! status, and serves health, metrics and the on-call status API.
 
 pub mod conditions;
 pub mod controller;
 pub mod guard;
 pub mod metrics;
+pub mod oncall;
 pub mod pager;
 pub mod policy;
 pub mod scaling;
@@ -18,7 +19,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{
     Api, Client,
     core::DeserializeGuard,
-    runtime::wait::{await_condition, conditions::is_crd_established},
+    runtime::{
+        reflector::store,
+        wait::{await_condition, conditions::is_crd_established},
+    },
 };
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +38,7 @@ use policy::Policy;
 /// Settings of `levee run`.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` are served.
     pub listen: SocketAddr,
     /// Watch only this namespace; all namespaces when unset.
     pub namespace: Option<String>,
@@ -61,9 +65,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics and edge reports");
+    info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics, /status and edge reports");
     let hub = Arc::new(guard::hub::ReportHub::default());
-    let app = server::router(Arc::new(registry), health.clone()).merge(guard::reports_router(hub.clone()));
+    let (scaling_cache, guard_cache, mitigation_cache, bootstrap_cache) = (store(), store(), store(), store());
+    let stores = oncall::Stores {
+        scaling: scaling_cache.0.clone(),
+        guards: guard_cache.0.clone(),
+        mitigations: mitigation_cache.0.clone(),
+        bootstrap: bootstrap_cache.0.clone(),
+    };
+    let app = server::router(Arc::new(registry), health.clone())
+        .merge(guard::reports_router(hub.clone()))
+        .merge(server::status_router(stores, health.clone()));
     let server = tokio::spawn(server::serve(listener, app, shutdown.clone()));
 
     tokio::select! {
@@ -80,10 +93,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     );
     let ns = config.namespace.as_deref();
     tokio::join!(
-        controller::run(guarded_api::<ScalingPolicy>(&client, ns), ctx.clone(), shutdown.clone()),
-        controller::run(guarded_api::<TrafficGuard>(&client, ns), ctx.clone(), shutdown.clone()),
-        controller::run(guarded_api::<Mitigation>(&client, ns), ctx.clone(), shutdown.clone()),
-        controller::run(guarded_api::<BootstrapPolicy>(&client, ns), ctx.clone(), shutdown.clone()),
+        controller::run(guarded_api::<ScalingPolicy>(&client, ns), scaling_cache, ctx.clone(), shutdown.clone()),
+        controller::run(guarded_api::<TrafficGuard>(&client, ns), guard_cache, ctx.clone(), shutdown.clone()),
+        controller::run(guarded_api::<Mitigation>(&client, ns), mitigation_cache, ctx.clone(), shutdown.clone()),
+        controller::run(guarded_api::<BootstrapPolicy>(&client, ns), bootstrap_cache, ctx.clone(), shutdown.clone()),
     );
     health.set_ready(false);
     finish(server).await
