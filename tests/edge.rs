@@ -215,7 +215,7 @@ async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge:
 #[tokio::test]
 async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
     let page = "  page: {when: Mitigation, routeSecretRef: {name: pager, key: route}}";
-    let (ns, _op, _up, edge) = guarded_edge("edge-flood", "Enforce", page, &[]).await;
+    let (ns, op, _up, edge) = guarded_edge("edge-flood", "Enforce", page, &[]).await;
     let pager = PageReceiver::start().await;
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: pager, namespace: {}}}\nstringData: {{route: '{}'}}\n",
@@ -271,8 +271,23 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
     assert!(body["details"]["inspect"].as_str().unwrap().contains("get mitigations"), "{body}");
     assert!(notes.iter().any(|n| n.starts_with("paged the on-call")), "{notes:#?}");
 
+    // The operator restarts mid-incident: status keeps the open page for the next one.
+    let open = eventually(
+        Duration::from_secs(10),
+        "the open page in status",
+        || async { ns.api::<TrafficGuard>().get("public").await.unwrap().status.and_then(|s| s.open_page) },
+        |o| o.is_some(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(open.dedup_key, body["dedup_key"].as_str().unwrap());
+    assert_eq!(open.reason, "Incident");
+    assert!(open.summary.contains("203.0.113.9"), "{open:?}");
+    assert!(op.stop().await);
+    let _op = Operator::start(&ns.name).await;
+
     // The on-call lifts the mitigations once the flood is over: the incident ends, and its
-    // page is resolved under the same dedup key.
+    // page is resolved under the same dedup key, by the operator that did not send it.
     let mitigations = ns.api::<Mitigation>();
     mitigations.delete_collection(&Default::default(), &Default::default()).await.unwrap();
     let both =
@@ -282,6 +297,8 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
     assert_eq!(both[1]["dedup_key"], both[0]["dedup_key"]);
     let summary = both[1]["summary"].as_str().unwrap();
     assert!(summary.contains("incident over after"), "{summary}");
+    let closed = || async { ns.api::<TrafficGuard>().get("public").await.unwrap().status.and_then(|s| s.open_page) };
+    eventually(Duration::from_secs(10), "no page left open in status", closed, Option::is_none).await;
 }
 
 #[tokio::test]

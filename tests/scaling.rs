@@ -204,6 +204,19 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_
     let conds = common::conditions::<ScalingPolicy>(&ns, "api").await;
     assert_eq!(common::condition(&conds, "DemandMet").unwrap().status, "False", "kept while demand is unseen");
 
+    // The operator restarts mid-spell. Status keeps the open page, so the new operator
+    // neither pages again for the same spell nor forgets to resolve it.
+    let open_page = || async {
+        let p: ScalingPolicy = ns.api().get("api").await.unwrap();
+        p.status.and_then(|s| s.open_page).map(|o| o.dedup_key)
+    };
+    let kept = eventually(Duration::from_secs(10), "the open page in status", open_page, |k| k.is_some()).await;
+    assert_eq!(kept.as_deref(), three[2]["dedup_key"].as_str());
+    assert!(op.stop().await);
+    let op = Operator::start_with(&ns.name, TICK).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pages().await.len(), 3, "the restarted operator does not page again for the same spell");
+
     // Demand within bounds again (100/s needs 2): the policy keeps up; the second page is
     // resolved, and nothing more is sent.
     set_query(&ns, "api", "vector(100)").await;
@@ -217,6 +230,7 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_
     eventually(Duration::from_secs(10), "a PageResolved Event for each", resolved, |n| *n == 2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pages().await.len(), 4, "nothing more once the policy keeps up");
+    assert_eq!(open_page().await, None, "no page left open in status");
     assert!(op.stop().await);
 }
 

@@ -146,6 +146,23 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// A page levee sent and has not resolved yet. It is kept in status so that an operator
+/// restarted mid-incident resolves it when what paged is over, instead of leaving it open for
+/// someone to close by hand or paging again under a new key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenPage {
+    /// The dedup key the page went under; its resolve goes under the same.
+    pub dedup_key: String,
+    /// What paged: `AboveMax`, `SignalLost` or `TargetError` on a ScalingPolicy, `Incident` on
+    /// a TrafficGuard.
+    pub reason: String,
+    /// When what paged began.
+    pub since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What is wrong, in one line.
+    pub summary: String,
+}
+
 /// The standard condition types levee writes on every policy.
 pub mod condition {
     /// The policy is valid and being acted on.

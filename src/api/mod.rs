@@ -13,7 +13,7 @@ pub mod traffic_guard;
 pub mod validate;
 
 pub use bootstrap_policy::{BootstrapPolicy, BootstrapPolicySpec, BootstrapPolicyStatus};
-pub use common::{Duration, Mode, PolicyStatus, SecretKeyRef};
+pub use common::{Duration, Mode, OpenPage, PolicyStatus, SecretKeyRef};
 pub use mitigation::{Mitigation, MitigationSpec, MitigationStatus};
 pub use scaling_policy::{ScalingPolicy, ScalingPolicySpec, ScalingPolicyStatus};
 pub use traffic_guard::{TrafficGuard, TrafficGuardSpec, TrafficGuardStatus};

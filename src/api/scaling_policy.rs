@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Duration, Mode, SecretKeyRef, impl_policy_status};
+use super::common::{Duration, Mode, OpenPage, SecretKeyRef, impl_policy_status};
 
 /// Scale one target (a Deployment, StatefulSet, ECS service or set of RDS read replicas)
 /// from traffic, backlog and lag signals, ahead of demand.
@@ -425,6 +425,9 @@ pub struct ScalingPolicyStatus {
     /// The last scaling decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_decision: Option<DecisionStatus>,
+    /// The page sent and not yet resolved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_page: Option<OpenPage>,
 }
 
 /// A forecast with its band.

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Duration, Mode, SecretKeyRef, impl_policy_status};
+use super::common::{Duration, Mode, OpenPage, SecretKeyRef, impl_policy_status};
 
 /// Watch the traffic of an edge pool, flag sources far above their baseline (alone or as a
 /// distributed surge), and create TTL-bound `Mitigation`s that every edge enforces.
@@ -330,6 +330,9 @@ pub struct TrafficGuardStatus {
     /// nothing is being detected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edges_reporting: Option<i32>,
+    /// The page sent and not yet resolved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_page: Option<OpenPage>,
 }
 
 /// One detection.

@@ -2,6 +2,9 @@
 //! human, built from the operator's watch caches, so a request costs no apiserver round trip
 //! and keeps answering while the apiserver is slow.
 //!
+//! Pages levee sent and has not resolved are listed with the dedup key they went under, so
+//! the on-call can match them to the pager's incidents.
+//!
 //! `GET /status` serves it as JSON, `GET /status?format=text` as the table `levee status`
 //! prints.
 
@@ -12,7 +15,7 @@ use kube::{ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    BootstrapPolicy, Duration, Mitigation, Mode, PolicyStatus, ScalingPolicy, TrafficGuard,
+    BootstrapPolicy, Duration, Mitigation, Mode, OpenPage, PolicyStatus, ScalingPolicy, TrafficGuard,
     common::condition,
     mitigation::MitigationAction,
     scaling_policy::{DecisionStatus, ForecastStatus},
@@ -58,6 +61,8 @@ pub struct ScalingRow {
     pub forecast: Option<ForecastStatus>,
     pub learned_lead_time_seconds: Option<f64>,
     pub last_decision: Option<DecisionStatus>,
+    /// The page sent about it and not yet resolved.
+    pub open_page: Option<OpenPage>,
     /// Conditions that are not as they should be, one sentence each.
     pub problems: Vec<String>,
 }
@@ -72,6 +77,7 @@ pub struct GuardRow {
     pub edges_reporting: Option<i32>,
     pub active_mitigations: Option<i32>,
     pub last_detection: Option<Detection>,
+    pub open_page: Option<OpenPage>,
     pub problems: Vec<String>,
 }
 
@@ -163,6 +169,7 @@ impl Snapshot {
                     forecast: status.and_then(|s| s.forecast.clone()),
                     learned_lead_time_seconds: status.and_then(|s| s.learned_lead_time_seconds),
                     last_decision: status.and_then(|s| s.last_decision.clone()),
+                    open_page: status.and_then(|s| s.open_page.clone()),
                     problems: problems(status.map(|s| s as &dyn PolicyStatus)),
                 }
             })
@@ -179,6 +186,7 @@ impl Snapshot {
                     edges_reporting: status.and_then(|s| s.edges_reporting),
                     active_mitigations: status.and_then(|s| s.active_mitigations),
                     last_detection: status.and_then(|s| s.last_detection.clone()),
+                    open_page: status.and_then(|s| s.open_page.clone()),
                     problems: problems(status.map(|s| s as &dyn PolicyStatus)),
                 }
             })
@@ -256,6 +264,21 @@ impl Snapshot {
         }
 
         let ago = |t: Timestamp| age(self.time.as_second() - t.as_second());
+        let open = self
+            .scaling_policies
+            .iter()
+            .filter_map(|p| p.open_page.as_ref().map(|o| ("ScalingPolicy", &p.namespace, &p.name, o)))
+            .chain(
+                self.traffic_guards
+                    .iter()
+                    .filter_map(|g| g.open_page.as_ref().map(|o| ("TrafficGuard", &g.namespace, &g.name, o))),
+            );
+        let mut rows = vec![cells(["PAGED ABOUT", "SINCE", "DEDUP KEY", "SUMMARY"])];
+        for (kind, ns, name, o) in open {
+            rows.push(vec![format!("{kind} {ns}/{name}"), ago(o.since.0), o.dedup_key.clone(), o.summary.clone()]);
+        }
+        section(&mut out, "Pages open", rows);
+
         let mut rows =
             vec![cells(["POLICY", "MODE", "TARGET", "REPLICAS", "BOUNDS", "FORECAST", "LEAD", "LAST DECISION"])];
         for p in &self.scaling_policies {
@@ -438,6 +461,7 @@ status:
     - {type: Invalid, status: 'False', reason: Valid, message: '', lastTransitionTime: '2026-11-27T10:00:00Z'}
     - {type: DemandMet, status: 'False', reason: AboveMaxReplicas, message: 'demand needs 20 replicas, above maxReplicas 5', lastTransitionTime: '2026-11-27T10:00:00Z'}
   lastDecision: {time: '2026-11-27T10:04:00Z', from: 4, to: 5, reason: ScaleUp, message: scale up 4 -> 5 for 480 req/s}
+  openPage: {dedupKey: levee/ScalingPolicy/shop/api/AboveMax/1795860000, reason: AboveMax, since: '2026-11-27T09:58:00Z', summary: 'demand needs 20 replicas, above maxReplicas 5'}
 ";
 
     const GUARD: &str = "
@@ -512,6 +536,11 @@ spec:
         assert!(text.contains("1m ago: scale up 4 -> 5 for 480 req/s"), "{text}");
         assert!(text.contains("  shop/in-force  RateLimit  asn 64500 except 2 prefixes  Enforce  5m "), "{text}");
         assert!(text.contains("Bootstrap policies (0):"), "{text}");
+        assert!(
+            text.contains("Pages open (1):\n  PAGED ABOUT             SINCE  DEDUP KEY  ")
+                && text.contains("  ScalingPolicy shop/api  7m     levee/ScalingPolicy/shop/api/AboveMax/1795860000  demand needs 20 replicas, above maxReplicas 5\n"),
+            "{text}"
+        );
         assert!(text.lines().all(|l| l == l.trim_end()), "no trailing blanks:\n{text}");
     }
 

@@ -29,7 +29,7 @@ use crate::{
         rds::ReadReplicas,
     },
     api::{
-        Mode, ScalingPolicy, SecretKeyRef,
+        Mode, OpenPage, ScalingPolicy, SecretKeyRef,
         scaling_policy::{DecisionStatus, ForecastStatus, Signal, SignalRole},
     },
     engine::scaling::{Decision, Planner, Reason, SignalReading, Tick},
@@ -170,8 +170,9 @@ impl Scaler {
             Ok(t) => t,
             Err(e) => {
                 let why = e.to_string();
-                self.write_status(client, policy, None, None, &[], Some(&why)).await?;
-                self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why }), None);
+                let open = self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why.clone() }), None);
+                let seen = Seen { target_error: Some(&why), open_page: open, ..Seen::default() };
+                self.write_status(client, policy, seen).await?;
                 return Ok(());
             }
         };
@@ -185,8 +186,9 @@ impl Scaler {
             Err(e) => {
                 warn!(policy = %key, error = %e, "cannot read the target; holding");
                 let why = format!("cannot read the target: {e}");
-                self.write_status(client, policy, None, None, &lost, Some(&why)).await?;
-                self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why }), None);
+                let open = self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why.clone() }), None);
+                let seen = Seen { lost: &lost, target_error: Some(&why), open_page: open, ..Seen::default() };
+                self.write_status(client, policy, seen).await?;
                 return Ok(());
             }
         };
@@ -210,9 +212,10 @@ impl Scaler {
             if policy.spec.mode == Mode::Enforce {
                 if let Err(e) = target.scale(decision.to).await {
                     let why = format!("cannot scale to {}: {e}", decision.to);
-                    self.write_status(client, policy, None, learned, &lost, Some(&why)).await?;
-                    let shortfall = Shortfall::TargetError { detail: why };
-                    self.watch(client, policy, &key, Some(shortfall), Some(&decision));
+                    let shortfall = Shortfall::TargetError { detail: why.clone() };
+                    let open = self.watch(client, policy, &key, Some(shortfall), Some(&decision));
+                    let seen = Seen { decision: None, learned, lost: &lost, target_error: Some(&why), open_page: open };
+                    self.write_status(client, policy, seen).await?;
                     return Err(e.into());
                 }
                 info!(policy = %key, from = decision.from, to = decision.to, reason = decision.reason.as_str(), "{}", decision.message);
@@ -221,15 +224,18 @@ impl Scaler {
             }
             self.event(policy, &decision).await;
         }
-        self.write_status(client, policy, Some(&decision), learned, &lost, None).await?;
         let shortfall = Shortfall::of(&decision, policy.spec.bounds.max_replicas, &lost);
-        self.watch(client, policy, &key, shortfall, Some(&decision));
+        let open = self.watch(client, policy, &key, shortfall, Some(&decision));
+        let seen = Seen { decision: Some(&decision), learned, lost: &lost, target_error: None, open_page: open };
+        self.write_status(client, policy, seen).await?;
         Ok(())
     }
 
     /// Follows the policy's spell of falling short (`shortfall` is this tick's, none when it
     /// kept up), pages the on-call once the spell has lasted `spec.page.after`, and resolves
     /// that page when the spell ends. A policy without `page`, or in `Shadow` mode, never pages.
+    /// Returns the page left open, which status keeps for the next operator should this one
+    /// restart.
     fn watch(
         &self,
         client: &Client,
@@ -237,28 +243,35 @@ impl Scaler {
         key: &str,
         shortfall: Option<Shortfall>,
         d: Option<&Decision>,
-    ) {
-        let Some(page) = policy.spec.page.as_ref().filter(|_| policy.spec.mode == Mode::Enforce) else { return };
+    ) -> Option<OpenPage> {
+        let page = policy.spec.page.as_ref().filter(|_| policy.spec.mode == Mode::Enforce)?;
         let now = self.started.elapsed().as_secs_f64();
-        let due = {
+        let wall = Timestamp::now();
+        let (due, open) = {
             let mut spells = self.spells.lock().unwrap_or_else(|p| p.into_inner());
             let stale = FORGET_AFTER_TICKS * self.config.tick.as_secs_f64();
             spells.retain(|_, (last, _)| now - *last < stale);
-            let entry = spells.entry(key.to_owned()).or_insert((now, None));
+            let entry = spells.entry(key.to_owned()).or_insert_with(|| {
+                // A restart forgets spells; status remembers the page one of them sent.
+                let open = policy.status.as_ref().and_then(|s| s.open_page.as_ref());
+                (now, open.map(|o| Spell::restore(o, now, wall)))
+            });
             entry.0 = now;
-            let new_key = |kind: &str| shortfalls::dedup_key(key, kind, Timestamp::now().as_second());
-            shortfalls::pages(&mut entry.1, shortfall.as_ref(), now, page.after.as_secs_f64(), new_key)
+            let new_key = |kind: &str| shortfalls::dedup_key(key, kind, wall.as_second());
+            let due = shortfalls::pages(&mut entry.1, shortfall.as_ref(), now, page.after.as_secs_f64(), new_key);
+            (due, entry.1.as_ref().and_then(|s| s.open_page(now, wall)))
         };
         let page_text = match (due, shortfall) {
             (Due::Trigger(dedup_key), Some(shortfall)) => {
                 shortfalls::page(key, &shortfall, &page.after.to_string(), d, dedup_key)
             }
             (Due::Resolve { dedup_key, sentence, lasted }, _) => shortfalls::resolve(key, dedup_key, &sentence, lasted),
-            _ => return,
+            _ => return open,
         };
         let ns = policy.namespace().unwrap_or_default();
         let secret = page.route_secret_ref.clone();
         deliver(client, &self.pager, &self.recorder, ns, policy.object_ref(&()), secret, page_text);
+        open
     }
 
     async fn event(&self, policy: &ScalingPolicy, d: &Decision) {
@@ -328,15 +341,8 @@ impl Scaler {
         (SignalReading { name: s.name.clone(), role: s.role, value, age_secs: 0.0 }, err)
     }
 
-    async fn write_status(
-        &self,
-        client: &Client,
-        policy: &ScalingPolicy,
-        d: Option<&Decision>,
-        learned: Option<f64>,
-        lost: &[String],
-        target_error: Option<&str>,
-    ) -> Result<(), kube::Error> {
+    async fn write_status(&self, client: &Client, policy: &ScalingPolicy, seen: Seen<'_>) -> Result<(), kube::Error> {
+        let Seen { decision: d, learned, lost, target_error, open_page } = seen;
         let existing = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         let mut wanted = vec![
             Wanted {
@@ -405,11 +411,27 @@ impl Scaler {
                 status["lastDecision"] = serde_json::to_value(l).unwrap_or_default();
             }
         }
+        // Left out when none is open: under server-side apply that removes the one written before.
+        if let Some(open) = open_page {
+            status["openPage"] = serde_json::to_value(open).unwrap_or_default();
+        }
         let patch = json!({ "apiVersion": ScalingPolicy::api_version(&()), "kind": "ScalingPolicy", "status": status });
         let api: Api<ScalingPolicy> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
         api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
         Ok(())
     }
+}
+
+/// What a tick saw and did, for status.
+#[derive(Default)]
+struct Seen<'a> {
+    /// None when the tick could not decide (the target could not be read).
+    decision: Option<&'a Decision>,
+    learned: Option<f64>,
+    /// Each lost signal, in words.
+    lost: &'a [String],
+    target_error: Option<&'a str>,
+    open_page: Option<OpenPage>,
 }
 
 /// The `DemandMet` condition for a tick's decision. A tick that did not see demand (a lost

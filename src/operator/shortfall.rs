@@ -5,10 +5,17 @@
 //! normal (a peak the bounds cut for a minute, a Prometheus restart), so a spell pages only
 //! once it has lasted the policy's `page.after` without a break, and only once.
 
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
 use serde_json::json;
 
 use super::pager::{Action, Page, Severity};
-use crate::engine::scaling::{Decision, Reason};
+use crate::{
+    api::OpenPage,
+    engine::scaling::{Decision, Reason},
+};
 
 /// Why a policy is not keeping up.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,9 +40,9 @@ impl Shortfall {
 
     fn kind(&self) -> &'static str {
         match self {
-            Self::AboveMax { .. } => "AboveMax",
-            Self::SignalLost { .. } => "SignalLost",
-            Self::TargetError { .. } => "TargetError",
+            Self::AboveMax { .. } => KINDS[0],
+            Self::SignalLost { .. } => KINDS[1],
+            Self::TargetError { .. } => KINDS[2],
         }
     }
 
@@ -48,6 +55,9 @@ impl Shortfall {
         }
     }
 }
+
+/// The kinds of shortfall, as a spell and its open page in status name them.
+const KINDS: [&str; 3] = ["AboveMax", "SignalLost", "TargetError"];
 
 /// A run of ticks that fell short in the same way.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,6 +120,27 @@ pub fn pages(
 impl Spell {
     fn begin(shortfall: &Shortfall, now: f64) -> Self {
         Self { kind: shortfall.kind(), since: now, paged: None, sentence: shortfall.sentence() }
+    }
+
+    /// The page this spell holds open, for status; none until it has paged. `now` is the
+    /// scaler's clock (seconds), `wall` the time it stands for.
+    pub fn open_page(&self, now: f64, wall: Timestamp) -> Option<OpenPage> {
+        let dedup_key = self.paged.clone()?;
+        let since = wall.checked_sub(SignedDuration::from_secs_f64((now - self.since).max(0.0))).unwrap_or(wall);
+        Some(OpenPage { dedup_key, reason: self.kind.into(), since: Time(since), summary: self.sentence.clone() })
+    }
+
+    /// The spell a page still open in status stands for, after a restart lost the one in
+    /// memory. A reason this version does not know becomes a kind no shortfall has, so the
+    /// next tick ends the spell and resolves its page.
+    pub fn restore(open: &OpenPage, now: f64, wall: Timestamp) -> Self {
+        let age = wall.duration_since(open.since.0).as_secs_f64().max(0.0);
+        Self {
+            kind: KINDS.into_iter().find(|k| *k == open.reason).unwrap_or("Unknown"),
+            since: now - age,
+            paged: Some(open.dedup_key.clone()),
+            sentence: open.summary.clone(),
+        }
     }
 }
 
@@ -177,6 +208,35 @@ mod tests {
         assert_eq!(tick(&mut spell, Some(&above()), 59.0), Due::Nothing);
         assert_eq!(tick(&mut spell, Some(&above()), 60.0), Due::Trigger("AboveMax@60".into()));
         assert_eq!(tick(&mut spell, Some(&above()), 600.0), Due::Nothing, "one page per spell");
+    }
+
+    #[test]
+    fn a_spell_restored_from_status_carries_on_where_the_last_operator_left_it() {
+        let wall: Timestamp = "2026-11-27T10:10:00Z".parse().unwrap();
+        let mut spell = None;
+        tick(&mut spell, Some(&above()), 100.0);
+        assert_eq!(spell.as_ref().unwrap().open_page(100.0, wall), None, "nothing open before it pages");
+        tick(&mut spell, Some(&above()), 160.0);
+        let open = spell.as_ref().unwrap().open_page(400.0, wall).unwrap();
+        assert_eq!(open.dedup_key, "AboveMax@160");
+        assert_eq!((open.reason.as_str(), open.since.0.to_string().as_str()), ("AboveMax", "2026-11-27T10:05:00Z"));
+
+        // A new operator, whose clock starts at 0, ten minutes later (wall time).
+        let later = wall + SignedDuration::from_secs(600);
+        let mut restored = Some(Spell::restore(&open, 0.0, later));
+        assert_eq!(tick(&mut restored, Some(&above()), 5.0), Due::Nothing, "the same spell does not page again");
+        assert_eq!(
+            tick(&mut restored, None, 10.0),
+            Due::Resolve { dedup_key: "AboveMax@160".into(), sentence: above().sentence(), lasted: 15.0 * 60.0 + 10.0 },
+            "its end resolves the page the last operator sent, with its whole length"
+        );
+
+        let unknown = OpenPage { reason: "SomethingNewer".into(), ..open };
+        let mut restored = Some(Spell::restore(&unknown, 0.0, later));
+        assert!(
+            matches!(tick(&mut restored, Some(&above()), 5.0), Due::Resolve { .. }),
+            "a reason this version does not know is resolved at once"
+        );
     }
 
     #[test]

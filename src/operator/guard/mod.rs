@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        Mitigation, MitigationSpec, Mode, TrafficGuard,
+        Mitigation, MitigationSpec, Mode, OpenPage, TrafficGuard,
         mitigation::{Evidence, MatchSpec, MitigationAction, RateLimit},
         traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction, PageWhen},
     },
@@ -75,6 +75,34 @@ struct Incident {
     dedup_key: String,
     began: Instant,
     last_page: Instant,
+    /// What its first page said.
+    summary: String,
+}
+
+impl Incident {
+    /// The page it holds open, as status keeps it.
+    fn open_page(&self, now: Instant, wall: Timestamp) -> OpenPage {
+        let age = SignedDuration::try_from(now.duration_since(self.began)).unwrap_or_default();
+        OpenPage {
+            dedup_key: self.dedup_key.clone(),
+            reason: "Incident".into(),
+            since: Time(wall.checked_sub(age).unwrap_or(wall)),
+            summary: self.summary.clone(),
+        }
+    }
+
+    /// The incident whose page status kept open, after a restart lost the one in memory. It
+    /// counts as just paged: the new operator does not page again at once for what the last
+    /// one paged about.
+    fn restore(open: &OpenPage, now: Instant, wall: Timestamp) -> Self {
+        let age = wall.duration_since(open.since.0).unsigned_abs();
+        Self {
+            dedup_key: open.dedup_key.clone(),
+            began: now.checked_sub(age).unwrap_or(now),
+            last_page: now,
+            summary: open.summary.clone(),
+        }
+    }
 }
 
 /// What a guard's tick calls for on the pager: the end of the incident that was (its dedup
@@ -208,7 +236,12 @@ impl Guards {
                 last_summary: None,
                 last_active: None,
                 last_edges: None,
-                incident: None,
+                // A restart forgets incidents; status remembers the page one of them sent.
+                incident: guard
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.open_page.as_ref())
+                    .map(|o| Incident::restore(o, Instant::now(), Timestamp::now())),
                 last_crowd: None,
             });
             if st.generation != generation {
@@ -369,16 +402,22 @@ impl Guards {
         none_active: bool,
         created: Vec<PagedMitigation>,
     ) {
-        let (due, secret_ref) = {
+        let (due, trigger, secret_ref) = {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(st) = states.get_mut(key) else { return };
             let offences: Vec<i32> = created.iter().map(|m| m.spec.offence).collect();
             let Some(policy) = &guard.spec.page else { return };
             let shadow = guard.spec.mode == Mode::Shadow;
             let new_key = || format!("levee/{key}/{}", Timestamp::now().as_second());
-            let due =
+            let mut due =
                 page_due(&mut st.incident, Some(policy.when), shadow, &offences, none_active, Instant::now(), new_key);
-            (due, policy.route_secret_ref.clone())
+            let trigger = due.trigger.take().map(|dedup_key| page_for(guard, key, dedup_key, obs, &created));
+            if let (Some(page), Some(incident)) = (&trigger, &mut st.incident)
+                && incident.summary.is_empty()
+            {
+                incident.summary.clone_from(&page.summary);
+            }
+            (due, trigger, policy.route_secret_ref.clone())
         };
         let ns = guard.namespace().unwrap_or_default();
         let mut pages = Vec::new();
@@ -388,9 +427,7 @@ impl Guards {
             let details = json!({ "guard": key, "lasted": lasted.to_string() });
             pages.push(Page::resolve(dedup_key, format!("TrafficGuard/{key}"), summary, details));
         }
-        if let Some(dedup_key) = due.trigger {
-            pages.push(page_for(guard, key, dedup_key, obs, &created));
-        }
+        pages.extend(trigger);
         for page in pages {
             deliver(client, &self.pager, &self.recorder, ns.clone(), guard.object_ref(&()), secret_ref.clone(), page);
         }
@@ -415,8 +452,8 @@ impl Guards {
         }
     }
 
-    /// Writes status when something changed: the active count, a new detection, or the
-    /// number of edges reporting.
+    /// Writes status when something changed: the active count, a new detection, the number of
+    /// edges reporting, or the page held open.
     async fn write_status(
         &self,
         client: &Client,
@@ -435,12 +472,16 @@ impl Guards {
             // Reporting, but nothing new this tick: keep what status says.
             (None, false) => None,
         };
-        {
+        let old = guard.status.as_ref();
+        let open_page = {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(st) = states.get_mut(&key) else { return Ok(()) };
             let new_detection = detection.is_some() && detection != st.last_summary;
             let edges_changed = edges.is_some() && edges != st.last_edges;
-            if !new_detection && !edges_changed && st.last_active == Some(active) {
+            let open_page = st.incident.as_ref().map(|i| i.open_page(Instant::now(), Timestamp::now()));
+            let kept = old.and_then(|s| s.open_page.as_ref()).map(|o| &o.dedup_key);
+            let page_changed = open_page.as_ref().map(|o| &o.dedup_key) != kept;
+            if !new_detection && !edges_changed && !page_changed && st.last_active == Some(active) {
                 return Ok(());
             }
             if detection.is_some() {
@@ -450,8 +491,8 @@ impl Guards {
                 st.last_edges = edges;
             }
             st.last_active = Some(active);
-        }
-        let old = guard.status.as_ref();
+            open_page
+        };
         let mut status = json!({ "activeMitigations": active });
         if let Some(summary) = detection {
             status["lastDetection"] = json!({ "time": Time(Timestamp::now()), "summary": summary });
@@ -460,6 +501,10 @@ impl Guards {
         }
         if let Some(n) = edges.or(old.and_then(|s| s.edges_reporting)) {
             status["edgesReporting"] = json!(n);
+        }
+        // Left out when none is open: under server-side apply that removes the one written before.
+        if let Some(open) = open_page {
+            status["openPage"] = serde_json::to_value(open).unwrap_or_default();
         }
         let patch = json!({ "apiVersion": TrafficGuard::api_version(&()), "kind": "TrafficGuard", "status": status });
         let api: Api<TrafficGuard> = Api::namespaced(client.clone(), &ns);
@@ -605,7 +650,8 @@ fn page_due(
         }
         None => {
             let dedup_key = new_key();
-            *incident = Some(Incident { dedup_key: dedup_key.clone(), began: now, last_page: now });
+            *incident =
+                Some(Incident { dedup_key: dedup_key.clone(), began: now, last_page: now, summary: String::new() });
             Some(dedup_key)
         }
     };
@@ -743,6 +789,27 @@ mod tests {
         );
         let secs: Vec<u64> = (0..5).map(|o| ttl_for(&g, o).as_secs()).collect();
         assert_eq!(secs, vec![300, 900, 3600, 3600, 3600]);
+    }
+
+    #[test]
+    fn an_incident_restored_from_status_is_resolved_under_its_key_and_not_paged_again_at_once() {
+        let wall: Timestamp = "2026-11-27T10:10:00Z".parse().unwrap();
+        let t0 = Instant::now();
+        let open = OpenPage {
+            dedup_key: "levee/shop/edge/1795860000".into(),
+            reason: "Incident".into(),
+            since: Time("2026-11-27T10:00:00Z".parse().unwrap()),
+            summary: "levee: TrafficGuard shop/edge: rate-limited 203.0.113.9".into(),
+        };
+        let restored = Incident::restore(&open, t0, wall);
+        assert_eq!(restored.open_page(t0, wall), open, "status gets back what it kept");
+        let mut incident = Some(restored);
+        let m = Some(PageWhen::Mitigation);
+        let one_minute = t0 + Duration::from_secs(60);
+        let due = page_due(&mut incident, m, false, &[0], false, one_minute, || "new".into());
+        assert_eq!(due, PagesDue::default(), "counts as just paged");
+        let due = page_due(&mut incident, m, false, &[], true, one_minute, || "new".into());
+        assert_eq!(due.resolve, Some((open.dedup_key.clone(), Duration::from_secs(660))), "whole length, same key");
     }
 
     #[test]
