@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::{
+    api::core::v1::ConfigMap, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
@@ -11,7 +13,7 @@ use kube::{
 
 use crate::{
     api::{self, Duration, scaling_policy::Seasonality},
-    operator::oncall,
+    operator::{oncall, pause},
     replay::{backtest, nab, trace::Trace},
     sim::{self, controllers::Kind, report, scenario::Scenario},
 };
@@ -64,6 +66,43 @@ pub async fn status(operator: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
     } else {
         print!("{}", snapshot.render());
+    }
+    Ok(())
+}
+
+/// `levee pause`: writes the pause ConfigMap (server-side apply, so pausing again replaces
+/// the reason and the end).
+pub async fn pause(namespace: &str, reason: String, for_: Option<Duration>) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG")?;
+    // Whole seconds: the ConfigMap is read by people too.
+    let now = k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())?;
+    let until = match for_ {
+        Some(d) => Some(now.checked_add(d.0).context("--for is too long")?),
+        None => None,
+    };
+    let paused = pause::Paused { reason, since: Some(now), until };
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let cm = paused.to_configmap(namespace);
+    api.patch(pause::CONFIGMAP, &PatchParams::apply("levee-cli").force(), &Patch::Apply(&cm))
+        .await
+        .with_context(|| format!("cannot write ConfigMap {namespace}/{}", pause::CONFIGMAP))?;
+    println!("{}", paused.sentence());
+    println!("(ConfigMap {namespace}/{}; `levee resume` undoes it)", pause::CONFIGMAP);
+    Ok(())
+}
+
+/// `levee resume`: deletes the pause ConfigMap.
+pub async fn resume(namespace: &str) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG")?;
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    match api.delete(pause::CONFIGMAP, &Default::default()).await {
+        Ok(_) => println!("resumed: deleted ConfigMap {namespace}/{}", pause::CONFIGMAP),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            println!("levee was not paused: no ConfigMap {namespace}/{}", pause::CONFIGMAP)
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot delete ConfigMap {namespace}/{}", pause::CONFIGMAP));
+        }
     }
     Ok(())
 }

@@ -58,6 +58,9 @@ enum Command {
         /// holding a URL is posted to directly).
         #[arg(long, default_value = levee::operator::pager::PAGERDUTY_EVENTS_URL, env = "LEVEE_PAGERDUTY_URL")]
         pagerduty_url: String,
+        /// Namespace of the pause ConfigMap `levee-pause` (see `levee pause`).
+        #[arg(long, default_value = "levee", env = "LEVEE_CONTROL_NAMESPACE")]
+        control_namespace: String,
     },
     /// Run the edge: a reverse proxy that enforces the pool's Mitigations, protects its upstream
     /// with a circuit breaker and reports traffic to the operator.
@@ -125,6 +128,25 @@ enum Command {
         /// Print the status document as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Stop levee from changing anything, cluster-wide, until `levee resume` (or `--for`):
+    /// policies are planned and recorded as in Shadow mode.
+    Pause {
+        /// Why, for whoever looks at `levee status` next.
+        #[arg(long)]
+        reason: String,
+        /// Resume by itself after this long (e.g. 2h); never when unset.
+        #[arg(long = "for")]
+        for_: Option<levee::api::Duration>,
+        /// Namespace of the pause ConfigMap: the operator's `--control-namespace`.
+        #[arg(long, default_value = "levee", env = "LEVEE_CONTROL_NAMESPACE")]
+        control_namespace: String,
+    },
+    /// Undo `levee pause`: policies act as their mode says again.
+    Resume {
+        /// Namespace of the pause ConfigMap: the operator's `--control-namespace`.
+        #[arg(long, default_value = "levee", env = "LEVEE_CONTROL_NAMESPACE")]
+        control_namespace: String,
     },
     /// Write the CRDs generated from the code (or check or apply them).
     Crd {
@@ -206,9 +228,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { listen, namespace, tick, prometheus_url, aws_endpoint, pagerduty_url } => {
+            Command::Run {
+                listen,
+                namespace,
+                tick,
+                prometheus_url,
+                aws_endpoint,
+                pagerduty_url,
+                control_namespace,
+            } => {
                 let scaler = levee::operator::scaling::ScalerConfig { tick: tick.0, prometheus_url, aws_endpoint };
-                levee::operator::run(levee::operator::RunConfig { listen, namespace, scaler, pagerduty_url }).await
+                let config = levee::operator::RunConfig { listen, namespace, scaler, pagerduty_url, control_namespace };
+                levee::operator::run(config).await
             }
             Command::Edge(args) => {
                 let EdgeArgs {
@@ -271,6 +302,10 @@ fn main() -> ExitCode {
                 levee::cli::nab(&data, &windows, detector, json, detections.as_deref())
             }
             Command::Status { operator, json } => levee::cli::status(&operator, json).await,
+            Command::Pause { reason, for_, control_namespace } => {
+                levee::cli::pause(&control_namespace, reason, for_).await
+            }
+            Command::Resume { control_namespace } => levee::cli::resume(&control_namespace).await,
             Command::Crd { dir, check: true, .. } => levee::cli::check_crds(&dir),
             Command::Crd { apply: true, .. } => levee::cli::apply_crds().await,
             Command::Crd { dir, .. } => levee::cli::write_crds(&dir),

@@ -91,7 +91,8 @@ spec:
     ns.create_yaml("apiVersion: v1\nkind: Secret\nmetadata: { name: rmq }\nstringData: { auth: 'guest:guest' }\n")
         .await
         .unwrap();
-    let op = Operator::start_as(&ns.name, &kubeconfig, &["--tick", "1s"]).await;
+    // The chart sets LEVEE_CONTROL_NAMESPACE to the release namespace.
+    let op = Operator::start_as(&ns.name, &kubeconfig, &["--tick", "1s", "--control-namespace", &ns.name]).await;
     ns.create_yaml(
         r#"
 apiVersion: levee.dev/v1alpha1
@@ -133,6 +134,12 @@ spec:
     .await;
     let signals = common::condition(&conds, "SignalsAvailable").expect("waited for above");
     assert!(signals.message.contains("rabbitmq"), "{}", signals.message);
+    // The pause switch in the release namespace is readable as the ServiceAccount.
+    let pause = levee::operator::pause::Paused { reason: "chart".into(), since: None, until: None };
+    let cm = pause.to_configmap(&ns.name);
+    ns.api::<k8s_openapi::api::core::v1::ConfigMap>().create(&Default::default(), &cm).await.unwrap();
+    let status = || async { reqwest::get(op.url("/status")).await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    eventually(Duration::from_secs(10), "paused, as /status says", status, |s| s["paused"]["reason"] == "chart").await;
     assert!(op.stop().await);
     std::fs::remove_file(kubeconfig).ok();
 

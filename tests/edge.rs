@@ -182,10 +182,10 @@ spec:
 
 /// A namespace with an operator, a TrafficGuard in `mode` for pool `public` (with `spec` more
 /// of its spec), an upstream and an edge in front of it that reports to the operator (with
-/// `extra` arguments).
+/// `extra` arguments). The operator's pause ConfigMap would be in the namespace too.
 async fn guarded_edge(prefix: &str, mode: &str, spec: &str, extra: &[&str]) -> (TestNs, Operator, Upstream, Edge) {
     let ns = TestNs::new(prefix).await;
-    let op = Operator::start(&ns.name).await;
+    let op = Operator::start_with(&ns.name, &["--control-namespace", &ns.name]).await;
     ns.create_yaml(&guard_yaml(&ns.name, "public", mode, spec)).await.unwrap();
     let up = Upstream::start().await;
     let mut args = vec!["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1"];
@@ -395,6 +395,21 @@ async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
     assert!(renewed.iter().any(|n| n.contains("would still refuse")), "{renewed:#?}");
     let made = notes("WouldMitigate").into_iter().filter(|n| n.contains("203.0.113.9")).count();
     assert_eq!(made, 1, "the shadow mitigation lapsed and was made again: {renewed:#?}");
+}
+
+#[tokio::test]
+async fn a_paused_guard_limits_nothing_new_and_says_what_it_would_have_done() {
+    let (ns, _op, _up, edge) = guarded_edge("edge-pause", "Enforce", "", &[]).await;
+    let pause = levee::operator::pause::Paused { reason: "drill".into(), since: None, until: None };
+    let cm = pause.to_configmap(&ns.name);
+    ns.api::<k8s_openapi::api::core::v1::ConfigMap>().create(&Default::default(), &cm).await.unwrap();
+    let (regulars, flood) = traffic(&edge, 25.0, 12.0).await;
+    assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0));
+    assert_eq!((flood.limited, flood.other), (0, 0), "paused, an Enforce guard limits nothing: {flood:?}");
+    let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
+    let m = ms.items.iter().find(|m| m.spec.match_.ip.as_deref() == Some("203.0.113.9")).expect("a mitigation");
+    assert_eq!(m.spec.mode, levee::api::Mode::Shadow, "made in Shadow mode while paused");
+    assert!(edge.metric("levee_edge_shadow_limited_total").await > 100.0);
 }
 
 #[tokio::test]

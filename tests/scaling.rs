@@ -152,6 +152,56 @@ async fn shadow_mode_records_without_acting() {
     assert!(op.stop().await);
 }
 
+/// Runs the `levee` binary with the stack's kubeconfig; its stdout, failing on an error.
+async fn levee_cli(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(args)
+        .env("KUBECONFIG", env("KUBECONFIG"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "levee {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_paused_levee_records_without_acting_and_acts_once_resumed() {
+    let ns = TestNs::new("scale-pause").await;
+    // Paused before the operator starts: the switch is read from the cluster, not memory.
+    let control = ["--control-namespace", ns.name.as_str()];
+    let said = levee_cli(&[&["pause", "--reason", "failover drill", "--for", "1h"][..], &control].concat()).await;
+    assert!(said.starts_with("levee is paused: failover drill; resumes by itself at "), "{said}");
+    let args = [TICK, &control].concat();
+    let bounds = "{ minReplicas: 1, maxReplicas: 20 }";
+    let (op, _kubelet) = api_policy_in(&ns, &args, "vector(400)", bounds, "").await;
+    let api: Api<ScalingPolicy> = ns.api();
+    let p = eventually(
+        Duration::from_secs(15),
+        "a decision recorded, not applied",
+        || api.get("api"),
+        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8),
+    )
+    .await
+    .unwrap();
+    let message = p.status.unwrap().last_decision.unwrap().message;
+    assert!(message.starts_with("paused: "), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&ns, "api").await, 1, "paused, levee scales nothing");
+    let status: serde_json::Value = reqwest::get(op.url("/status")).await.unwrap().json().await.unwrap();
+    assert_eq!(status["paused"]["reason"], "failover drill", "{status:#}");
+    let metrics = reqwest::get(op.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "levee_paused 1"), "{metrics}");
+
+    let said = levee_cli(&[&["resume"][..], &control].concat()).await;
+    assert!(said.starts_with("resumed: deleted ConfigMap"), "{said}");
+    eventually(Duration::from_secs(15), "8 replicas once resumed", || replicas(&ns, "api"), |r| *r == 8).await;
+    let said = levee_cli(&[&["resume"][..], &control].concat()).await;
+    assert!(said.starts_with("levee was not paused"), "{said}");
+    let metrics = reqwest::get(op.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "levee_paused 0"), "{metrics}");
+    assert!(op.stop().await);
+}
+
 /// [`api_under_policy`] with `maxReplicas: 5` and a `page` due `after`, to a pager webhook
 /// on loopback (through the Secret `pager`).
 async fn capped_at_five_paging(

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod metrics;
 pub mod oncall;
 pub mod pager;
+pub mod pause;
 pub mod policy;
 pub mod scaling;
 pub mod secrets;
@@ -45,6 +46,8 @@ pub struct RunConfig {
     pub scaler: scaling::ScalerConfig,
     /// Where pages to a PagerDuty routing key go.
     pub pagerduty_url: String,
+    /// The namespace of the pause ConfigMap ([`pause::CONFIGMAP`]).
+    pub control_namespace: String,
 }
 
 /// Runs the operator until SIGTERM or SIGINT.
@@ -61,6 +64,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let mut registry = Registry::with_prefix("levee");
     let metrics = metrics::ReconcileMetrics::register(&mut registry);
+    let paused_gauge = prometheus_client::metrics::gauge::Gauge::default();
+    registry.register("paused", "1 while the pause ConfigMap stops levee from acting", paused_gauge.clone());
+    let (pause, watch_pause) = pause::PauseSwitch::watch(client.clone(), &config.control_namespace, paused_gauge);
     let health = Health::default();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -73,18 +79,20 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         guards: guard_cache.0.clone(),
         mitigations: mitigation_cache.0.clone(),
         bootstrap: bootstrap_cache.0.clone(),
+        pause: pause.clone(),
     };
     let app = server::router(Arc::new(registry), health.clone())
         .merge(guard::reports_router(hub.clone()))
         .merge(server::status_router(stores, health.clone()));
     let server = tokio::spawn(server::serve(listener, app, shutdown.clone()));
+    let pause_watch = tokio::spawn(watch_pause);
 
     tokio::select! {
         () = wait_for_crds(client.clone()) => {}
         () = shutdown.cancelled() => return finish(server).await,
     }
-    let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone(), pager.clone());
-    let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone(), pager);
+    let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone(), pager.clone(), pause.clone());
+    let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone(), pager, pause);
     let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards });
     health.set_ready(true);
     info!(
@@ -99,6 +107,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         controller::run(guarded_api::<BootstrapPolicy>(&client, ns), bootstrap_cache, ctx.clone(), shutdown.clone()),
     );
     health.set_ready(false);
+    pause_watch.abort();
     finish(server).await
 }
 

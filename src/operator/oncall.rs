@@ -14,6 +14,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp}
 use kube::{ResourceExt, core::DeserializeGuard, runtime::reflector::Store};
 use serde::{Deserialize, Serialize};
 
+use super::pause::{PauseSwitch, Paused};
 use crate::api::{
     BootstrapPolicy, Duration, Mitigation, Mode, OpenPage, PolicyStatus, ScalingPolicy, TrafficGuard,
     common::condition,
@@ -28,6 +29,8 @@ use crate::api::{
 pub struct Snapshot {
     /// When the snapshot was taken (RFC 3339).
     pub time: Timestamp,
+    /// The pause in force, if levee is paused: then it changes nothing.
+    pub paused: Option<Paused>,
     /// What needs a human, most pressing kinds first. Empty when all is well.
     pub attention: Vec<Attention>,
     pub scaling_policies: Vec<ScalingRow>,
@@ -115,6 +118,7 @@ pub struct Stores {
     pub guards: Store<DeserializeGuard<TrafficGuard>>,
     pub mitigations: Store<DeserializeGuard<Mitigation>>,
     pub bootstrap: Store<DeserializeGuard<BootstrapPolicy>>,
+    pub pause: PauseSwitch,
 }
 
 impl Stores {
@@ -132,13 +136,15 @@ impl Stores {
     }
 
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {
-        Snapshot::build(
+        let mut snapshot = Snapshot::build(
             &self.scaling.state(),
             &self.guards.state(),
             &self.mitigations.state(),
             &self.bootstrap.state(),
             now,
-        )
+        );
+        snapshot.paused = self.pause.state(now);
+        snapshot
     }
 }
 
@@ -248,12 +254,27 @@ impl Snapshot {
         for b in &bootstrap_policies {
             flag(&mut attention, "BootstrapPolicy", &b.namespace, &b.name, &b.problems);
         }
-        Snapshot { time: now, attention, scaling_policies, traffic_guards, mitigations: in_force, bootstrap_policies }
+        Snapshot {
+            time: now,
+            paused: None,
+            attention,
+            scaling_policies,
+            traffic_guards,
+            mitigations: in_force,
+            bootstrap_policies,
+        }
     }
 
     /// The snapshot as the table `levee status` prints.
     pub fn render(&self) -> String {
         let mut out = format!("levee status at {}\n\n", self.time.strftime("%Y-%m-%d %H:%M:%S UTC"));
+        if let Some(p) = &self.paused {
+            let _ = writeln!(
+                out,
+                "PAUSED. {}.\n  Nothing is scaled, no Mitigation is created or renewed, nothing new is paged; Mitigations in force stay until their TTL. `levee resume` resumes.\n",
+                p.sentence()
+            );
+        }
         if self.attention.is_empty() {
             out.push_str("Nothing needs attention.\n");
         } else {
@@ -552,6 +573,11 @@ spec:
             &[cached(&mitigation("m", "2026-11-27T10:10:00Z", "Enforce"))],
             &[],
             at("2026-11-27T10:05:00Z"),
+        );
+        let mut snap = snap;
+        snap.paused = Some(Paused { reason: "drill".into(), since: None, until: None });
+        assert!(
+            snap.render().starts_with("levee status at 2026-11-27 10:05:00 UTC\n\nPAUSED. levee is paused: drill.\n")
         );
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["mitigations"][0]["match"], "asn 64500 except 2 prefixes");

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::{
     conditions::{Wanted, merge},
     pager::{Pager, deliver},
+    pause::PauseSwitch,
     shortfall::{self as shortfalls, Due, Shortfall, Spell},
 };
 use crate::{
@@ -69,6 +70,7 @@ pub struct Scaler {
     pager: Pager,
     aws: OnceCell<aws_config::SdkConfig>,
     started: tokio::time::Instant,
+    pause: PauseSwitch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +106,7 @@ impl Target {
 }
 
 impl Scaler {
-    pub fn new(client: Client, config: ScalerConfig, pager: Pager) -> Self {
+    pub fn new(client: Client, config: ScalerConfig, pager: Pager, pause: PauseSwitch) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             config,
@@ -114,6 +116,19 @@ impl Scaler {
             pager,
             aws: OnceCell::new(),
             started: tokio::time::Instant::now(),
+            pause,
+        }
+    }
+
+    /// Why this tick only records what it would do: `"shadow"` for a policy in Shadow mode,
+    /// `"paused"` while levee is paused; `None` when it acts.
+    fn held_back(&self, policy: &ScalingPolicy) -> Option<&'static str> {
+        if self.pause.state(Timestamp::now()).is_some() {
+            Some("paused")
+        } else if policy.spec.mode == Mode::Shadow {
+            Some("shadow")
+        } else {
+            None
         }
     }
 
@@ -166,12 +181,14 @@ impl Scaler {
         let ns = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
         let key = format!("{ns}/{name}");
+        let held = self.held_back(policy);
         let target = match self.target(client, policy, &ns).await {
             Ok(t) => t,
             Err(e) => {
                 let why = e.to_string();
-                let open = self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why.clone() }), None);
-                let seen = Seen { target_error: Some(&why), open_page: open, ..Seen::default() };
+                let shortfall = Some(Shortfall::TargetError { detail: why.clone() });
+                let open = self.watch(client, policy, &key, shortfall, None, held);
+                let seen = Seen { target_error: Some(&why), open_page: open, held, ..Seen::default() };
                 self.write_status(client, policy, seen).await?;
                 return Ok(());
             }
@@ -186,8 +203,9 @@ impl Scaler {
             Err(e) => {
                 warn!(policy = %key, error = %e, "cannot read the target; holding");
                 let why = format!("cannot read the target: {e}");
-                let open = self.watch(client, policy, &key, Some(Shortfall::TargetError { detail: why.clone() }), None);
-                let seen = Seen { lost: &lost, target_error: Some(&why), open_page: open, ..Seen::default() };
+                let shortfall = Some(Shortfall::TargetError { detail: why.clone() });
+                let open = self.watch(client, policy, &key, shortfall, None, held);
+                let seen = Seen { lost: &lost, target_error: Some(&why), open_page: open, held, ..Seen::default() };
                 self.write_status(client, policy, seen).await?;
                 return Ok(());
             }
@@ -209,31 +227,34 @@ impl Scaler {
             (d, entry.2.learned_lead_time())
         };
         if decision.to != decision.from {
-            if policy.spec.mode == Mode::Enforce {
+            if let Some(held) = held {
+                info!(policy = %key, from = decision.from, to = decision.to, "{held}: {}", decision.message);
+            } else {
                 if let Err(e) = target.scale(decision.to).await {
                     let why = format!("cannot scale to {}: {e}", decision.to);
                     let shortfall = Shortfall::TargetError { detail: why.clone() };
-                    let open = self.watch(client, policy, &key, Some(shortfall), Some(&decision));
-                    let seen = Seen { decision: None, learned, lost: &lost, target_error: Some(&why), open_page: open };
+                    let open = self.watch(client, policy, &key, Some(shortfall), Some(&decision), held);
+                    let seen =
+                        Seen { decision: None, learned, lost: &lost, target_error: Some(&why), open_page: open, held };
                     self.write_status(client, policy, seen).await?;
                     return Err(e.into());
                 }
                 info!(policy = %key, from = decision.from, to = decision.to, reason = decision.reason.as_str(), "{}", decision.message);
-            } else {
-                info!(policy = %key, from = decision.from, to = decision.to, "shadow: {}", decision.message);
             }
-            self.event(policy, &decision).await;
+            self.event(policy, &decision, held).await;
         }
         let shortfall = Shortfall::of(&decision, policy.spec.bounds.max_replicas, &lost);
-        let open = self.watch(client, policy, &key, shortfall, Some(&decision));
-        let seen = Seen { decision: Some(&decision), learned, lost: &lost, target_error: None, open_page: open };
+        let open = self.watch(client, policy, &key, shortfall, Some(&decision), held);
+        let seen = Seen { decision: Some(&decision), learned, lost: &lost, target_error: None, open_page: open, held };
         self.write_status(client, policy, seen).await?;
         Ok(())
     }
 
     /// Follows the policy's spell of falling short (`shortfall` is this tick's, none when it
     /// kept up), pages the on-call once the spell has lasted `spec.page.after`, and resolves
-    /// that page when the spell ends. A policy without `page`, or in `Shadow` mode, never pages.
+    /// that page when the spell ends. A policy without `page` never pages; one held back
+    /// (`held`: in Shadow mode, or paused) pages nothing new, and a spell that paged before it
+    /// was held back ends, so its page is resolved.
     /// Returns the page left open, which status keeps for the next operator should this one
     /// restart.
     fn watch(
@@ -243,8 +264,10 @@ impl Scaler {
         key: &str,
         shortfall: Option<Shortfall>,
         d: Option<&Decision>,
+        held: Option<&str>,
     ) -> Option<OpenPage> {
-        let page = policy.spec.page.as_ref().filter(|_| policy.spec.mode == Mode::Enforce)?;
+        let page = policy.spec.page.as_ref()?;
+        let shortfall = shortfall.filter(|_| held.is_none());
         let now = self.started.elapsed().as_secs_f64();
         let wall = Timestamp::now();
         let (due, open) = {
@@ -274,13 +297,15 @@ impl Scaler {
         open
     }
 
-    async fn event(&self, policy: &ScalingPolicy, d: &Decision) {
-        let shadow = policy.spec.mode == Mode::Shadow;
+    async fn event(&self, policy: &ScalingPolicy, d: &Decision, held: Option<&str>) {
         let ev = Event {
             type_: if matches!(d.reason, Reason::SignalLossFallback) { EventType::Warning } else { EventType::Normal },
             reason: d.reason.as_str().into(),
-            note: Some(if shadow { format!("shadow (not applied): {}", d.message) } else { d.message.clone() }),
-            action: if shadow { "WouldScale".into() } else { "Scale".into() },
+            note: Some(match held {
+                Some(held) => format!("{held} (not applied): {}", d.message),
+                None => d.message.clone(),
+            }),
+            action: if held.is_some() { "WouldScale".into() } else { "Scale".into() },
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &policy.object_ref(&())).await {
@@ -342,7 +367,7 @@ impl Scaler {
     }
 
     async fn write_status(&self, client: &Client, policy: &ScalingPolicy, seen: Seen<'_>) -> Result<(), kube::Error> {
-        let Seen { decision: d, learned, lost, target_error, open_page } = seen;
+        let Seen { decision: d, learned, lost, target_error, open_page, held } = seen;
         let existing = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         let mut wanted = vec![
             Wanted {
@@ -390,10 +415,9 @@ impl Scaler {
                     from: d.from as i32,
                     to: d.to as i32,
                     reason: d.reason.as_str().into(),
-                    message: if policy.spec.mode == Mode::Shadow {
-                        format!("shadow: {}", d.message)
-                    } else {
-                        d.message.clone()
+                    message: match held {
+                        Some(held) => format!("{held}: {}", d.message),
+                        None => d.message.clone(),
                     },
                 },
             };
@@ -432,6 +456,8 @@ struct Seen<'a> {
     lost: &'a [String],
     target_error: Option<&'a str>,
     open_page: Option<OpenPage>,
+    /// Why nothing was applied (`shadow`, `paused`), if so.
+    held: Option<&'static str>,
 }
 
 /// The `DemandMet` condition for a tick's decision. A tick that did not see demand (a lost

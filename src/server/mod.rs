@@ -158,7 +158,10 @@ mod tests {
             wm.apply_watcher_event(&Event::InitDone);
             wb.apply_watcher_event(&Event::InitDone);
         };
-        (Stores { scaling, guards, mitigations, bootstrap }, list_done)
+        (
+            Stores { scaling, guards, mitigations, bootstrap, pause: crate::operator::pause::PauseSwitch::off() },
+            list_done,
+        )
     }
 
     #[tokio::test]

@@ -33,7 +33,10 @@ use crate::{
         traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction, PageWhen},
     },
     engine::guard::{Finding, GuardDetector, Kind as FindingKind, Observation, Tuning, mitigation_limit, renews},
-    operator::pager::{Action, Page, Pager, Severity, deliver},
+    operator::{
+        pager::{Action, Page, Pager, Severity, deliver},
+        pause::PauseSwitch,
+    },
 };
 use hub::{PoolExtras, ReportHub};
 
@@ -126,6 +129,7 @@ pub struct Guards {
     /// Where `baseline.source: Prometheus` guards read their history.
     prometheus_url: Option<String>,
     pager: Pager,
+    pause: PauseSwitch,
 }
 
 /// A crowd seen again within this long of its last sample is the same crowd.
@@ -155,7 +159,13 @@ impl PagedMitigation {
 }
 
 impl Guards {
-    pub fn new(client: Client, hub: Arc<ReportHub>, prometheus_url: Option<String>, pager: Pager) -> Self {
+    pub fn new(
+        client: Client,
+        hub: Arc<ReportHub>,
+        prometheus_url: Option<String>,
+        pager: Pager,
+        pause: PauseSwitch,
+    ) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             hub,
@@ -163,6 +173,7 @@ impl Guards {
             states: Mutex::new(HashMap::new()),
             prometheus_url,
             pager,
+            pause,
         }
     }
 
@@ -217,6 +228,18 @@ impl Guards {
 
     /// One look at the guard's pool.
     pub async fn tick(&self, client: &Client, guard: &TrafficGuard) -> Result<(), GuardError> {
+        // Paused, a guard runs as in Shadow mode: its Mitigations are counted, not enforced,
+        // and it pages nothing new.
+        let paused = self.pause.state(Timestamp::now()).is_some();
+        let shadowed;
+        let guard = if paused && guard.spec.mode != Mode::Shadow {
+            let mut g = guard.clone();
+            g.spec.mode = Mode::Shadow;
+            shadowed = g;
+            &shadowed
+        } else {
+            guard
+        };
         let ns = guard.namespace().unwrap_or_default();
         let name = guard.name_any();
         let key = format!("{ns}/{name}");
@@ -295,7 +318,8 @@ impl Guards {
                 wanted.push(w);
             }
         }
-        if let Some((_, extras)) = &taken {
+        // Paused, nothing is renewed: levee extends no enforcement while it is told to stop.
+        if let Some((_, extras)) = taken.as_ref().filter(|_| !paused) {
             for (mname, m) in &active {
                 let Some(r) = renewal(guard, &ns, m, extras, now) else { continue };
                 let renewed = owned(guard, &ns, mname, r.spec);
