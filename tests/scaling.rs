@@ -17,7 +17,7 @@ use kube::{
     Api,
     api::{ListParams, Patch, PatchParams},
 };
-use levee::api::ScalingPolicy;
+use levee::api::{ScalingPolicy, scaling_policy::DecisionStatus};
 use serde_json::json;
 
 const TICK: &[&str] = &["--tick", "1s"];
@@ -58,6 +58,23 @@ fn kubelet(ns: &TestNs, name: &str) -> tokio::task::JoinHandle<()> {
 
 async fn replicas(ns: &TestNs, name: &str) -> i32 {
     ns.api::<Deployment>().get(name).await.unwrap().spec.unwrap().replicas.unwrap()
+}
+
+/// The last decision of policy `api`, once its status desires `replicas`.
+async fn decided(ns: &TestNs, replicas: i32, within: Duration) -> DecisionStatus {
+    let api: Api<ScalingPolicy> = ns.api();
+    let desired = |p: &Result<ScalingPolicy, kube::Error>| {
+        p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas)
+    };
+    let p = eventually(
+        within,
+        &format!("status desiredReplicas {replicas}"),
+        || api.get("api"),
+        |p| desired(p) == Some(replicas),
+    )
+    .await
+    .unwrap();
+    p.status.and_then(|s| s.last_decision).expect("a decision with the desired replicas")
 }
 
 async fn set_query(ns: &TestNs, name: &str, query: &str) {
@@ -110,17 +127,7 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
     // 400/s at 50 per replica is 8.
     eventually(Duration::from_secs(15), "8 replicas", || replicas(&ns, "api"), |r| *r == 8).await;
     // The status is written right after the scale.
-    let api: Api<ScalingPolicy> = ns.api();
-    let p = eventually(
-        Duration::from_secs(5),
-        "status desiredReplicas 8",
-        || api.get("api"),
-        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8),
-    )
-    .await
-    .unwrap();
-    let status = p.status.unwrap();
-    let last = status.last_decision.unwrap();
+    let last = decided(&ns, 8, Duration::from_secs(5)).await;
     assert_eq!((last.from, last.to, last.reason.as_str()), (1, 8, "ScaleUp"));
     assert!(last.message.contains("now 400.0/s needs 8"), "{}", last.message);
     let events: Api<Event> = ns.api();
@@ -136,16 +143,8 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
 async fn shadow_mode_records_without_acting() {
     // 400/s needs 8, above the bound of 5: an Enforce policy would page after 1s.
     let (ns, pager, op, _kubelet) = capped_at_five_paging("scale-shadow", "vector(400)", "1s", "  mode: Shadow").await;
-    let api: Api<ScalingPolicy> = ns.api();
-    let p = eventually(
-        Duration::from_secs(15),
-        "shadow decision",
-        || api.get("api"),
-        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(5),
-    )
-    .await
-    .unwrap();
-    assert!(p.status.unwrap().last_decision.unwrap().message.starts_with("shadow:"));
+    let last = decided(&ns, 5, Duration::from_secs(15)).await;
+    assert!(last.message.starts_with("shadow:"), "{}", last.message);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(replicas(&ns, "api").await, 1, "shadow never scales");
     assert!(pager.pages.lock().unwrap().is_empty(), "shadow never pages");
@@ -174,16 +173,7 @@ async fn a_paused_levee_records_without_acting_and_acts_once_resumed() {
     let args = [TICK, &control].concat();
     let bounds = "{ minReplicas: 1, maxReplicas: 20 }";
     let (op, _kubelet) = api_policy_in(&ns, &args, "vector(400)", bounds, "").await;
-    let api: Api<ScalingPolicy> = ns.api();
-    let p = eventually(
-        Duration::from_secs(15),
-        "a decision recorded, not applied",
-        || api.get("api"),
-        |p| p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.desired_replicas) == Some(8),
-    )
-    .await
-    .unwrap();
-    let message = p.status.unwrap().last_decision.unwrap().message;
+    let message = decided(&ns, 8, Duration::from_secs(15)).await.message;
     assert!(message.starts_with("paused: "), "{message}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(replicas(&ns, "api").await, 1, "paused, levee scales nothing");

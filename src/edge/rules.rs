@@ -92,8 +92,36 @@ pub struct RuleSet {
     by_api_key: Index<String>,
     by_class: Index<String>,
     /// Sources no rule applies to.
-    allowlist: Vec<IpNet>,
+    allowlist: Allowlist,
     len: usize,
+}
+
+/// Networks as (network, mask) pairs: a test is an AND and a compare per network, where
+/// `IpNet::contains` works the mask out again on every request.
+#[derive(Clone, Debug, Default)]
+struct Allowlist {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl Allowlist {
+    fn new(nets: &[IpNet]) -> Self {
+        let mut list = Self::default();
+        for net in nets {
+            match net {
+                IpNet::V4(n) => list.v4.push((u32::from(n.network()), u32::from(n.netmask()))),
+                IpNet::V6(n) => list.v6.push((u128::from(n.network()), u128::from(n.netmask()))),
+            }
+        }
+        list
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.v4.iter().any(|&(net, mask)| u32::from(a) & mask == net),
+            IpAddr::V6(a) => self.v6.iter().any(|&(net, mask)| u128::from(a) & mask == net),
+        }
+    }
 }
 
 /// A spec the edge cannot enforce; the rest of the set still applies.
@@ -115,7 +143,7 @@ impl RuleSet {
         for r in previous.rules() {
             old.insert(&r.name, r);
         }
-        let mut set = RuleSet { allowlist, ..RuleSet::default() };
+        let mut set = RuleSet { allowlist: Allowlist::new(&allowlist), ..RuleSet::default() };
         let mut skipped = Vec::new();
         for (name, spec) in mitigations {
             let rule = match compile(&name, spec, old.get(name.as_str()).copied()) {
@@ -184,7 +212,7 @@ impl RuleSet {
     /// Decides a request from `src` in traffic class `class` at unix time `now`.
     pub fn check(&self, src: &Source, class: Option<&str>, now: f64) -> Check {
         let mut check = Check { outcome: Outcome::Pass, shadow_limited: None };
-        if self.len == 0 || self.allowlist.iter().any(|n| n.contains(&src.ip)) {
+        if self.len == 0 || self.allowlist.contains(src.ip) {
             return check;
         }
         let mut candidates: [Option<&Vec<Arc<Rule>>>; 6] = [None; 6];
@@ -423,6 +451,20 @@ mod tests {
         let (set, _) = RuleSet::build([("ns/de".to_owned(), &s)], allow, &RuleSet::default());
         assert_eq!(set.check(&src("10.1.2.3"), None, NOW).outcome, Outcome::Pass);
         assert!(matches!(set.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Blocked { .. }));
+    }
+
+    #[test]
+    fn the_allowlist_agrees_with_ipnet() {
+        let nets: Vec<IpNet> =
+            ["10.9.9.9/8", "192.0.2.7/32", "2001:db8::/48"].iter().map(|n| n.parse().unwrap()).collect();
+        let list = Allowlist::new(&nets);
+        for ip in
+            ["10.0.0.1", "11.0.0.1", "192.0.2.7", "192.0.2.8", "2001:db8:0:1::9", "2001:db8:1::9", "::ffff:10.0.0.1"]
+        {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(list.contains(ip), nets.iter().any(|n| n.contains(&ip)), "{ip}");
+        }
+        assert!(Allowlist::new(&["0.0.0.0/0".parse().unwrap()]).contains("203.0.113.1".parse().unwrap()));
     }
 
     #[test]
