@@ -2,7 +2,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -48,6 +48,13 @@ impl ReconcileMetrics {
         );
         registry.register("policy_invalid", "Reconciles that found the policy invalid", m.invalid.clone());
         m
+    }
+
+    /// The `levee_paused` gauge: 1 while the pause switch stops levee from acting.
+    pub fn register_paused(registry: &mut Registry) -> Gauge {
+        let gauge = Gauge::default();
+        registry.register("paused", "1 while the pause ConfigMap stops levee from acting", gauge.clone());
+        gauge
     }
 
     pub fn kind(kind: &str) -> KindLabels {

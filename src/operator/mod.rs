@@ -64,8 +64,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let mut registry = Registry::with_prefix("levee");
     let metrics = metrics::ReconcileMetrics::register(&mut registry);
-    let paused_gauge = prometheus_client::metrics::gauge::Gauge::default();
-    registry.register("paused", "1 while the pause ConfigMap stops levee from acting", paused_gauge.clone());
+    let paused_gauge = metrics::ReconcileMetrics::register_paused(&mut registry);
     let (pause, watch_pause) = pause::PauseSwitch::watch(client.clone(), &config.control_namespace, paused_gauge);
     let health = Health::default();
     let listener = tokio::net::TcpListener::bind(config.listen)

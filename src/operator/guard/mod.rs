@@ -430,11 +430,17 @@ impl Guards {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(st) = states.get_mut(key) else { return };
             let offences: Vec<i32> = created.iter().map(|m| m.spec.offence).collect();
-            let Some(policy) = &guard.spec.page else { return };
+            let Some(policy) = &guard.spec.page else {
+                if let Some(i) = st.incident.take() {
+                    // The route went with the spec: there is nowhere to send the resolve.
+                    warn!(guard = %key, dedup_key = %i.dedup_key, "spec.page was removed while its page is open: close that incident by hand");
+                }
+                return;
+            };
             let shadow = guard.spec.mode == Mode::Shadow;
             let new_key = || format!("levee/{key}/{}", Timestamp::now().as_second());
             let mut due =
-                page_due(&mut st.incident, Some(policy.when), shadow, &offences, none_active, Instant::now(), new_key);
+                page_due(&mut st.incident, policy.when, shadow, &offences, none_active, Instant::now(), new_key);
             let trigger = due.trigger.take().map(|dedup_key| page_for(guard, key, dedup_key, obs, &created));
             if let (Some(page), Some(incident)) = (&trigger, &mut st.incident)
                 && incident.summary.is_empty()
@@ -647,7 +653,7 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
 /// pages come at most every [`REPAGE_AFTER`] and share the key `new_key` made for its first.
 fn page_due(
     incident: &mut Option<Incident>,
-    when: Option<PageWhen>,
+    when: PageWhen,
     shadow: bool,
     offences: &[i32],
     none_active: bool,
@@ -659,9 +665,9 @@ fn page_due(
         due.resolve = incident.take().map(|i| (i.dedup_key, now.duration_since(i.began)));
     }
     let wanted = match when {
-        None | Some(PageWhen::Never) => false,
-        Some(PageWhen::Mitigation) => !offences.is_empty(),
-        Some(PageWhen::Escalation) => offences.iter().any(|&o| o > 0),
+        PageWhen::Never => false,
+        PageWhen::Mitigation => !offences.is_empty(),
+        PageWhen::Escalation => offences.iter().any(|&o| o > 0),
     };
     if !wanted || shadow {
         return due;
@@ -828,7 +834,7 @@ mod tests {
         let restored = Incident::restore(&open, t0, wall);
         assert_eq!(restored.open_page(t0, wall), open, "status gets back what it kept");
         let mut incident = Some(restored);
-        let m = Some(PageWhen::Mitigation);
+        let m = PageWhen::Mitigation;
         let one_minute = t0 + Duration::from_secs(60);
         let due = page_due(&mut incident, m, false, &[0], false, one_minute, || "new".into());
         assert_eq!(due, PagesDue::default(), "counts as just paged");
@@ -845,7 +851,7 @@ mod tests {
             page_due(&mut incident, when, shadow, offences, none_active, now, || key.to_owned())
         };
         let trigger = |key: &str| PagesDue { resolve: None, trigger: Some(key.into()) };
-        let m = Some(PageWhen::Mitigation);
+        let m = PageWhen::Mitigation;
         assert_eq!(due(m, false, &[], true, 0, "a"), PagesDue::default(), "nothing created");
         assert_eq!(due(m, false, &[0], true, 0, "a"), trigger("a"), "the incident begins");
         assert_eq!(due(m, false, &[0, 0], false, 60, "b"), PagesDue::default(), "within five minutes of the last page");
@@ -866,11 +872,10 @@ mod tests {
         let mut due = |when, shadow, offences: &[i32]| {
             page_due(&mut incident, when, shadow, offences, true, t0, || "k".into()).trigger
         };
-        assert_eq!(due(Some(PageWhen::Never), false, &[0]), None);
-        assert_eq!(due(None, false, &[0]), None, "no page policy");
-        assert_eq!(due(Some(PageWhen::Mitigation), true, &[0]), None, "shadow guards never page");
-        assert_eq!(due(Some(PageWhen::Escalation), false, &[0]), None, "a first offence");
-        assert_eq!(due(Some(PageWhen::Escalation), false, &[0, 2]).as_deref(), Some("k"), "a repeat offender");
+        assert_eq!(due(PageWhen::Never, false, &[0]), None);
+        assert_eq!(due(PageWhen::Mitigation, true, &[0]), None, "shadow guards never page");
+        assert_eq!(due(PageWhen::Escalation, false, &[0]), None, "a first offence");
+        assert_eq!(due(PageWhen::Escalation, false, &[0, 2]).as_deref(), Some("k"), "a repeat offender");
     }
 
     #[test]
