@@ -7,12 +7,10 @@ mod common;
 use std::{process::Stdio, time::Duration};
 
 use common::{
-    Operator, TestNs, aws, create_db_instance, edge::PageReceiver, env, eventually, free_port, policy, prom_signal,
+    Operator, TestNs, aws, create_db_instance, deployment, edge::PageReceiver, env, eventually, free_port, kubelet,
+    policy, prom_signal, replicas,
 };
-use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Event},
-    apimachinery::pkg::apis::meta::v1::Condition,
-};
+use k8s_openapi::{api::core::v1::Event, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api,
     api::{ListParams, Patch, PatchParams},
@@ -21,44 +19,6 @@ use levee::api::{ScalingPolicy, scaling_policy::DecisionStatus};
 use serde_json::json;
 
 const TICK: &[&str] = &["--tick", "1s"];
-
-async fn deployment(ns: &TestNs, name: &str, replicas: i32) {
-    ns.create_yaml(&format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: {name} }}
-spec:
-  replicas: {replicas}
-  selector: {{ matchLabels: {{ app: {name} }} }}
-  template:
-    metadata: {{ labels: {{ app: {name} }} }}
-    spec: {{ containers: [{{ name: app, image: registry.example/app:1 }}] }}
-"#
-    ))
-    .await
-    .expect("create Deployment");
-}
-
-/// Plays the kubelet and the Deployment controller: every pod asked for is ready at once.
-fn kubelet(ns: &TestNs, name: &str) -> tokio::task::JoinHandle<()> {
-    let api: Api<Deployment> = ns.api();
-    let name = name.to_owned();
-    tokio::spawn(async move {
-        loop {
-            if let Ok(d) = api.get(&name).await {
-                let want = d.spec.and_then(|s| s.replicas).unwrap_or(0);
-                let status = json!({"status": {"replicas": want, "readyReplicas": want, "availableReplicas": want}});
-                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
-
-async fn replicas(ns: &TestNs, name: &str) -> i32 {
-    ns.api::<Deployment>().get(name).await.unwrap().spec.unwrap().replicas.unwrap()
-}
 
 /// The last decision of policy `api`, once its status desires `replicas`.
 async fn decided(ns: &TestNs, replicas: i32, within: Duration) -> DecisionStatus {

@@ -1,6 +1,6 @@
 //! `BootstrapPolicy`: bring a service up from zero live instances, in dependency order.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -172,9 +172,27 @@ pub struct BootstrapPolicyStatus {
     /// `Idle`, `Bootstrapping` or `Complete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// The stage being started.
+    /// The stages being started, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_stage: Option<String>,
+    /// When the cold start being brought up began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// The stages started in this cold start: when each began and last raised a wave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+    /// What is going on, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A stage of a cold start in progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    pub name: String,
+    pub started_at: Time,
+    pub last_wave_at: Time,
 }
 
 impl_policy_status!(BootstrapPolicyStatus);

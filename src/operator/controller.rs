@@ -50,6 +50,7 @@ pub struct Context {
     pub metrics: ReconcileMetrics,
     pub scaler: super::scaling::Scaler,
     pub guards: super::guard::Guards,
+    pub bootstrapper: super::bootstrap::Bootstrapper,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,8 @@ pub enum Error {
     Scale(#[from] super::scaling::ScaleError),
     #[error("traffic guard: {0}")]
     Guard(#[from] super::guard::GuardError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] super::bootstrap::BootstrapError),
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl Error {
             Error::NoNamespace => "no_namespace",
             Error::Scale(_) => "scale",
             Error::Guard(_) => "guard",
+            Error::Bootstrap(_) => "bootstrap",
         }
     }
 }

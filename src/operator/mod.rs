@@ -1,6 +1,7 @@
 //! `levee run`: the operator. Watches every policy kind, judges each policy and reports in
 //! status, and serves health, metrics and the on-call status API.
 
+pub mod bootstrap;
 pub mod conditions;
 pub mod controller;
 pub mod guard;
@@ -90,9 +91,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         () = wait_for_crds(client.clone()) => {}
         () = shutdown.cancelled() => return finish(server).await,
     }
-    let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone(), pager.clone(), pause.clone());
+    let claims = Arc::new(bootstrap::Claims::default());
+    let bootstrapper = bootstrap::Bootstrapper::new(client.clone(), pause.clone(), claims.clone());
+    let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone(), pager.clone(), pause.clone(), claims);
     let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone(), pager, pause);
-    let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards });
+    let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards, bootstrapper });
     health.set_ready(true);
     info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),

@@ -108,6 +108,10 @@ pub struct MitigationRow {
 pub struct PolicyRow {
     pub namespace: String,
     pub name: String,
+    /// `Idle`, `Bootstrapping` or `Complete`.
+    pub phase: Option<String>,
+    /// What it is doing, in one line.
+    pub message: Option<String>,
     pub problems: Vec<String>,
 }
 
@@ -224,6 +228,8 @@ impl Snapshot {
             .map(|b| PolicyRow {
                 namespace: b.namespace().unwrap_or_default(),
                 name: b.name_any(),
+                phase: b.status.as_ref().and_then(|s| s.phase.clone()),
+                message: b.status.as_ref().and_then(|s| s.message.clone()),
                 problems: problems(b.status.as_ref().map(|s| s as &dyn PolicyStatus)),
             })
             .collect();
@@ -253,6 +259,11 @@ impl Snapshot {
         }
         for b in &bootstrap_policies {
             flag(&mut attention, "BootstrapPolicy", &b.namespace, &b.name, &b.problems);
+            if b.phase.as_deref() == Some("Bootstrapping") {
+                let why = b.message.clone().unwrap_or_else(|| "cold start in progress".into());
+                let (kind, namespace, name) = ("BootstrapPolicy".into(), b.namespace.clone(), b.name.clone());
+                attention.push(Attention { kind, namespace, name, why });
+            }
         }
         Snapshot {
             time: now,
@@ -348,10 +359,14 @@ impl Snapshot {
         }
         section(&mut out, "Mitigations in force", rows);
 
-        let mut rows = vec![cells(["POLICY", "PROBLEMS"])];
+        let mut rows = vec![cells(["POLICY", "PHASE", "NOW"])];
         for b in &self.bootstrap_policies {
-            let problems = if b.problems.is_empty() { "-".into() } else { b.problems.join("; ") };
-            rows.push(vec![format!("{}/{}", b.namespace, b.name), problems]);
+            let phase = b.phase.clone().unwrap_or_else(|| "-".into());
+            rows.push(vec![
+                format!("{}/{}", b.namespace, b.name),
+                phase,
+                b.message.clone().unwrap_or_else(|| "-".into()),
+            ]);
         }
         section(&mut out, "Bootstrap policies", rows);
         out

@@ -55,7 +55,13 @@ macro_rules! impl_policy {
     )*};
 }
 
-impl_policy!(Mitigation, BootstrapPolicy, TrafficGuard {
+impl_policy!(Mitigation, BootstrapPolicy {
+    /// A valid BootstrapPolicy watches for a cold start, and brings one up, every few seconds.
+    async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
+        ctx.bootstrapper.tick(&ctx.client, self).await?;
+        Ok(Some(super::bootstrap::TICK))
+    }
+}, TrafficGuard {
     /// A valid TrafficGuard looks at its pool's edge reports every second.
     async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
         ctx.guards.tick(&ctx.client, self).await?;

@@ -1,7 +1,11 @@
 //! The ScalingPolicy loop: every tick, read the signals and the target, ask the engine for a
 //! decision, act on it (unless `Shadow`), and say what was done in status and Events.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -17,6 +21,7 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use super::{
+    bootstrap::Claims,
     conditions::{Wanted, merge},
     pager::{Pager, deliver},
     pause::PauseSwitch,
@@ -71,6 +76,8 @@ pub struct Scaler {
     aws: OnceCell<aws_config::SdkConfig>,
     started: tokio::time::Instant,
     pause: PauseSwitch,
+    /// Workloads a BootstrapPolicy is bringing up from zero.
+    claims: Arc<Claims>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +113,7 @@ impl Target {
 }
 
 impl Scaler {
-    pub fn new(client: Client, config: ScalerConfig, pager: Pager, pause: PauseSwitch) -> Self {
+    pub fn new(client: Client, config: ScalerConfig, pager: Pager, pause: PauseSwitch, claims: Arc<Claims>) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             config,
@@ -117,16 +124,27 @@ impl Scaler {
             aws: OnceCell::new(),
             started: tokio::time::Instant::now(),
             pause,
+            claims,
         }
     }
 
     /// Why this tick only records what it would do: `"shadow"` for a policy in Shadow mode,
-    /// `"paused"` while levee is paused; `None` when it acts.
+    /// `"paused"` while levee is paused, `"bootstrapping"` while a BootstrapPolicy brings its
+    /// workload up from zero in waves; `None` when it acts.
     fn held_back(&self, policy: &ScalingPolicy) -> Option<&'static str> {
+        let ns = policy.namespace().unwrap_or_default();
+        let target = &policy.spec.target;
+        let workload = match (&target.deployment, &target.stateful_set) {
+            (Some(d), _) => Some(Claims::workload(WorkloadKind::Deployment, &ns, &d.name)),
+            (None, Some(s)) => Some(Claims::workload(WorkloadKind::StatefulSet, &ns, &s.name)),
+            _ => None,
+        };
         if self.pause.state(Timestamp::now()).is_some() {
             Some("paused")
         } else if policy.spec.mode == Mode::Shadow {
             Some("shadow")
+        } else if workload.and_then(|w| self.claims.holder(&w)).is_some() {
+            Some("bootstrapping")
         } else {
             None
         }

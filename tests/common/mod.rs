@@ -8,7 +8,8 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::{apps::v1::Deployment, core::v1::Namespace},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
@@ -18,6 +19,7 @@ use kube::{
     discovery::{ApiCapabilities, ApiResource, Scope},
     runtime::wait::{await_condition, conditions::is_crd_established},
 };
+use serde_json::json;
 use tokio::process::{Child, Command};
 
 /// The variable `hack/stack-up.sh` writes; its absence means the stack is not up.
@@ -273,3 +275,42 @@ pub fn prom_signal(query: &str) -> String {
     format!("    - {{ name: load, role: ArrivalRate, prometheus: {{ query: '{query}' }} }}")
 }
 pub mod edge;
+
+/// A Deployment `name` asking for `replicas`, none of them ready (no kubelet runs here).
+pub async fn deployment(ns: &TestNs, name: &str, replicas: i32) {
+    ns.create_yaml(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: {name} }}
+spec:
+  replicas: {replicas}
+  selector: {{ matchLabels: {{ app: {name} }} }}
+  template:
+    metadata: {{ labels: {{ app: {name} }} }}
+    spec: {{ containers: [{{ name: app, image: registry.example/app:1 }}] }}
+"#
+    ))
+    .await
+    .expect("create Deployment");
+}
+
+/// Plays the kubelet and the Deployment controller: every pod asked for is ready at once.
+pub fn kubelet(ns: &TestNs, name: &str) -> tokio::task::JoinHandle<()> {
+    let api: Api<Deployment> = ns.api();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(d) = api.get(&name).await {
+                let want = d.spec.and_then(|s| s.replicas).unwrap_or(0);
+                let status = json!({"status": {"replicas": want, "readyReplicas": want, "availableReplicas": want}});
+                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+pub async fn replicas(ns: &TestNs, name: &str) -> i32 {
+    ns.api::<Deployment>().get(name).await.unwrap().spec.unwrap().replicas.unwrap()
+}

@@ -1,0 +1,98 @@
+//! BootstrapPolicies against a real kube-apiserver: a cold fleet brought up stage by stage, in
+//! waves, with a ScalingPolicy on the same Deployment held off until it is done. The test
+//! plays the kubelet, so it decides when pods are ready.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Operator, TestNs, deployment, eventually, kubelet, policy, prom_signal, replicas};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use levee::api::{BootstrapPolicy, ScalingPolicy};
+
+const BOOTSTRAP: &str = r#"
+apiVersion: levee.dev/v1alpha1
+kind: BootstrapPolicy
+metadata: { name: registry }
+spec:
+  stages:
+    - name: database
+      targets: [{ kind: Deployment, name: pgbouncer, replicas: 2 }]
+      wavePercent: 100
+    - name: api
+      dependsOn: [database]
+      targets: [{ kind: Deployment, name: api, replicas: 6 }]
+      wavePercent: 50
+      waveInterval: 1s
+"#;
+
+async fn status(ns: &TestNs) -> levee::api::BootstrapPolicyStatus {
+    let p: BootstrapPolicy = ns.api().get("registry").await.unwrap();
+    p.status.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_cold_fleet_comes_up_stage_by_stage_in_waves() {
+    let ns = TestNs::new("bootstrap").await;
+    // Both asked for, nothing ready: the API would crash-loop against a pool that is down.
+    deployment(&ns, "pgbouncer", 2).await;
+    deployment(&ns, "api", 6).await;
+    let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
+    ns.create_yaml(BOOTSTRAP).await.unwrap();
+
+    eventually(Duration::from_secs(15), "the API held at zero", || replicas(&ns, "api"), |r| *r == 0).await;
+    // Status is written right after the scale.
+    let bootstrapping = |s: &levee::api::BootstrapPolicyStatus| s.phase.as_deref() == Some("Bootstrapping");
+    let s = eventually(Duration::from_secs(5), "Bootstrapping", || status(&ns), bootstrapping).await;
+    assert_eq!(s.current_stage.as_deref(), Some("database"));
+    assert_eq!(replicas(&ns, "pgbouncer").await, 2, "the first stage in one wave");
+    assert_eq!(s.message.as_deref(), Some("cold start: database starting (0/2 ready); api waits for database"));
+    // The on-call sees it first thing.
+    let oncall: serde_json::Value = reqwest::get(op.url("/status")).await.unwrap().json().await.unwrap();
+    let attention = oncall["attention"].as_array().unwrap();
+    assert!(
+        attention
+            .iter()
+            .any(|a| a["kind"] == "BootstrapPolicy" && a["why"].as_str().unwrap().starts_with("cold start: ")),
+        "{oncall:#}"
+    );
+
+    // A ScalingPolicy on the API that wants 8 replicas: it must not undo the waves.
+    ns.create_yaml(&policy(
+        "api",
+        "{ deployment: { name: api } }",
+        &prom_signal("vector(400)"),
+        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 20 }",
+        "",
+    ))
+    .await
+    .unwrap();
+    // The database's pods come up: the API's first wave is half its replicas.
+    let _db = kubelet(&ns, "pgbouncer");
+    eventually(Duration::from_secs(15), "the API's first wave", || replicas(&ns, "api"), |r| *r == 3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&ns, "api").await, 3, "no second wave before the first is ready");
+    let held: ScalingPolicy = ns.api().get("api").await.unwrap();
+    let message = held.status.and_then(|s| s.last_decision).map(|d| d.message).unwrap_or_default();
+    assert!(message.starts_with("bootstrapping: "), "the ScalingPolicy records, and waits: {message}");
+
+    // The API's pods come up: the second wave, then the bootstrap is complete and the
+    // ScalingPolicy takes over (400/s at 50 per replica is 8).
+    let _api = kubelet(&ns, "api");
+    let complete = || async { status(&ns).await.phase };
+    eventually(Duration::from_secs(20), "complete", complete, |p| p.as_deref() == Some("Complete")).await;
+    eventually(Duration::from_secs(20), "the ScalingPolicy takes over", || replicas(&ns, "api"), |r| *r == 8).await;
+
+    let events = ns.api::<Event>().list(&ListParams::default()).await.unwrap();
+    let reasons: Vec<&str> = events.items.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert!(reasons.contains(&"ColdStart") && reasons.contains(&"BootstrapComplete"), "{reasons:?}");
+    // Events alike but for their note are one Event with a series count: the first wave's
+    // note, and a count of every wave (api to 0, to 3, to 6).
+    let waves = events.items.iter().find(|e| e.reason.as_deref() == Some("Wave")).expect("a Wave Event");
+    assert_eq!(waves.note.as_deref(), Some("stage api: Deployment api 6 -> 0"));
+    let count = waves.series.as_ref().map_or(1, |s| s.count);
+    assert!(count >= 3, "{waves:#?}");
+    assert!(op.stop().await);
+}
