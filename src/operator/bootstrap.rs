@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use super::{
     conditions::{Wanted, merge},
     pause::PauseSwitch,
-    scaling::TARGET_REACHABLE,
+    scaling::target_reachable,
 };
 use crate::{
     actuators::{
@@ -32,7 +32,7 @@ use crate::{
         kubernetes::{Workload, WorkloadKind},
     },
     api::{
-        BootstrapPolicy, Mode,
+        BootstrapPolicy,
         bootstrap_policy::{StageStatus, StageTargetKind},
     },
     engine::bootstrap::{self, Phase, Progress, Stage, StageProgress},
@@ -140,13 +140,7 @@ impl Bootstrapper {
         let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
         let plan = bootstrap::plan(&stages, &sizes, &before, now);
 
-        let held = if self.pause.state(Timestamp::now()).is_some() {
-            Some("paused")
-        } else if policy.spec.mode == Mode::Shadow {
-            Some("shadow")
-        } else {
-            None
-        };
+        let held = self.pause.held_back(policy.spec.mode);
         let bootstrapping = plan.progress.phase == Phase::Bootstrapping;
         let claimed = if bootstrapping && held.is_none() {
             workloads.iter().flatten().map(|w| Claims::workload(w.kind, &w.namespace, &w.name)).collect()
@@ -253,7 +247,7 @@ impl Bootstrapper {
             reason: if late.is_empty() { "OnSchedule".into() } else { "Late".into() },
             message: late.join("; "),
         };
-        self.patch_status(client, policy, status, vec![on_schedule, reachable(None)]).await
+        self.patch_status(client, policy, status, vec![on_schedule, target_reachable(None)]).await
     }
 
     /// Status after a target could not be read or scaled: the phase as it was, and why.
@@ -273,7 +267,7 @@ impl Bootstrapper {
             reason: c.reason.clone(),
             message: c.message.clone(),
         });
-        self.patch_status(client, policy, status, keep.into_iter().chain([reachable(error)]).collect()).await
+        self.patch_status(client, policy, status, keep.into_iter().chain([target_reachable(error)]).collect()).await
     }
 
     async fn patch_status(
@@ -297,15 +291,6 @@ impl Bootstrapper {
         if let Err(e) = self.recorder.publish(&ev, &policy.object_ref(&())).await {
             warn!(error = %e, "cannot publish event");
         }
-    }
-}
-
-fn reachable(error: Option<&str>) -> Wanted {
-    Wanted {
-        type_: TARGET_REACHABLE,
-        status: error.is_none(),
-        reason: if error.is_none() { "TargetReachable".into() } else { "TargetError".into() },
-        message: error.unwrap_or_default().to_owned(),
     }
 }
 

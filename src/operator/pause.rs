@@ -24,6 +24,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::api::Mode;
+
 /// The name of the pause ConfigMap.
 pub const CONFIGMAP: &str = "levee-pause";
 
@@ -135,6 +137,18 @@ impl PauseSwitch {
                 .await;
         };
         (Self { store: Some(reader), last: Arc::default(), gauge }, run)
+    }
+
+    /// Why a policy in `mode` only records what it would do: `"paused"` while levee is
+    /// paused, `"shadow"` in Shadow mode; `None` when it acts.
+    pub fn held_back(&self, mode: Mode) -> Option<&'static str> {
+        if self.state(Timestamp::now()).is_some() {
+            Some("paused")
+        } else if mode == Mode::Shadow {
+            Some("shadow")
+        } else {
+            None
+        }
     }
 
     /// The pause in force at `now`, if any.

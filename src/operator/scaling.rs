@@ -35,7 +35,7 @@ use crate::{
         rds::ReadReplicas,
     },
     api::{
-        Mode, OpenPage, ScalingPolicy, SecretKeyRef,
+        OpenPage, ScalingPolicy, SecretKeyRef,
         scaling_policy::{DecisionStatus, ForecastStatus, Signal, SignalRole},
     },
     engine::scaling::{Decision, Planner, Reason, SignalReading, Tick},
@@ -139,15 +139,9 @@ impl Scaler {
             (None, Some(s)) => Some(Claims::workload(WorkloadKind::StatefulSet, &ns, &s.name)),
             _ => None,
         };
-        if self.pause.state(Timestamp::now()).is_some() {
-            Some("paused")
-        } else if policy.spec.mode == Mode::Shadow {
-            Some("shadow")
-        } else if workload.and_then(|w| self.claims.holder(&w)).is_some() {
-            Some("bootstrapping")
-        } else {
-            None
-        }
+        self.pause
+            .held_back(policy.spec.mode)
+            .or_else(|| workload.and_then(|w| self.claims.holder(&w)).map(|_| "bootstrapping"))
     }
 
     pub fn tick_interval(&self) -> Duration {
@@ -398,12 +392,7 @@ impl Scaler {
                     format!("{}; holding, never scaling down on missing data", lost.join("; "))
                 },
             },
-            Wanted {
-                type_: TARGET_REACHABLE,
-                status: target_error.is_none(),
-                reason: if target_error.is_none() { "TargetReachable".into() } else { "TargetError".into() },
-                message: target_error.unwrap_or_default().to_owned(),
-            },
+            target_reachable(target_error),
         ];
         wanted.extend(demand_met(policy, d, &existing));
         let mine = merge(&existing, &wanted, policy.metadata.generation, Timestamp::now());
@@ -461,6 +450,17 @@ impl Scaler {
         let api: Api<ScalingPolicy> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
         api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
         Ok(())
+    }
+}
+
+/// The `TargetReachable` condition, false with `error` when a target could not be read or
+/// scaled.
+pub fn target_reachable(error: Option<&str>) -> Wanted {
+    Wanted {
+        type_: TARGET_REACHABLE,
+        status: error.is_none(),
+        reason: if error.is_none() { "TargetReachable".into() } else { "TargetError".into() },
+        message: error.unwrap_or_default().to_owned(),
     }
 }
 
