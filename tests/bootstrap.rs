@@ -96,3 +96,23 @@ async fn a_cold_fleet_comes_up_stage_by_stage_in_waves() {
     assert!(count >= 3, "{waves:#?}");
     assert!(op.stop().await);
 }
+
+#[tokio::test]
+async fn a_shadow_bootstrap_records_the_waves_once_and_scales_nothing() {
+    let ns = TestNs::new("bootstrap-shadow").await;
+    deployment(&ns, "pgbouncer", 2).await;
+    deployment(&ns, "api", 6).await;
+    let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
+    ns.create_yaml(&format!("{BOOTSTRAP}  mode: Shadow\n")).await.unwrap();
+    let bootstrapping = |s: &levee::api::BootstrapPolicyStatus| s.phase.as_deref() == Some("Bootstrapping");
+    eventually(Duration::from_secs(15), "Bootstrapping", || status(&ns), bootstrapping).await;
+    // Several ticks (one every 5 s) that would each hold the API at zero.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(replicas(&ns, "api").await, 6, "shadow scales nothing");
+    let events = ns.api::<Event>().list(&ListParams::default()).await.unwrap();
+    let waves: Vec<&Event> = events.items.iter().filter(|e| e.reason.as_deref() == Some("Wave")).collect();
+    assert_eq!(waves.len(), 1, "{waves:#?}");
+    assert_eq!(waves[0].note.as_deref(), Some("shadow (not applied): stage api: Deployment api 6 -> 0"));
+    assert_eq!(waves[0].series.as_ref().map_or(1, |s| s.count), 1, "told once, not every tick: {waves:#?}");
+    assert!(op.stop().await);
+}

@@ -35,7 +35,7 @@ use crate::{
         BootstrapPolicy,
         bootstrap_policy::{StageStatus, StageTargetKind},
     },
-    engine::bootstrap::{self, Phase, Progress, Stage, StageProgress},
+    engine::bootstrap::{self, Phase, Progress, Stage, StageProgress, Step},
 };
 
 /// Field manager of the status fields this loop writes.
@@ -89,8 +89,9 @@ pub struct Bootstrapper {
     recorder: Recorder,
     pause: PauseSwitch,
     pub claims: std::sync::Arc<Claims>,
-    /// Per policy: its progress as last planned (status may not show the last write yet).
-    progress: Mutex<HashMap<String, Progress>>,
+    /// Per policy: its progress as last planned (status may not show the last write yet),
+    /// and the steps that plan called for.
+    progress: Mutex<HashMap<String, (Progress, Vec<Step>)>>,
 }
 
 impl Bootstrapper {
@@ -154,7 +155,12 @@ impl Bootstrapper {
             self.event(policy, EventType::Warning, "ColdStart", format!("no instance is ready: {}", plan.sentence))
                 .await;
         }
+        let last_steps = self.last_steps(&key);
         for step in &plan.steps {
+            // Held back, nothing changes, so the same steps come every tick: told once.
+            if held.is_some() && last_steps.contains(step) {
+                continue;
+            }
             let w = &workloads[step.stage][step.target];
             let what =
                 format!("stage {}: {:?} {} {} -> {}", stages[step.stage].name, w.kind, w.name, step.from, step.to);
@@ -183,13 +189,19 @@ impl Bootstrapper {
         });
         let late: Vec<String> = late.collect();
         self.write_status_of(client, policy, &plan.progress, &plan.running, &plan.sentence, &late).await?;
-        self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, plan.progress);
+        let memory = (plan.progress, plan.steps);
+        self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, memory);
         Ok(())
+    }
+
+    fn last_steps(&self, key: &str) -> Vec<Step> {
+        let memory = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        memory.get(key).map(|(_, steps)| steps.clone()).unwrap_or_default()
     }
 
     /// The progress last planned, or after a restart what status kept of it.
     fn progress_of(&self, key: &str, policy: &BootstrapPolicy) -> Progress {
-        if let Some(p) = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key) {
+        if let Some((p, _)) = self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key) {
             return p.clone();
         }
         let Some(status) = &policy.status else { return Progress::default() };
