@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Operator, TestNs, deployment, eventually, kubelet, policy, prom_signal, replicas};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
-use levee::api::{BootstrapPolicy, ScalingPolicy};
+use levee::api::{BootstrapPolicy, BootstrapPolicyStatus, ScalingPolicy};
 
 const BOOTSTRAP: &str = r#"
 apiVersion: levee.dev/v1alpha1
@@ -27,23 +27,33 @@ spec:
       waveInterval: 1s
 "#;
 
-async fn status(ns: &TestNs) -> levee::api::BootstrapPolicyStatus {
+async fn status(ns: &TestNs) -> BootstrapPolicyStatus {
     let p: BootstrapPolicy = ns.api().get("registry").await.unwrap();
     p.status.unwrap_or_default()
 }
 
-#[tokio::test]
-async fn a_cold_fleet_comes_up_stage_by_stage_in_waves() {
-    let ns = TestNs::new("bootstrap").await;
-    // Both asked for, nothing ready: the API would crash-loop against a pool that is down.
+fn bootstrapping(s: &BootstrapPolicyStatus) -> bool {
+    s.phase.as_deref() == Some("Bootstrapping")
+}
+
+/// A cold fleet (pgbouncer ×2 and api ×6 asked for, none ready), an operator, and the
+/// BootstrapPolicy `yaml` for it.
+async fn cold_fleet(prefix: &str, yaml: &str) -> (TestNs, Operator) {
+    let ns = TestNs::new(prefix).await;
     deployment(&ns, "pgbouncer", 2).await;
     deployment(&ns, "api", 6).await;
     let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
-    ns.create_yaml(BOOTSTRAP).await.unwrap();
+    ns.create_yaml(yaml).await.unwrap();
+    (ns, op)
+}
+
+#[tokio::test]
+async fn a_cold_fleet_comes_up_stage_by_stage_in_waves() {
+    // Both asked for, nothing ready: the API would crash-loop against a pool that is down.
+    let (ns, op) = cold_fleet("bootstrap", BOOTSTRAP).await;
 
     eventually(Duration::from_secs(15), "the API held at zero", || replicas(&ns, "api"), |r| *r == 0).await;
     // Status is written right after the scale.
-    let bootstrapping = |s: &levee::api::BootstrapPolicyStatus| s.phase.as_deref() == Some("Bootstrapping");
     let s = eventually(Duration::from_secs(5), "Bootstrapping", || status(&ns), bootstrapping).await;
     assert_eq!(s.current_stage.as_deref(), Some("database"));
     assert_eq!(replicas(&ns, "pgbouncer").await, 2, "the first stage in one wave");
@@ -99,12 +109,7 @@ async fn a_cold_fleet_comes_up_stage_by_stage_in_waves() {
 
 #[tokio::test]
 async fn a_shadow_bootstrap_records_the_waves_once_and_scales_nothing() {
-    let ns = TestNs::new("bootstrap-shadow").await;
-    deployment(&ns, "pgbouncer", 2).await;
-    deployment(&ns, "api", 6).await;
-    let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
-    ns.create_yaml(&format!("{BOOTSTRAP}  mode: Shadow\n")).await.unwrap();
-    let bootstrapping = |s: &levee::api::BootstrapPolicyStatus| s.phase.as_deref() == Some("Bootstrapping");
+    let (ns, op) = cold_fleet("bootstrap-shadow", &format!("{BOOTSTRAP}  mode: Shadow\n")).await;
     eventually(Duration::from_secs(15), "Bootstrapping", || status(&ns), bootstrapping).await;
     // Several ticks (one every 5 s) that would each hold the API at zero.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -114,5 +119,21 @@ async fn a_shadow_bootstrap_records_the_waves_once_and_scales_nothing() {
     assert_eq!(waves.len(), 1, "{waves:#?}");
     assert_eq!(waves[0].note.as_deref(), Some("shadow (not applied): stage api: Deployment api 6 -> 0"));
     assert_eq!(waves[0].series.as_ref().map_or(1, |s| s.count), 1, "told once, not every tick: {waves:#?}");
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn a_target_that_cannot_be_read_keeps_the_progress_in_status() {
+    let (ns, op) = cold_fleet("bootstrap-gone", BOOTSTRAP).await;
+    let started = |s: &BootstrapPolicyStatus| bootstrapping(s) && !s.stages.is_empty();
+    eventually(Duration::from_secs(15), "the first stage started", || status(&ns), started).await;
+    ns.api::<k8s_openapi::api::apps::v1::Deployment>().delete("api", &Default::default()).await.unwrap();
+    let unreachable =
+        |s: &BootstrapPolicyStatus| s.conditions.iter().any(|c| c.type_ == "TargetReachable" && c.status == "False");
+    let s = eventually(Duration::from_secs(15), "TargetReachable=False", || status(&ns), unreachable).await;
+    assert!(bootstrapping(&s), "{s:?}");
+    let names: Vec<&str> = s.stages.iter().map(|st| st.name.as_str()).collect();
+    assert_eq!(names, vec!["database"], "the progress a restart would resume from is kept");
+    assert!(s.message.as_deref().is_some_and(|m| m.contains("not found")), "{s:?}");
     assert!(op.stop().await);
 }

@@ -36,13 +36,19 @@ fn api_error(target: &str, e: kube::Error) -> ActuatorError {
     }
 }
 
+/// `Deployment shop/api`, for a workload not built as a [`Workload`].
+pub fn label(kind: WorkloadKind, namespace: &str, name: &str) -> String {
+    format!("{kind:?} {namespace}/{name}")
+}
+
 impl Workload {
     pub fn new(client: Client, kind: WorkloadKind, namespace: &str, name: &str) -> Self {
         Self { client, kind, namespace: namespace.to_owned(), name: name.to_owned() }
     }
 
-    fn label(&self) -> String {
-        format!("{:?} {}/{}", self.kind, self.namespace, self.name)
+    /// `Deployment shop/api`: how errors, logs and bootstrap claims name it.
+    pub fn label(&self) -> String {
+        label(self.kind, &self.namespace, &self.name)
     }
 
     /// Desired replicas (spec) and ready replicas (status).

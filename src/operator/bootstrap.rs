@@ -60,11 +60,7 @@ pub enum BootstrapError {
 pub struct Claims(Mutex<HashMap<String, (Instant, Vec<String>)>>);
 
 impl Claims {
-    /// The key of a workload in claims: `Deployment shop/api`.
-    pub fn workload(kind: WorkloadKind, namespace: &str, name: &str) -> String {
-        format!("{kind:?} {namespace}/{name}")
-    }
-
+    /// Claims `workloads` (by [`Workload::label`]) for `policy`, or releases its claim.
     fn set(&self, policy: &str, workloads: Vec<String>) {
         let mut claims = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if workloads.is_empty() {
@@ -74,13 +70,10 @@ impl Claims {
         }
     }
 
-    /// The BootstrapPolicy bringing `workload` up, if a cold start is in progress for it.
-    pub fn holder(&self, workload: &str) -> Option<String> {
+    /// Whether a cold start in progress claims `workload` (a [`Workload::label`]).
+    pub fn holds(&self, workload: &str) -> bool {
         let claims = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        claims
-            .iter()
-            .find(|(_, (at, ws))| at.elapsed() < CLAIM_LAPSES && ws.iter().any(|w| w == workload))
-            .map(|(policy, _)| policy.clone())
+        claims.values().any(|(at, ws)| at.elapsed() < CLAIM_LAPSES && ws.iter().any(|w| w == workload))
     }
 }
 
@@ -88,7 +81,7 @@ impl Claims {
 pub struct Bootstrapper {
     recorder: Recorder,
     pause: PauseSwitch,
-    pub claims: std::sync::Arc<Claims>,
+    claims: std::sync::Arc<Claims>,
     /// Per policy: its progress as last planned (status may not show the last write yet),
     /// and the steps that plan called for.
     progress: Mutex<HashMap<String, (Progress, Vec<Step>)>>,
@@ -110,16 +103,14 @@ impl Bootstrapper {
             .iter()
             .map(|s| s.targets.iter().map(|t| Workload::new(client.clone(), kind(t.kind), &ns, &t.name)).collect())
             .collect();
+        let before = self.progress_of(&key, policy);
         let mut sizes = Vec::new();
         for stage in &workloads {
             let mut stage_sizes = Vec::new();
             for w in stage {
                 match w.size().await {
                     Ok(s) => stage_sizes.push(s),
-                    Err(e) => {
-                        self.write_status(client, policy, None, Some(&e.to_string())).await?;
-                        return Err(e.into());
-                    }
+                    Err(e) => return Err(self.failed(client, policy, &before, e).await),
                 }
             }
             sizes.push(stage_sizes);
@@ -137,14 +128,13 @@ impl Bootstrapper {
                 ready_within: s.ready_within.as_secs_f64(),
             })
             .collect();
-        let before = self.progress_of(&key, policy);
-        let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
+        let now = unix(&Time(Timestamp::now()));
         let plan = bootstrap::plan(&stages, &sizes, &before, now);
 
         let held = self.pause.held_back(policy.spec.mode);
         let bootstrapping = plan.progress.phase == Phase::Bootstrapping;
         let claimed = if bootstrapping && held.is_none() {
-            workloads.iter().flatten().map(|w| Claims::workload(w.kind, &w.namespace, &w.name)).collect()
+            workloads.iter().flatten().map(Workload::label).collect()
         } else {
             Vec::new()
         };
@@ -168,8 +158,9 @@ impl Bootstrapper {
                 Some(held) => info!(policy = %key, "{held}: {what}"),
                 None => {
                     if let Err(e) = w.scale(step.to).await {
-                        self.write_status(client, policy, Some(&plan.progress), Some(&e.to_string())).await?;
-                        return Err(e.into());
+                        // The plan is not remembered: the next tick plans again from `before`,
+                        // and a wave whose first scale went through is asked for again, alike.
+                        return Err(self.failed(client, policy, &before, e).await);
                     }
                     info!(policy = %key, "{what}");
                 }
@@ -184,11 +175,22 @@ impl Bootstrapper {
             info!(policy = %key, "{}", plan.sentence);
             self.event(policy, EventType::Normal, "BootstrapComplete", plan.sentence.clone()).await;
         }
-        let late = plan.late.iter().map(|(stage, secs)| {
-            format!("stage {stage} not ready {} after it started", crate::api::Duration::from_secs(*secs as u64))
-        });
-        let late: Vec<String> = late.collect();
-        self.write_status_of(client, policy, &plan.progress, &plan.running, &plan.sentence, &late).await?;
+        let late: Vec<String> = plan
+            .late
+            .iter()
+            .map(|(stage, secs)| {
+                format!("stage {stage} not ready {} after it started", crate::api::Duration::from_secs(*secs as u64))
+            })
+            .collect();
+        let on_schedule = Wanted {
+            type_: STAGES_ON_SCHEDULE,
+            status: late.is_empty(),
+            reason: if late.is_empty() { "OnSchedule".into() } else { "Late".into() },
+            message: late.join("; "),
+        };
+        let current = (!plan.running.is_empty()).then(|| plan.running.join(", "));
+        let conditions = vec![on_schedule, target_reachable(None)];
+        self.write_status(client, policy, &plan.progress, current.as_deref(), &plan.sentence, conditions).await?;
         let memory = (plan.progress, plan.steps);
         self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, memory);
         Ok(())
@@ -205,34 +207,58 @@ impl Bootstrapper {
             return p.clone();
         }
         let Some(status) = &policy.status else { return Progress::default() };
-        let secs = |t: &Time| t.0.as_millisecond() as f64 / 1000.0;
         Progress {
             phase: status.phase.as_deref().map_or(Phase::Idle, Phase::parse),
-            since: status.since.as_ref().map(secs),
+            since: status.since.as_ref().map(unix),
             stages: status
                 .stages
                 .iter()
                 .map(|s| {
                     (
                         s.name.clone(),
-                        StageProgress { started_at: secs(&s.started_at), last_wave_at: secs(&s.last_wave_at) },
+                        StageProgress { started_at: unix(&s.started_at), last_wave_at: unix(&s.last_wave_at) },
                     )
                 })
                 .collect::<BTreeMap<_, _>>(),
         }
     }
 
-    async fn write_status_of(
+    /// Says in status that a target could not be read or scaled, keeping the progress as it
+    /// was (under server-side apply a field left out is a field deleted) and the schedule
+    /// condition as the last tick judged it; returns the error for the controller to retry.
+    async fn failed(
         &self,
         client: &Client,
         policy: &BootstrapPolicy,
         progress: &Progress,
-        running: &[String],
-        sentence: &str,
-        late: &[String],
+        e: ActuatorError,
+    ) -> BootstrapError {
+        let old = policy.status.as_ref();
+        let kept = old.and_then(|s| s.conditions.iter().find(|c| c.type_ == STAGES_ON_SCHEDULE)).map(|c| Wanted {
+            type_: STAGES_ON_SCHEDULE,
+            status: c.status == "True",
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        });
+        let why = e.to_string();
+        let conditions = kept.into_iter().chain([target_reachable(Some(&why))]).collect();
+        let current = old.and_then(|s| s.current_stage.as_deref());
+        match self.write_status(client, policy, progress, current, &why, conditions).await {
+            Ok(()) => e.into(),
+            Err(k) => k.into(),
+        }
+    }
+
+    /// Writes the whole status this loop owns.
+    async fn write_status(
+        &self,
+        client: &Client,
+        policy: &BootstrapPolicy,
+        progress: &Progress,
+        current_stage: Option<&str>,
+        message: &str,
+        conditions: Vec<Wanted>,
     ) -> Result<(), kube::Error> {
-        let time =
-            |secs: f64| Time(Timestamp::from_millisecond((secs * 1000.0) as i64).unwrap_or_else(|_| Timestamp::now()));
         let stages: Vec<StageStatus> = progress
             .stages
             .iter()
@@ -242,55 +268,15 @@ impl Bootstrapper {
                 last_wave_at: time(p.last_wave_at),
             })
             .collect();
-        let mut status = json!({
-            "phase": progress.phase.as_str(),
-            "message": sentence,
-            "stages": stages,
-        });
-        if !running.is_empty() {
-            status["currentStage"] = json!(running.join(", "));
+        let mut status = json!({ "phase": progress.phase.as_str(), "message": message, "stages": stages });
+        if let Some(current) = current_stage {
+            status["currentStage"] = json!(current);
         }
         if let Some(since) = progress.since {
             status["since"] = json!(time(since));
         }
-        let on_schedule = Wanted {
-            type_: STAGES_ON_SCHEDULE,
-            status: late.is_empty(),
-            reason: if late.is_empty() { "OnSchedule".into() } else { "Late".into() },
-            message: late.join("; "),
-        };
-        self.patch_status(client, policy, status, vec![on_schedule, target_reachable(None)]).await
-    }
-
-    /// Status after a target could not be read or scaled: the phase as it was, and why.
-    async fn write_status(
-        &self,
-        client: &Client,
-        policy: &BootstrapPolicy,
-        progress: Option<&Progress>,
-        error: Option<&str>,
-    ) -> Result<(), kube::Error> {
-        let old = policy.status.as_ref();
-        let phase = progress.map(|p| p.phase.as_str()).or(old.and_then(|s| s.phase.as_deref())).unwrap_or("Idle");
-        let status = json!({ "phase": phase, "message": error.unwrap_or_default() });
-        let keep = old.and_then(|s| s.conditions.iter().find(|c| c.type_ == STAGES_ON_SCHEDULE)).map(|c| Wanted {
-            type_: STAGES_ON_SCHEDULE,
-            status: c.status == "True",
-            reason: c.reason.clone(),
-            message: c.message.clone(),
-        });
-        self.patch_status(client, policy, status, keep.into_iter().chain([target_reachable(error)]).collect()).await
-    }
-
-    async fn patch_status(
-        &self,
-        client: &Client,
-        policy: &BootstrapPolicy,
-        mut status: serde_json::Value,
-        wanted: Vec<Wanted>,
-    ) -> Result<(), kube::Error> {
         let existing = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-        status["conditions"] = json!(merge(&existing, &wanted, policy.metadata.generation, Timestamp::now()));
+        status["conditions"] = json!(merge(&existing, &conditions, policy.metadata.generation, Timestamp::now()));
         let patch =
             json!({ "apiVersion": BootstrapPolicy::api_version(&()), "kind": "BootstrapPolicy", "status": status });
         let api: Api<BootstrapPolicy> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
@@ -304,6 +290,15 @@ impl Bootstrapper {
             warn!(error = %e, "cannot publish event");
         }
     }
+}
+
+/// Unix seconds, as the planner counts time.
+fn unix(t: &Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
+}
+
+fn time(unix_secs: f64) -> Time {
+    Time(Timestamp::from_millisecond((unix_secs * 1000.0) as i64).unwrap_or_else(|_| Timestamp::now()))
 }
 
 fn kind(k: StageTargetKind) -> WorkloadKind {

@@ -31,7 +31,7 @@ use crate::{
     actuators::{
         ActuatorError, Size,
         ecs::EcsService,
-        kubernetes::{Workload, WorkloadKind},
+        kubernetes::{self, Workload, WorkloadKind},
         rds::ReadReplicas,
     },
     api::{
@@ -135,13 +135,13 @@ impl Scaler {
         let ns = policy.namespace().unwrap_or_default();
         let target = &policy.spec.target;
         let workload = match (&target.deployment, &target.stateful_set) {
-            (Some(d), _) => Some(Claims::workload(WorkloadKind::Deployment, &ns, &d.name)),
-            (None, Some(s)) => Some(Claims::workload(WorkloadKind::StatefulSet, &ns, &s.name)),
+            (Some(d), _) => Some(kubernetes::label(WorkloadKind::Deployment, &ns, &d.name)),
+            (None, Some(s)) => Some(kubernetes::label(WorkloadKind::StatefulSet, &ns, &s.name)),
             _ => None,
         };
         self.pause
             .held_back(policy.spec.mode)
-            .or_else(|| workload.and_then(|w| self.claims.holder(&w)).map(|_| "bootstrapping"))
+            .or_else(|| workload.is_some_and(|w| self.claims.holds(&w)).then_some("bootstrapping"))
     }
 
     pub fn tick_interval(&self) -> Duration {
