@@ -73,7 +73,7 @@ pub async fn status(operator: &str, json: bool) -> anyhow::Result<()> {
 /// `levee pause`: writes the pause ConfigMap (server-side apply, so pausing again replaces
 /// the reason and the end).
 pub async fn pause(namespace: &str, reason: String, for_: Option<Duration>) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG")?;
+    let client = kube_client().await?;
     // Whole seconds: the ConfigMap is read by people too.
     let now = k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())?;
     let until = match for_ {
@@ -93,7 +93,7 @@ pub async fn pause(namespace: &str, reason: String, for_: Option<Duration>) -> a
 
 /// `levee resume`: deletes the pause ConfigMap.
 pub async fn resume(namespace: &str) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG")?;
+    let client = kube_client().await?;
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     match api.delete(pause::CONFIGMAP, &Default::default()).await {
         Ok(_) => println!("resumed: deleted ConfigMap {namespace}/{}", pause::CONFIGMAP),
@@ -107,9 +107,14 @@ pub async fn resume(namespace: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster in KUBECONFIG (or the in-cluster configuration).
+async fn kube_client() -> anyhow::Result<Client> {
+    Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG")
+}
+
 /// `levee crd --apply`: installs or updates every CRD by server-side apply.
 pub async fn apply_crds() -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("no Kubernetes configuration: set KUBECONFIG")?;
+    let client = kube_client().await?;
     let api: Api<CustomResourceDefinition> = Api::all(client);
     for crd in api::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();

@@ -140,15 +140,14 @@ impl Stores {
     }
 
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {
-        let mut snapshot = Snapshot::build(
+        Snapshot::build(
             &self.scaling.state(),
             &self.guards.state(),
             &self.mitigations.state(),
             &self.bootstrap.state(),
+            self.pause.state(now),
             now,
-        );
-        snapshot.paused = self.pause.state(now);
-        snapshot
+        )
     }
 }
 
@@ -160,6 +159,7 @@ impl Snapshot {
         guards: &[Cached<TrafficGuard>],
         mitigations: &[Cached<Mitigation>],
         bootstrap: &[Cached<BootstrapPolicy>],
+        paused: Option<Paused>,
         now: Timestamp,
     ) -> Self {
         let mut attention = Vec::new();
@@ -267,7 +267,7 @@ impl Snapshot {
         }
         Snapshot {
             time: now,
-            paused: None,
+            paused,
             attention,
             scaling_policies,
             traffic_guards,
@@ -545,6 +545,7 @@ spec:
                 cached(&mitigation("shadow", "2026-11-27T10:20:00Z", "Shadow")),
             ],
             &[],
+            None,
             now,
         );
         let whys: Vec<(&str, &str)> = snap.attention.iter().map(|a| (a.kind.as_str(), a.why.as_str())).collect();
@@ -587,10 +588,9 @@ spec:
             &[cached(GUARD)],
             &[cached(&mitigation("m", "2026-11-27T10:10:00Z", "Enforce"))],
             &[],
+            Some(Paused { reason: "drill".into(), since: None, until: None }),
             at("2026-11-27T10:05:00Z"),
         );
-        let mut snap = snap;
-        snap.paused = Some(Paused { reason: "drill".into(), since: None, until: None });
         assert!(
             snap.render().starts_with("levee status at 2026-11-27 10:05:00 UTC\n\nPAUSED. levee is paused: drill.\n")
         );
@@ -613,8 +613,14 @@ spec:
             metadata: ObjectMeta { name: Some("broken".into()), namespace: Some("shop".into()), ..Default::default() },
             error: "spec.edgePool: invalid type: integer `3`, expected a string".into(),
         })));
-        let snap =
-            Snapshot::build(&[cached(&invalid)], &[malformed], &[], &[cached(unjudged)], at("2026-11-27T10:05:00Z"));
+        let snap = Snapshot::build(
+            &[cached(&invalid)],
+            &[malformed],
+            &[],
+            &[cached(unjudged)],
+            None,
+            at("2026-11-27T10:05:00Z"),
+        );
         let whys: Vec<String> = snap.attention.iter().map(|a| format!("{} {}: {}", a.kind, a.name, a.why)).collect();
         assert_eq!(
             whys,
