@@ -149,7 +149,7 @@ pub fn backtest(
     horizon: Duration,
     step: Duration,
     quantile: f64,
-    warmup: Duration,
+    warmup: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<()> {
     if !(quantile > 0.0 && quantile < 1.0) {
@@ -163,10 +163,11 @@ pub fn backtest(
         horizon_secs: horizon.as_secs_f64(),
         step_secs: step.as_secs_f64(),
         quantile,
-        warmup_secs: warmup.as_secs_f64(),
+        warmup_secs: warmup.map(|w| w.as_secs_f64()),
         seasonality: Seasonality::Auto,
     };
     let report = backtest::run(&trace, cfg, progress("backtest")).with_context(|| {
+        let warmup = warmup.map_or_else(|| "the warm-up".to_owned(), |w| w.to_string());
         format!("{} is too short to score: it needs more than {warmup} plus {horizon} of data", path.display())
     })?;
     if json {
@@ -174,7 +175,7 @@ pub fn backtest(
         return Ok(());
     }
     println!(
-        "backtest of {} ({} buckets of {}s, horizon {}s)",
+        "backtest of {} ({} points scored, buckets of {}s, horizon {}s)",
         path.display(),
         report.points,
         report.step_secs,
@@ -187,7 +188,7 @@ pub fn backtest(
         report.mdape
     );
     println!(
-        "            {:6.2} %   without the trace's {} holes (buckets below {} of the median of the day before)",
+        "            {:6.2} %   without the trace's {} holes (buckets below {} of the median of the day before them)",
         report.mape_without_holes,
         report.holes,
         backtest::HOLE_FRACTION
@@ -197,7 +198,11 @@ pub fn backtest(
         report.noise_floor_mape
     );
     println!("            {:6.2} %   the same without the holes", report.noise_floor_without_holes);
-    println!("  MASE      {:6.3}     (vs. the same bucket one day earlier; < 1 beats it)", report.mase);
+    let baseline = match report.baseline {
+        "seasonal-naive" => "the same bucket one day earlier",
+        _ => "the last bucket seen: the trace is shorter than two days",
+    };
+    println!("  MASE      {:6.3}     (vs. {baseline}; < 1 beats it)", report.mase);
     println!(
         "  coverage  {:6.1} %   inside the band (nominal {:.0} %); {:.1} % at or below its upper edge",
         report.coverage * 100.0,

@@ -82,9 +82,11 @@ enum Command {
         /// Band quantile in (0, 1).
         #[arg(long, default_value_t = 0.9)]
         quantile: f64,
-        /// History before scoring starts (at least one day, for the seasonal-naive baseline).
-        #[arg(long, default_value = "24h")]
-        warmup: levee::api::Duration,
+        /// History before scoring starts. Default: a day on a trace of two days or more (MASE
+        /// is then against the same bucket a day earlier), else 30 minutes (MASE against the
+        /// last bucket seen).
+        #[arg(long)]
+        warmup: Option<levee::api::Duration>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

@@ -110,6 +110,19 @@ fn backtest_json_on_the_nasa_trace() {
     assert!(v["mase"].as_f64().unwrap() < 1.0, "{v}");
     let (cov, nominal) = (v["coverage"].as_f64().unwrap(), v["nominal_coverage"].as_f64().unwrap());
     assert!((cov - nominal).abs() < 0.05, "{v}");
+    assert_eq!(v["baseline"], "seasonal-naive", "{v}");
+}
+
+#[test]
+fn backtest_scores_a_trace_shorter_than_a_day() {
+    // About an hour of per-second arrivals: no day to compare with, so MASE is against the
+    // last value seen and scoring starts after half an hour.
+    let trace = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/traces/azure_llm_inference_2023_code_1s.csv");
+    let out = levee(&["backtest", "--trace", trace, "--horizon", "1m", "--step", "10s", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["baseline"], "naive", "{v}");
+    assert!(v["points"].as_u64().unwrap() > 100 && v["mase"].as_f64().unwrap().is_finite(), "{v}");
 }
 
 #[test]

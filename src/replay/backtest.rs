@@ -2,11 +2,13 @@
 //!
 //! At every bucket after the warm-up, the forecaster (fed everything up to that bucket and
 //! nothing after) forecasts the bucket `horizon` ahead. Scores: MAPE over non-zero actuals;
-//! MASE against the seasonal-naive forecast (the same bucket one day earlier) on the same
-//! points; and how often the actual falls inside the band.
+//! MASE against a naive forecast on the same points; and how often the actual falls inside the
+//! band. The naive forecast is the seasonal one (the same bucket one day earlier) on a trace of
+//! two days or more, and the last value seen on a shorter one, which has no day to repeat.
 //!
 //! MAPE is also given without the trace's holes: buckets below a tenth of the median of the
-//! day before them, where the logging failed rather than demand. One such bucket with two
+//! day before them (of the trace so far, on a short one), where the logging failed rather than
+//! demand. One such bucket with two
 //! requests in fifteen minutes adds an APE of tens of thousands of percent, which outweighs
 //! thousands of ordinary points; what makes a bucket a hole depends on the trace alone, never
 //! on the forecast.
@@ -25,9 +27,14 @@ pub struct BacktestConfig {
     pub horizon_secs: f64,
     pub step_secs: f64,
     pub quantile: f64,
-    pub warmup_secs: f64,
+    /// History before scoring starts; `None` for a day on a trace of two days or more, else
+    /// [`SHORT_WARMUP_SECS`].
+    pub warmup_secs: Option<f64>,
     pub seasonality: Seasonality,
 }
+
+/// Warm-up on a trace shorter than two days: the trend model is useful after half an hour.
+pub const SHORT_WARMUP_SECS: f64 = 1800.0;
 
 /// Backtest scores.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -47,8 +54,11 @@ pub struct BacktestReport {
     /// either side of the actual. It measures the bucket-to-bucket noise of the trace, which
     /// no forecaster removes; a MAPE near it is as good as this bucket width allows.
     pub noise_floor_mape: f64,
-    /// Mean absolute scaled error against the daily seasonal-naive forecast (< 1 beats it).
+    /// Mean absolute scaled error against the naive forecast named in `baseline` (< 1 beats it).
     pub mase: f64,
+    /// The naive forecast MASE is scaled by: `seasonal-naive` (the same bucket a day earlier)
+    /// or `naive` (the last bucket seen, on a trace shorter than two days).
+    pub baseline: &'static str,
     /// Fraction of actuals inside [lower, upper].
     pub coverage: f64,
     /// The band's nominal coverage, 2q − 1.
@@ -94,8 +104,12 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
     let step = cfg.step_secs.max(trace.interval);
     let buckets = trace.buckets(step);
     let h = ((cfg.horizon_secs / step).round() as usize).max(1);
-    let season = (86_400.0 / step).round() as usize;
-    let warmup = ((cfg.warmup_secs / step).ceil() as usize).max(season);
+    let day = (86_400.0 / step).round() as usize;
+    let seasonal = buckets.len() >= 2 * day;
+    // The naive forecast for bucket `target` is bucket `target - lag`.
+    let (lag, baseline, default_warmup) =
+        if seasonal { (day, "seasonal-naive", 86_400.0) } else { (h, "naive", SHORT_WARMUP_SECS) };
+    let warmup = (cfg.warmup_secs.unwrap_or(default_warmup) / step).ceil() as usize;
     let mut f = Forecaster::new(ForecastConfig {
         step_secs: step,
         horizon_secs: h as f64 * step,
@@ -104,7 +118,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
     });
     let (mut ape, mut ae, mut ae_naive) = (Vec::new(), 0.0, 0.0);
     let (mut kept_ape_sum, mut holes, mut kept_floor_sum) = (0.0, 0usize, 0.0);
-    let mut day: Vec<f64> = Vec::with_capacity(season);
+    let mut before: Vec<f64> = Vec::with_capacity(day);
     let mut worst: Vec<WorstPoint> = Vec::with_capacity(WORST + 1);
     let mut floor_ape = 0.0;
     let (mut inside, mut below, mut points, mut zeros) = (0usize, 0usize, 0usize, 0usize);
@@ -117,20 +131,21 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
             progress(i as f64 / buckets.len() as f64);
         }
         let target = i + h;
-        if i < warmup || target >= buckets.len() || target < season {
+        if i < warmup || target >= buckets.len() || target < lag {
             continue;
         }
         let Some(fc) = f.forecast(t, h as f64 * step) else { continue };
         let y = buckets[target];
         points += 1;
         ae += (y - fc.value).abs();
-        ae_naive += (y - buckets[target - season]).abs();
+        ae_naive += (y - buckets[target - lag]).abs();
         if y > 0.0 {
             let e = (y - fc.value).abs() / y;
             ape.push(e);
-            day.clear();
-            day.extend_from_slice(&buckets[target - season..target]);
-            let (_, median, _) = day.select_nth_unstable_by(season / 2, f64::total_cmp);
+            before.clear();
+            before.extend_from_slice(&buckets[target.saturating_sub(day)..target]);
+            let mid = before.len() / 2;
+            let (_, median, _) = before.select_nth_unstable_by(mid, f64::total_cmp);
             let hole = y < HOLE_FRACTION * *median;
             if hole {
                 holes += 1;
@@ -178,6 +193,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
         mdape: 100.0 * ape[ape.len() / 2],
         noise_floor_mape,
         mase: if ae_naive > 0.0 { ae / ae_naive } else { f64::INFINITY },
+        baseline,
         coverage: inside as f64 / points as f64,
         nominal_coverage: 2.0 * cfg.quantile - 1.0,
         upper_coverage: below as f64 / points as f64,
@@ -216,7 +232,7 @@ mod tests {
             horizon_secs: 900.0,
             step_secs: 300.0,
             quantile: 0.9,
-            warmup_secs: 86_400.0,
+            warmup_secs: None,
             seasonality: Seasonality::Auto,
         }
     }
@@ -245,5 +261,21 @@ mod tests {
         assert_eq!((r.holes, r.mape_without_holes), (0, r.mape), "the night's low is no hole: {r:?}");
         assert!(r.noise_floor_mape < 0.1, "a smooth curve has almost no bucket-to-bucket noise: {r:?}");
         assert!(r.points > 500);
+    }
+
+    #[test]
+    fn a_trace_shorter_than_two_days_is_scored_against_the_last_value() {
+        // One hour, one row a minute, climbing steadily: the trend model should beat repeating
+        // the last value, which lags the climb by the whole horizon.
+        let rows: String = (0..60).map(|m| format!("{},{}\n", m * 60, 600 + 10 * m)).collect();
+        let trace = Trace::parse("ramp", &rows).unwrap();
+        let cfg = BacktestConfig { horizon_secs: 300.0, step_secs: 60.0, ..cfg() };
+        let r = run(&trace, cfg, |_| {}).unwrap();
+        assert_eq!(r.baseline, "naive");
+        // Scored from the end of the 30-minute warm-up to the last bucket with a target.
+        assert_eq!(r.points, 60 - 30 - 5, "{r:?}");
+        assert!(r.mase < 0.8 && r.mape < 5.0, "{r:?}");
+        let long = run(&sine(0..0), cfg, |_| {}).unwrap();
+        assert_eq!(long.baseline, "seasonal-naive");
     }
 }

@@ -6,18 +6,27 @@
 //! multiples between night and day, and on that scale errors are relative, the daily cycle
 //! is closer to additive, and a band's width follows the level.
 //!
-//! A trend model is useful after a few buckets; a daily seasonal model once a day of history
-//! exists, a weekly one after a week. Nothing here reads a clock: time is what callers pass.
+//! A trend model is useful after a few buckets; the daily seasonal models (Holt-Winters and a
+//! smoothed daily profile) once a day of history exists, a weekly one after a week. Nothing
+//! here reads a clock: time is what callers pass.
 
 mod errors;
 pub mod holt_winters;
+pub mod profile;
 
 use errors::ErrorTracker;
 use holt_winters::{HoltWinters, Params};
+use profile::DailyProfile;
 
 use crate::api::scaling_policy::Seasonality;
 
 const DAY: f64 = 86_400.0;
+/// The daily profile averages this many days, each time of day over this long either side of
+/// it. Its level forgets half its weight in the planning horizon: a level slower than the
+/// horizon misses the start of a burst the capacity must be ready for, a faster one chases
+/// bucket noise.
+const PROFILE_DAYS: usize = 7;
+const PROFILE_SPREAD_SECS: f64 = 3600.0;
 /// A model needs this many scored forecasts before it can be chosen over the trend model.
 const MIN_SCORED: usize = 12;
 
@@ -36,10 +45,52 @@ pub struct Forecast {
     pub model: &'static str,
 }
 
+/// The models a forecaster chooses among.
+enum Model {
+    HoltWinters(HoltWinters),
+    Profile(DailyProfile),
+}
+
+impl Model {
+    fn period(&self) -> usize {
+        match self {
+            Model::HoltWinters(m) => m.period(),
+            Model::Profile(m) => m.period(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        match self {
+            Model::HoltWinters(m) => m.ready(),
+            Model::Profile(m) => m.ready(),
+        }
+    }
+
+    fn update(&mut self, z: f64) {
+        match self {
+            Model::HoltWinters(m) => m.update(z),
+            Model::Profile(m) => m.update(z),
+        }
+    }
+
+    fn forecast(&self, h: usize) -> f64 {
+        match self {
+            Model::HoltWinters(m) => m.forecast(h),
+            Model::Profile(m) => m.forecast(h),
+        }
+    }
+}
+
 struct Candidate {
     name: &'static str,
-    model: HoltWinters,
+    model: Model,
     errors: ErrorTracker,
+}
+
+impl Candidate {
+    fn new(name: &'static str, model: Model) -> Self {
+        Self { name, model, errors: ErrorTracker::default() }
+    }
 }
 
 /// Settings of a [`Forecaster`].
@@ -73,27 +124,21 @@ impl Forecaster {
     pub fn new(cfg: ForecastConfig) -> Self {
         let step = cfg.step_secs.max(1.0);
         let horizon = ((cfg.horizon_secs / step).ceil() as usize).max(1);
-        let mut candidates = vec![Candidate {
-            name: "trend",
-            model: HoltWinters::new(Params { alpha: 0.5, beta: 0.1, gamma: 0.0, phi: 0.9 }, 0),
-            errors: ErrorTracker::default(),
-        }];
+        let hw = |alpha, beta, gamma, period| {
+            Model::HoltWinters(HoltWinters::new(Params { alpha, beta, gamma, phi: 0.9 }, period))
+        };
+        let mut candidates = vec![Candidate::new("trend", hw(0.5, 0.1, 0.0, 0))];
         let day = (DAY / step).round() as usize;
         if matches!(cfg.seasonality, Seasonality::Daily | Seasonality::Weekly | Seasonality::Auto) && day >= 2 {
-            for (name, alpha) in [("holt-winters-daily", 0.2), ("holt-winters-daily-fast", 0.5)] {
-                candidates.push(Candidate {
-                    name,
-                    model: HoltWinters::new(Params { alpha, beta: 0.01, gamma: 0.15, phi: 0.9 }, day),
-                    errors: ErrorTracker::default(),
-                });
-            }
+            candidates.push(Candidate::new("holt-winters-daily", hw(0.2, 0.01, 0.15, day)));
+            candidates.push(Candidate::new("holt-winters-daily-fast", hw(0.5, 0.01, 0.15, day)));
+            let spread = (PROFILE_SPREAD_SECS / step).round() as usize;
+            let half_life = horizon as f64;
+            let profile = DailyProfile::new(day, PROFILE_DAYS, spread, half_life);
+            candidates.push(Candidate::new("daily-profile", Model::Profile(profile)));
         }
         if matches!(cfg.seasonality, Seasonality::Weekly | Seasonality::Auto) && day >= 2 {
-            candidates.push(Candidate {
-                name: "holt-winters-weekly",
-                model: HoltWinters::new(Params { alpha: 0.2, beta: 0.01, gamma: 0.3, phi: 0.9 }, day * 7),
-                errors: ErrorTracker::default(),
-            });
+            candidates.push(Candidate::new("holt-winters-weekly", hw(0.2, 0.01, 0.3, day * 7)));
         }
         Self {
             cfg: ForecastConfig { step_secs: step, ..cfg },
