@@ -269,6 +269,30 @@ mod tests {
     }
 
     #[test]
+    fn on_a_noisy_daily_cycle_the_profile_errs_least() {
+        // Eight days of the daily sine at 5-minute buckets, each bucket off by up to ±30% (a
+        // fixed pseudo-random sequence): one day's bucket says little about the next day's,
+        // a week of them averaged over an hour says much.
+        let mut f = Forecaster::new(cfg(Seasonality::Daily));
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for i in 0..8 * 288 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let noise = 0.7 + 0.6 * (x >> 11) as f64 / (1u64 << 53) as f64;
+            let t = i as f64 * 300.0;
+            f.observe(t, daily(t) * noise);
+        }
+        f.flush();
+        let mae = |name: &str| f.candidates.iter().find(|c| c.name == name).and_then(|c| c.errors.mae()).unwrap();
+        let profile = mae("daily-profile");
+        for other in ["trend", "holt-winters-daily", "holt-winters-daily-fast"] {
+            assert!(profile < mae(other), "daily-profile {profile} vs {other} {}", mae(other));
+        }
+        assert_eq!(f.forecast(8.0 * DAY, 900.0).unwrap().model, "daily-profile");
+    }
+
+    #[test]
     fn band_widens_with_noise() {
         let mut quiet = Forecaster::new(cfg(Seasonality::None));
         let mut noisy = Forecaster::new(cfg(Seasonality::None));
