@@ -13,7 +13,7 @@ use common::{
 use k8s_openapi::{api::core::v1::Event, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use levee::api::{ScalingPolicy, scaling_policy::DecisionStatus};
 use serde_json::json;
@@ -231,6 +231,27 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pages().await.len(), 4, "nothing more once the policy keeps up");
     assert_eq!(open_page().await, None, "no page left open in status");
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn deleting_a_policy_with_its_page_open_resolves_the_page() {
+    let (ns, pager, op, _kubelet) = capped_at_five_paging("scale-page-delete", "vector(1000)", "2s", "").await;
+    let pages = || async { pager.bodies() };
+    let first = eventually(Duration::from_secs(20), "a page", pages, |p| !p.is_empty()).await;
+    // Deletion is judged from the last status, so wait until it holds the page.
+    let api: Api<ScalingPolicy> = ns.api();
+    let open_page = || async { api.get("api").await.ok().and_then(|p| p.status).and_then(|s| s.open_page) };
+    eventually(Duration::from_secs(10), "the open page in status", open_page, |o| o.is_some()).await;
+
+    api.delete("api", &DeleteParams::default()).await.unwrap();
+    let two = eventually(Duration::from_secs(15), "the page resolved", pages, |p| p.len() >= 2).await;
+    assert_eq!(two[1]["event"], "levee.resolve", "{two:?}");
+    assert_eq!(two[1]["dedup_key"], first[0]["dedup_key"]);
+    let summary = two[1]["summary"].as_str().unwrap();
+    assert!(summary.contains("ScalingPolicy") && summary.contains("was deleted with this page open"), "{summary}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pages().await.len(), 2, "nothing more for a deleted policy");
     assert!(op.stop().await);
 }
 

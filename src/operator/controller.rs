@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta},
@@ -242,17 +242,30 @@ pub async fn run<K: Policy>(
 ) {
     // Only spec changes (a new generation) trigger a reconcile: the operator's own status
     // writes must not, or every status write would start another tick at once.
+    let on_delete = ctx.clone();
     let changes = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect_ok(move |event| {
+            // A deletion is seen here and nowhere else: the controller reconciles only
+            // objects that exist. One deleted while the operator was down is not seen at all.
+            if let watcher::Event::Delete(DeserializeGuard(Ok(policy))) = event {
+                policy.deleted(&on_delete);
+            }
+        })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(changes, reader)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "controller stream error");
+            match res {
+                // A policy deleted while a look at it was scheduled: nothing is wrong.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(object = %obj, "scheduled look at a deleted policy skipped");
+                }
+                Err(e) => warn!(error = %e, "controller stream error"),
+                Ok(_) => {}
             }
         })
         .await;

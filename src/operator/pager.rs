@@ -14,7 +14,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::api::SecretKeyRef;
+use crate::api::{SecretKeyRef, common::OpenPage};
 
 /// PagerDuty's Events API v2.
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
@@ -98,6 +98,14 @@ impl Page {
     /// The page that closes the incident paged under `dedup_key`: `summary` says what ended.
     pub fn resolve(dedup_key: String, source: String, summary: String, details: serde_json::Value) -> Self {
         Self { action: Action::Resolve, dedup_key, summary, severity: Severity::Warning, source, details }
+    }
+
+    /// The page that closes the one a policy (`kind`, `key` = `namespace/name`) had open when it
+    /// was deleted: nothing else would ever close it.
+    pub fn resolve_deleted(kind: &str, key: &str, open: &OpenPage) -> Self {
+        let summary = format!("levee: {kind} {key} was deleted with this page open: {}", open.summary);
+        let details = json!({ "policy": key, "deleted": true, "since": open.since.0.to_string() });
+        Self::resolve(open.dedup_key.clone(), format!("{kind}/{key}"), summary, details)
     }
 }
 
@@ -200,6 +208,29 @@ pub fn deliver(
             tracing::warn!(error = %e, "cannot publish event");
         }
     });
+}
+
+/// Resolves the page a policy had open when it was deleted (`open`, from its last status), if
+/// its spec still names a route (`route`). The outcome Event goes on the deleted object, which
+/// `kubectl get events` still lists; the log says it too.
+pub fn resolve_deleted(
+    client: &kube::Client,
+    pager: &Pager,
+    recorder: &Recorder,
+    object: ObjectReference,
+    route: Option<&SecretKeyRef>,
+    open: Option<&OpenPage>,
+) {
+    let (Some(open), Some(kind), Some(ns), Some(name)) = (open, &object.kind, &object.namespace, &object.name) else {
+        return;
+    };
+    let key = format!("{ns}/{name}");
+    let Some(route) = route else {
+        tracing::warn!(policy = %key, dedup_key = %open.dedup_key, "deleted with a page open and no page route: close that incident by hand");
+        return;
+    };
+    let page = Page::resolve_deleted(kind, &key, open);
+    deliver(client, pager, recorder, ns.clone(), object, route.clone(), page);
 }
 
 /// The webhook body: the page as it is, marked so a receiver can tell levee's pages apart

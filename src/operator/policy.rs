@@ -35,6 +35,8 @@ pub trait Policy:
     fn act(&self, _ctx: &Context) -> impl Future<Output = Result<Option<Duration>, Error>> + Send {
         async { Ok(None) }
     }
+    /// Called once the policy is deleted, with its last state.
+    fn deleted(&self, _ctx: &Context) {}
 }
 
 /// Implements [`Policy`] for a kind; a block after the kind adds or overrides methods.
@@ -67,10 +69,16 @@ impl_policy!(Mitigation, BootstrapPolicy {
         ctx.guards.tick(&ctx.client, self).await?;
         Ok(Some(super::guard::TICK))
     }
+    fn deleted(&self, ctx: &Context) {
+        ctx.guards.deleted(&ctx.client, self);
+    }
 }, ScalingPolicy {
     /// A valid ScalingPolicy is planned, and acted on, every tick.
     async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
         ctx.scaler.tick(&ctx.client, self).await?;
         Ok(Some(ctx.scaler.tick_interval()))
+    }
+    fn deleted(&self, ctx: &Context) {
+        ctx.scaler.deleted(&ctx.client, self);
     }
 });

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::{
     bootstrap::Claims,
     conditions::{Wanted, merge},
-    pager::{Pager, deliver},
+    pager::{Pager, deliver, resolve_deleted},
     pause::PauseSwitch,
     shortfall::{self as shortfalls, Due, Shortfall, Spell},
 };
@@ -307,6 +307,15 @@ impl Scaler {
         let secret = page.route_secret_ref.clone();
         deliver(client, &self.pager, &self.recorder, ns, policy.object_ref(&()), secret, page_text);
         open
+    }
+
+    /// Forgets a deleted policy, and resolves the page it had open: no tick will.
+    pub fn deleted(&self, client: &Client, policy: &ScalingPolicy) {
+        let key = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+        self.spells.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        let route = policy.spec.page.as_ref().map(|p| &p.route_secret_ref);
+        let open = policy.status.as_ref().and_then(|s| s.open_page.as_ref());
+        resolve_deleted(client, &self.pager, &self.recorder, policy.object_ref(&()), route, open);
     }
 
     async fn event(&self, policy: &ScalingPolicy, d: &Decision, held: Option<&str>) {

@@ -34,7 +34,7 @@ use crate::{
     },
     engine::guard::{Finding, GuardDetector, Kind as FindingKind, Observation, Tuning, mitigation_limit, renews},
     operator::{
-        pager::{Action, Page, Pager, Severity, deliver},
+        pager::{Action, Page, Pager, Severity, deliver, resolve_deleted},
         pause::PauseSwitch,
     },
 };
@@ -461,6 +461,16 @@ impl Guards {
         for page in pages {
             deliver(client, &self.pager, &self.recorder, ns.clone(), guard.object_ref(&()), secret_ref.clone(), page);
         }
+    }
+
+    /// Forgets a deleted guard (its baselines and incident), and resolves the page it had open:
+    /// no tick will.
+    pub fn deleted(&self, client: &Client, guard: &TrafficGuard) {
+        let key = format!("{}/{}", guard.namespace().unwrap_or_default(), guard.name_any());
+        self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+        let route = guard.spec.page.as_ref().map(|p| &p.route_secret_ref);
+        let open = guard.status.as_ref().and_then(|s| s.open_page.as_ref());
+        resolve_deleted(client, &self.pager, &self.recorder, guard.object_ref(&()), route, open);
     }
 
     /// Records a sample's crowd verdict; true when a crowd begins, that is, none was seen for
