@@ -212,10 +212,10 @@ async fn traffic(edge: &Edge, secs: f64, flood_after: f64) -> (Vec<common::edge:
     (tallies, flood.await.unwrap())
 }
 
-#[tokio::test]
-async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
+/// [`guarded_edge`] in Enforce mode whose guard pages a webhook on loopback when it mitigates.
+async fn paging_guarded_edge(prefix: &str) -> (TestNs, Operator, Upstream, Edge, PageReceiver) {
     let page = "  page: {when: Mitigation, routeSecretRef: {name: pager, key: route}}";
-    let (ns, op, _up, edge) = guarded_edge("edge-flood", "Enforce", page, &[]).await;
+    let (ns, op, up, edge) = guarded_edge(prefix, "Enforce", page, &[]).await;
     let pager = PageReceiver::start().await;
     let secret = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: pager, namespace: {}}}\nstringData: {{route: '{}'}}\n",
@@ -223,6 +223,18 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
         pager.url()
     );
     ns.create_yaml(&secret).await.unwrap();
+    (ns, op, up, edge, pager)
+}
+
+/// The guard `public`'s open page, once its status holds one.
+async fn open_page(ns: &TestNs) -> levee::api::OpenPage {
+    let open = || async { ns.api::<TrafficGuard>().get("public").await.unwrap().status.and_then(|s| s.open_page) };
+    eventually(Duration::from_secs(10), "the open page in status", open, |o| o.is_some()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding() {
+    let (ns, op, _up, edge, pager) = paging_guarded_edge("edge-flood").await;
 
     // 15 s of normal traffic to learn from, then 15 s with a flood at 15× a regular client.
     let onset = Instant::now() + Duration::from_secs(15);
@@ -272,14 +284,7 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
     assert!(notes.iter().any(|n| n.starts_with("paged the on-call")), "{notes:#?}");
 
     // The operator restarts mid-incident: status keeps the open page for the next one.
-    let open = eventually(
-        Duration::from_secs(10),
-        "the open page in status",
-        || async { ns.api::<TrafficGuard>().get("public").await.unwrap().status.and_then(|s| s.open_page) },
-        |o| o.is_some(),
-    )
-    .await
-    .unwrap();
+    let open = open_page(&ns).await;
     assert_eq!(open.dedup_key, body["dedup_key"].as_str().unwrap());
     assert_eq!(open.reason, "Incident");
     assert!(open.summary.contains("203.0.113.9"), "{open:?}");
@@ -299,6 +304,22 @@ async fn a_flooding_source_gets_429s_within_seconds_while_others_keep_succeeding
     assert!(summary.contains("incident over after"), "{summary}");
     let closed = || async { ns.api::<TrafficGuard>().get("public").await.unwrap().status.and_then(|s| s.open_page) };
     eventually(Duration::from_secs(10), "no page left open in status", closed, Option::is_none).await;
+}
+
+#[tokio::test]
+async fn deleting_a_guard_with_its_page_open_resolves_the_page() {
+    let (ns, _op, _up, edge, pager) = paging_guarded_edge("edge-page-delete").await;
+    let (_, flood) = traffic(&edge, 25.0, 15.0).await;
+    assert!(flood.first_limited_after.is_some(), "the flood was never limited: {flood:?}");
+    let open = open_page(&ns).await;
+
+    ns.api::<TrafficGuard>().delete("public", &Default::default()).await.unwrap();
+    let both =
+        eventually(Duration::from_secs(15), "the page resolved", || async { pager.bodies() }, |p| p.len() >= 2).await;
+    assert_eq!(both[1]["event"], "levee.resolve", "{both:#?}");
+    assert_eq!(both[1]["dedup_key"], open.dedup_key.as_str());
+    let summary = both[1]["summary"].as_str().unwrap();
+    assert!(summary.contains("TrafficGuard") && summary.contains("was deleted with this page open"), "{summary}");
 }
 
 #[tokio::test]
