@@ -198,11 +198,7 @@ pub fn backtest(
         report.noise_floor_mape
     );
     println!("            {:6.2} %   the same without the holes", report.noise_floor_without_holes);
-    let baseline = match report.baseline {
-        "seasonal-naive" => "the same bucket one day earlier",
-        _ => "the last bucket seen: the trace is shorter than two days",
-    };
-    println!("  MASE      {:6.3}     (vs. {baseline}; < 1 beats it)", report.mase);
+    println!("  MASE      {:6.3}     (vs. {}; < 1 beats it)", report.mase, report.baseline.describe());
     println!(
         "  coverage  {:6.1} %   inside the band (nominal {:.0} %); {:.1} % at or below its upper edge",
         report.coverage * 100.0,

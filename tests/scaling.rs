@@ -15,7 +15,7 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use levee::api::{ScalingPolicy, scaling_policy::DecisionStatus};
+use levee::api::{OpenPage, ScalingPolicy, scaling_policy::DecisionStatus};
 use serde_json::json;
 
 const TICK: &[&str] = &["--tick", "1s"];
@@ -206,12 +206,8 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_
 
     // The operator restarts mid-spell. Status keeps the open page, so the new operator
     // neither pages again for the same spell nor forgets to resolve it.
-    let open_page = || async {
-        let p: ScalingPolicy = ns.api().get("api").await.unwrap();
-        p.status.and_then(|s| s.open_page).map(|o| o.dedup_key)
-    };
-    let kept = eventually(Duration::from_secs(10), "the open page in status", open_page, |k| k.is_some()).await;
-    assert_eq!(kept.as_deref(), three[2]["dedup_key"].as_str());
+    let kept = eventually(Duration::from_secs(10), "the open page in status", || open_page(&ns), Option::is_some).await;
+    assert_eq!(kept.map(|o| o.dedup_key).as_deref(), three[2]["dedup_key"].as_str());
     assert!(op.stop().await);
     let op = Operator::start_with(&ns.name, TICK).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -230,7 +226,7 @@ async fn a_policy_that_cannot_keep_up_pages_once_per_spell_and_resolves_it_when_
     eventually(Duration::from_secs(10), "a PageResolved Event for each", resolved, |n| *n == 2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pages().await.len(), 4, "nothing more once the policy keeps up");
-    assert_eq!(open_page().await, None, "no page left open in status");
+    assert_eq!(open_page(&ns).await, None, "no page left open in status");
     assert!(op.stop().await);
 }
 
@@ -240,11 +236,9 @@ async fn deleting_a_policy_with_its_page_open_resolves_the_page() {
     let pages = || async { pager.bodies() };
     let first = eventually(Duration::from_secs(20), "a page", pages, |p| !p.is_empty()).await;
     // Deletion is judged from the last status, so wait until it holds the page.
-    let api: Api<ScalingPolicy> = ns.api();
-    let open_page = || async { api.get("api").await.ok().and_then(|p| p.status).and_then(|s| s.open_page) };
-    eventually(Duration::from_secs(10), "the open page in status", open_page, |o| o.is_some()).await;
+    eventually(Duration::from_secs(10), "the open page in status", || open_page(&ns), Option::is_some).await;
 
-    api.delete("api", &DeleteParams::default()).await.unwrap();
+    ns.api::<ScalingPolicy>().delete("api", &DeleteParams::default()).await.unwrap();
     let two = eventually(Duration::from_secs(15), "the page resolved", pages, |p| p.len() >= 2).await;
     assert_eq!(two[1]["event"], "levee.resolve", "{two:?}");
     assert_eq!(two[1]["dedup_key"], first[0]["dedup_key"]);
@@ -253,6 +247,11 @@ async fn deleting_a_policy_with_its_page_open_resolves_the_page() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pages().await.len(), 2, "nothing more for a deleted policy");
     assert!(op.stop().await);
+}
+
+/// The page policy `api` has open, as its status keeps it.
+async fn open_page(ns: &TestNs) -> Option<OpenPage> {
+    ns.api::<ScalingPolicy>().get("api").await.unwrap().status.and_then(|s| s.open_page)
 }
 
 /// How many Events with `reason` there are (Events alike but for their note are one Event

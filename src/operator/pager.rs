@@ -99,14 +99,6 @@ impl Page {
     pub fn resolve(dedup_key: String, source: String, summary: String, details: serde_json::Value) -> Self {
         Self { action: Action::Resolve, dedup_key, summary, severity: Severity::Warning, source, details }
     }
-
-    /// The page that closes the one a policy (`kind`, `key` = `namespace/name`) had open when it
-    /// was deleted: nothing else would ever close it.
-    pub fn resolve_deleted(kind: &str, key: &str, open: &OpenPage) -> Self {
-        let summary = format!("levee: {kind} {key} was deleted with this page open: {}", open.summary);
-        let details = json!({ "policy": key, "deleted": true, "since": open.since.0.to_string() });
-        Self::resolve(open.dedup_key.clone(), format!("{kind}/{key}"), summary, details)
-    }
 }
 
 /// Sends pages.
@@ -229,7 +221,10 @@ pub fn resolve_deleted(
         tracing::warn!(policy = %key, dedup_key = %open.dedup_key, "deleted with a page open and no page route: close that incident by hand");
         return;
     };
-    let page = Page::resolve_deleted(kind, &key, open);
+    // Nothing else would ever close it.
+    let summary = format!("levee: {kind} {key} was deleted with this page open: {}", open.summary);
+    let details = json!({ "policy": key, "deleted": true, "since": open.since.0.to_string() });
+    let page = Page::resolve(open.dedup_key.clone(), format!("{kind}/{key}"), summary, details);
     deliver(client, pager, recorder, ns.clone(), object, route.clone(), page);
 }
 

@@ -133,15 +133,9 @@ impl Scaler {
     /// workload up from zero in waves; `None` when it acts.
     fn held_back(&self, policy: &ScalingPolicy) -> Option<&'static str> {
         let ns = policy.namespace().unwrap_or_default();
-        let target = &policy.spec.target;
-        let workload = match (&target.deployment, &target.stateful_set) {
-            (Some(d), _) => Some(kubernetes::label(WorkloadKind::Deployment, &ns, &d.name)),
-            (None, Some(s)) => Some(kubernetes::label(WorkloadKind::StatefulSet, &ns, &s.name)),
-            _ => None,
-        };
-        self.pause
-            .held_back(policy.spec.mode)
-            .or_else(|| workload.is_some_and(|w| self.claims.holds(&w)).then_some("bootstrapping"))
+        let claimed =
+            workload_of(policy).is_some_and(|(kind, name)| self.claims.holds(&kubernetes::label(kind, &ns, name)));
+        self.pause.held_back(policy.spec.mode).or_else(|| claimed.then_some("bootstrapping"))
     }
 
     pub fn tick_interval(&self) -> Duration {
@@ -168,10 +162,8 @@ impl Scaler {
 
     async fn target(&self, client: &Client, policy: &ScalingPolicy, ns: &str) -> Result<Target, ActuatorError> {
         let t = &policy.spec.target;
-        Ok(if let Some(d) = &t.deployment {
-            Target::Workload(Workload::new(client.clone(), WorkloadKind::Deployment, ns, &d.name))
-        } else if let Some(s) = &t.stateful_set {
-            Target::Workload(Workload::new(client.clone(), WorkloadKind::StatefulSet, ns, &s.name))
+        Ok(if let Some((kind, name)) = workload_of(policy) {
+            Target::Workload(Workload::new(client.clone(), kind, ns, name))
         } else if let Some(e) = &t.ecs_service {
             Target::Ecs(EcsService::new(
                 aws_sdk_ecs::Client::new(&self.aws(e.region.as_deref()).await),
@@ -459,6 +451,16 @@ impl Scaler {
         let api: Api<ScalingPolicy> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
         api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
         Ok(())
+    }
+}
+
+/// The Kubernetes workload a policy scales, if its target is one.
+fn workload_of(policy: &ScalingPolicy) -> Option<(WorkloadKind, &str)> {
+    let t = &policy.spec.target;
+    match (&t.deployment, &t.stateful_set) {
+        (Some(d), _) => Some((WorkloadKind::Deployment, &d.name)),
+        (None, Some(s)) => Some((WorkloadKind::StatefulSet, &s.name)),
+        (None, None) => None,
     }
 }
 

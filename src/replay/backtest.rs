@@ -8,10 +8,9 @@
 //!
 //! MAPE is also given without the trace's holes: buckets below a tenth of the median of the
 //! day before them (of the trace so far, on a short one), where the logging failed rather than
-//! demand. One such bucket with two
-//! requests in fifteen minutes adds an APE of tens of thousands of percent, which outweighs
-//! thousands of ordinary points; what makes a bucket a hole depends on the trace alone, never
-//! on the forecast.
+//! demand. One such bucket with two requests in fifteen minutes adds an APE of tens of
+//! thousands of percent, which outweighs thousands of ordinary points; what makes a bucket a
+//! hole depends on the trace alone, never on the forecast.
 
 use serde::Serialize;
 
@@ -56,9 +55,8 @@ pub struct BacktestReport {
     pub noise_floor_mape: f64,
     /// Mean absolute scaled error against the naive forecast named in `baseline` (< 1 beats it).
     pub mase: f64,
-    /// The naive forecast MASE is scaled by: `seasonal-naive` (the same bucket a day earlier)
-    /// or `naive` (the last bucket seen, on a trace shorter than two days).
-    pub baseline: &'static str,
+    /// The naive forecast MASE is scaled by.
+    pub baseline: Baseline,
     /// Fraction of actuals inside [lower, upper].
     pub coverage: f64,
     /// The band's nominal coverage, 2q − 1.
@@ -79,6 +77,26 @@ pub struct BacktestReport {
     pub worst: Vec<WorstPoint>,
     /// Percentage points of MAPE that the `worst` points account for.
     pub worst_share: f64,
+}
+
+/// The naive forecast MASE is measured against.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// The same bucket a day earlier, on a trace of two days or more.
+    SeasonalNaive,
+    /// The last bucket seen, on a trace shorter than two days.
+    Naive,
+}
+
+impl Baseline {
+    /// What the forecast is compared with, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Baseline::SeasonalNaive => "the same bucket one day earlier",
+            Baseline::Naive => "the last bucket seen: the trace is shorter than two days",
+        }
+    }
 }
 
 /// One scored point, for the list of the worst.
@@ -108,7 +126,7 @@ pub fn run(trace: &Trace, cfg: BacktestConfig, mut progress: impl FnMut(f64)) ->
     let seasonal = buckets.len() >= 2 * day;
     // The naive forecast for bucket `target` is bucket `target - lag`.
     let (lag, baseline, default_warmup) =
-        if seasonal { (day, "seasonal-naive", 86_400.0) } else { (h, "naive", SHORT_WARMUP_SECS) };
+        if seasonal { (day, Baseline::SeasonalNaive, 86_400.0) } else { (h, Baseline::Naive, SHORT_WARMUP_SECS) };
     let warmup = (cfg.warmup_secs.unwrap_or(default_warmup) / step).ceil() as usize;
     let mut f = Forecaster::new(ForecastConfig {
         step_secs: step,
@@ -271,11 +289,11 @@ mod tests {
         let trace = Trace::parse("ramp", &rows).unwrap();
         let cfg = BacktestConfig { horizon_secs: 300.0, step_secs: 60.0, ..cfg() };
         let r = run(&trace, cfg, |_| {}).unwrap();
-        assert_eq!(r.baseline, "naive");
+        assert_eq!(r.baseline, Baseline::Naive);
         // Scored from the end of the 30-minute warm-up to the last bucket with a target.
         assert_eq!(r.points, 60 - 30 - 5, "{r:?}");
         assert!(r.mase < 0.8 && r.mape < 5.0, "{r:?}");
         let long = run(&sine(0..0), cfg, |_| {}).unwrap();
-        assert_eq!(long.baseline, "seasonal-naive");
+        assert_eq!(long.baseline, Baseline::SeasonalNaive);
     }
 }

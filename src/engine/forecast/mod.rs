@@ -271,15 +271,14 @@ mod tests {
     #[test]
     fn on_a_noisy_daily_cycle_the_profile_errs_least() {
         // Eight days of the daily sine at 5-minute buckets, each bucket off by up to ±30% (a
-        // fixed pseudo-random sequence): one day's bucket says little about the next day's,
+        // seeded random sequence): one day's bucket says little about the next day's,
         // a week of them averaged over an hour says much.
+        use rand::{SeedableRng, distr::Distribution, distr::StandardUniform, rngs::StdRng};
         let mut f = Forecaster::new(cfg(Seasonality::Daily));
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rng = StdRng::seed_from_u64(7);
         for i in 0..8 * 288 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let noise = 0.7 + 0.6 * (x >> 11) as f64 / (1u64 << 53) as f64;
+            let u: f64 = StandardUniform.sample(&mut rng);
+            let noise = 0.7 + 0.6 * u;
             let t = i as f64 * 300.0;
             f.observe(t, daily(t) * noise);
         }
