@@ -11,7 +11,7 @@ use std::{
 use super::{
     report::Dimension,
     sketch::{CountMin, HeavyHitters, hash_key},
-    source::Source,
+    source::{Source, ip_key},
 };
 
 /// Sizes of the counting structures.
@@ -95,6 +95,10 @@ impl SeenFilter {
 /// One untracked request in this many is counted by the sketches (see
 /// [`DimensionCounter::count`]).
 const SKETCH_SAMPLE: u32 = 8;
+
+/// Sampled requests a key needs in an interval before the sketch lets it into a full
+/// heavy-hitter list (see [`DimensionCounter::count`]).
+const ADMISSION_SAMPLES: u32 = 2;
 
 /// Distinct keys an aggregate dimension with few possible keys (ASNs, countries) counts
 /// exactly; more (a table with more ASNs than exist) go to the sketch, so memory stays bounded.
@@ -194,6 +198,15 @@ impl DimensionCounter {
             return (None, false);
         }
         let estimate = self.sketch.add_weighted(hash_key(key), SKETCH_SAMPLE);
+        // A key must be sampled twice in the interval before it may displace anyone: a
+        // displacement costs a heap repair and two map updates, and without this bar every
+        // sampled request of the long tail pays them, one light source displacing another
+        // (with a few thousand sources each sending a few requests an interval, that
+        // churn costs more than all other counting). A heavy source clears it within a few
+        // tens of requests.
+        if estimate < ADMISSION_SAMPLES * SKETCH_SAMPLE {
+            return (None, false);
+        }
         (self.top.admit(key, u64::from(estimate)), false)
     }
 
@@ -212,14 +225,6 @@ impl DimensionCounter {
             }
             Dimension::ApiKey => self.names.get(&key).map_or_else(|| format!("{key:032x}"), |n| n.to_string()),
         }
-    }
-}
-
-/// An address as a key: IPv4 as its IPv4-mapped IPv6 form.
-fn ip_key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
     }
 }
 

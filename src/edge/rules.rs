@@ -13,7 +13,7 @@ use std::{
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use ipnet::IpNet;
 
-use super::source::Source;
+use super::source::{Source, ip_key};
 use crate::api::{
     Mode,
     mitigation::{MitigationAction, MitigationSpec},
@@ -83,7 +83,8 @@ type Index<K> = HashMap<K, Vec<Arc<Rule>>, Hasher>;
 /// Every active rule of one edge pool, indexed by what it matches.
 #[derive(Default)]
 pub struct RuleSet {
-    by_ip: Index<IpAddr>,
+    /// Keyed by [`ip_key`]: one integer to hash, and a v4-mapped address is its IPv4 one.
+    by_ip: Index<u128>,
     /// Keyed by (prefix length, network); `prefix_lens` lists the lengths present.
     by_prefix: Index<IpNet>,
     prefix_lens: Vec<u8>,
@@ -155,7 +156,9 @@ impl RuleSet {
             };
             let m = &spec.match_;
             let slot = if let Some(ip) = &m.ip {
-                ip.parse::<IpAddr>().map(|ip| set.by_ip.entry(ip).or_default()).map_err(|e| format!("match.ip: {e}"))
+                ip.parse::<IpAddr>()
+                    .map(|ip| set.by_ip.entry(ip_key(ip)).or_default())
+                    .map_err(|e| format!("match.ip: {e}"))
             } else if let Some(p) = &m.prefix {
                 p.parse::<IpNet>()
                     .map(|n| {
@@ -211,50 +214,64 @@ impl RuleSet {
 
     /// Decides a request from `src` in traffic class `class` at unix time `now`.
     pub fn check(&self, src: &Source, class: Option<&str>, now: f64) -> Check {
-        let mut check = Check { outcome: Outcome::Pass, shadow_limited: None };
-        if self.len == 0 || self.allowlist.contains(src.ip) {
-            return check;
+        let pass = Check { outcome: Outcome::Pass, shadow_limited: None };
+        if self.len == 0 {
+            return pass;
         }
-        let mut candidates: [Option<&Vec<Arc<Rule>>>; 6] = [None; 6];
-        candidates[0] = self.by_ip.get(&src.ip);
-        candidates[1] = networks_of(src.ip, &self.prefix_lens).find_map(|n| self.by_prefix.get(&n));
-        candidates[2] = src.asn.and_then(|a| self.by_asn.get(&a));
-        candidates[3] = src.country.and_then(|c| self.by_country.get(c.as_str()));
-        candidates[4] = src.api_key.as_deref().and_then(|k| self.by_api_key.get(k));
-        candidates[5] = class.and_then(|c| self.by_class.get(c));
-        for rule in candidates.into_iter().flatten().flatten() {
-            if rule.expires_at <= now || rule.excepts(src.ip) {
-                continue;
-            }
-            let verdict = match rule.action {
-                MitigationAction::Block => Outcome::Blocked { rule: rule.name.clone(), reason: rule.reason.clone() },
-                MitigationAction::RateLimit => match rule.limiter.as_ref().map(|l| (l, l.check())) {
-                    Some((l, Err(not_until))) => {
-                        // At a token a second or faster, the next is less than a second away:
-                        // no second clock reading. Otherwise the limiter's own clock (building
-                        // a clock calibrates it, far too slow for a request path).
-                        let retry_after_secs = if rule.quota.is_some_and(|(period_ns, _)| period_ns <= 1_000_000_000) {
-                            1
-                        } else {
-                            not_until.wait_time_from(l.clock().now()).as_secs().max(1)
-                        };
-                        Outcome::Limited { rule: rule.name.clone(), retry_after_secs }
-                    }
-                    _ => Outcome::Pass,
-                },
-            };
-            if verdict == Outcome::Pass {
-                continue;
-            }
-            if rule.shadow {
-                check.shadow_limited.get_or_insert_with(|| rule.name.clone());
-            } else if matches!(verdict, Outcome::Blocked { .. }) || check.outcome == Outcome::Pass {
-                // A block outranks a limit.
-                check.outcome = verdict;
-            }
+        let candidates: [Option<&Vec<Arc<Rule>>>; 6] = [
+            self.by_ip.get(&ip_key(src.ip)),
+            networks_of(src.ip, &self.prefix_lens).find_map(|n| self.by_prefix.get(&n)),
+            src.asn.and_then(|a| self.by_asn.get(&a)),
+            src.country.and_then(|c| self.by_country.get(c.as_str())),
+            src.api_key.as_deref().and_then(|k| self.by_api_key.get(k)),
+            class.and_then(|c| self.by_class.get(c)),
+        ];
+        // Nearly every request matches no rule: that answer is the lookups alone, and the
+        // allowlist only matters to a request some rule names.
+        if candidates.iter().all(Option::is_none) || self.allowlist.contains(src.ip) {
+            return pass;
         }
-        check
+        decide(candidates.into_iter().flatten().flatten(), src.ip, now)
     }
+}
+
+/// The outcome of the rules that name a request: a block outranks a limit; shadow rules only
+/// say what they would have done. Out of line, to keep [`RuleSet::check`]'s common path short.
+#[inline(never)]
+fn decide<'a>(rules: impl Iterator<Item = &'a Arc<Rule>>, ip: IpAddr, now: f64) -> Check {
+    let mut check = Check { outcome: Outcome::Pass, shadow_limited: None };
+    for rule in rules {
+        if rule.expires_at <= now || rule.excepts(ip) {
+            continue;
+        }
+        let verdict = match rule.action {
+            MitigationAction::Block => Outcome::Blocked { rule: rule.name.clone(), reason: rule.reason.clone() },
+            MitigationAction::RateLimit => match rule.limiter.as_ref().map(|l| (l, l.check())) {
+                Some((l, Err(not_until))) => {
+                    // At a token a second or faster, the next is less than a second away:
+                    // no second clock reading. Otherwise the limiter's own clock (building
+                    // a clock calibrates it, far too slow for a request path).
+                    let retry_after_secs = if rule.quota.is_some_and(|(period_ns, _)| period_ns <= 1_000_000_000) {
+                        1
+                    } else {
+                        not_until.wait_time_from(l.clock().now()).as_secs().max(1)
+                    };
+                    Outcome::Limited { rule: rule.name.clone(), retry_after_secs }
+                }
+                _ => Outcome::Pass,
+            },
+        };
+        if verdict == Outcome::Pass {
+            continue;
+        }
+        if rule.shadow {
+            check.shadow_limited.get_or_insert_with(|| rule.name.clone());
+        } else if matches!(verdict, Outcome::Blocked { .. }) || check.outcome == Outcome::Pass {
+            // A block outranks a limit.
+            check.outcome = verdict;
+        }
+    }
+    check
 }
 
 fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> Result<Rule, String> {
@@ -341,6 +358,17 @@ mod tests {
     }
 
     const NOW: f64 = 1_800_000_000.0;
+
+    #[test]
+    fn an_ipv4_rule_matches_the_address_as_a_dual_stack_socket_reports_it() {
+        let s =
+            spec(MatchSpec { ip: Some("203.0.113.9".into()), ..none() }, MitigationAction::Block, 0.0, 0, NOW + 60.0);
+        let (set, _) = RuleSet::build([("ns/block".to_owned(), &s)], vec![], &RuleSet::default());
+        for seen_as in ["203.0.113.9", "::ffff:203.0.113.9"] {
+            assert!(matches!(set.check(&src(seen_as), None, NOW).outcome, Outcome::Blocked { .. }), "{seen_as}");
+        }
+        assert_eq!(set.check(&src("::ffff:203.0.113.10"), None, NOW).outcome, Outcome::Pass);
+    }
 
     #[test]
     fn limits_only_the_matched_source_and_lapses_at_expiry() {

@@ -107,6 +107,11 @@ pub struct HeavyHitters {
     capacity: usize,
     counts: HashMap<u128, u64, foldhash::fast::FixedState>,
     heap: BinaryHeap<Reverse<(u64, u128)>>,
+    /// How many tracked keys hash to each slot (saturating; a full slot is never decremented):
+    /// zero says a key is certainly not tracked. Most keys a busy edge sees are not, and this
+    /// array is small enough to stay in the core's cache where the map is not, so the common
+    /// answer costs no cache miss.
+    present: Vec<u8>,
 }
 
 impl HeavyHitters {
@@ -118,7 +123,30 @@ impl HeavyHitters {
             // the map cleans them up in place instead of growing.
             counts: HashMap::with_capacity_and_hasher(2 * capacity, foldhash::fast::FixedState::with_seed(7)),
             heap: BinaryHeap::with_capacity(capacity),
+            // Eight slots a key: a key not tracked finds its slot empty seven times in eight.
+            present: vec![0; (8 * capacity).next_power_of_two()],
         }
+    }
+
+    /// The slot of `key` in `present`.
+    fn slot(&self, key: u128) -> usize {
+        // The high bits: foldhash's low bits are the map's, and a different slice of the hash
+        // keeps the two from failing together.
+        (hash_key(key) >> 40) as usize & (self.present.len() - 1)
+    }
+
+    fn insert(&mut self, key: u128, count: u64) {
+        let slot = self.slot(key);
+        self.present[slot] = self.present[slot].saturating_add(1);
+        self.counts.insert(key, count);
+    }
+
+    fn remove(&mut self, key: u128) {
+        let slot = self.slot(key);
+        if self.present[slot] != u8::MAX {
+            self.present[slot] -= 1;
+        }
+        self.counts.remove(&key);
     }
 
     /// Counts one occurrence of `key`.
@@ -128,7 +156,7 @@ impl HeavyHitters {
 
     /// Counts one occurrence of `key` if it is tracked; false if it is not.
     pub fn increment(&mut self, key: u128) -> bool {
-        self.counts.get_mut(&key).map(|c| *c += 1).is_some()
+        self.present[self.slot(key)] != 0 && self.counts.get_mut(&key).map(|c| *c += 1).is_some()
     }
 
     /// Counts one occurrence of `key`, whose count a sketch estimates at `estimate`. A key not
@@ -145,7 +173,7 @@ impl HeavyHitters {
     /// [`HeavyHitters::increment`]: one map lookup fewer.
     pub fn admit(&mut self, key: u128, estimate: u64) -> Option<u128> {
         if self.counts.len() < self.capacity {
-            self.counts.insert(key, 1);
+            self.insert(key, 1);
             self.heap.push(Reverse((1, key)));
             return None;
         }
@@ -162,8 +190,8 @@ impl HeavyHitters {
         let mut top = self.heap.peek_mut()?;
         let Reverse((_, old)) = std::mem::replace(&mut *top, Reverse((min + 1, key)));
         drop(top);
-        self.counts.remove(&old);
-        self.counts.insert(key, min + 1);
+        self.remove(old);
+        self.insert(key, min + 1);
         Some(old)
     }
 
@@ -197,6 +225,7 @@ impl HeavyHitters {
     pub fn memory_bytes(&self) -> usize {
         self.heap.capacity() * std::mem::size_of::<(u64, u128)>()
             + self.counts.capacity() * (std::mem::size_of::<(u128, u64)>() + 1)
+            + self.present.len()
     }
 
     pub fn len(&self) -> usize {
@@ -216,6 +245,7 @@ impl HeavyHitters {
     pub fn clear(&mut self) {
         self.heap.clear();
         self.counts.clear();
+        self.present.fill(0);
     }
 }
 
@@ -293,6 +323,23 @@ mod tests {
             }
         }
 
+        /// Displacement by estimate, as the counter does it: the presence slots never deny a
+        /// tracked key, so every count reaches it, and they forget every displaced one.
+        #[test]
+        fn presence_slots_follow_displacement(
+            offers in prop::collection::vec((0u16..3000, 1u64..40), 1..3000),
+            cap in 1usize..40,
+        ) {
+            let mut hh = HeavyHitters::new(cap);
+            for (k, estimate) in offers {
+                hh.offer(u128::from(k), estimate);
+                for &key in hh.counts.keys() {
+                    prop_assert!(hh.present[hh.slot(key)] > 0, "tracked key {} denied", key);
+                }
+                prop_assert_eq!(hh.present.iter().map(|&n| usize::from(n)).sum::<usize>(), hh.counts.len());
+            }
+        }
+
         /// With room for every key, the list counts exactly; the heap and index agree.
         #[test]
         fn exact_with_room_and_consistent(keys in prop::collection::vec(0u8..40, 1..500), cap in 1usize..60) {
@@ -308,6 +355,8 @@ mod tests {
             keys.sort_unstable();
             keys.dedup();
             prop_assert_eq!(keys.len(), hh.counts.len());
+            // The presence slots count the tracked keys (nothing saturates at this size).
+            prop_assert_eq!(hh.present.iter().map(|&n| usize::from(n)).sum::<usize>(), hh.counts.len());
             for Reverse((bound, k)) in hh.heap.iter() {
                 prop_assert!(*bound <= hh.counts[k]);
             }

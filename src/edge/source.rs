@@ -149,6 +149,15 @@ fn dotted_quad_at_end(b: &[u8]) -> Option<(Ipv4Addr, usize)> {
     (done == 3 && valid(v, place, lead)).then(|| (Ipv4Addr::from(addr | v << 24), i))
 }
 
+/// An address as one integer, for keys and hashes: IPv4 as its IPv4-mapped IPv6 form, so
+/// that `1.2.3.4` and `::ffff:1.2.3.4` (how a dual-stack socket reports it) are one source.
+pub fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
 /// The network a source's aggregate is counted under: /24 for IPv4, /64 for IPv6.
 pub fn prefix_of(ip: IpAddr) -> IpNet {
     match ip {
@@ -328,6 +337,21 @@ mod tests {
             }
             let printed = Ipv4Addr::from(addr).to_string();
             proptest::prop_assert_eq!(dotted_quad(printed.as_bytes()), Some(Ipv4Addr::from(addr)));
+        }
+
+        /// On digits and dots alone, it accepts exactly what the standard parser accepts.
+        #[test]
+        fn the_dotted_quad_reader_accepts_what_the_standard_parser_does(
+            groups in proptest::collection::vec(proptest::string::string_regex("[0-9]{0,4}").unwrap(), 1..6),
+            prefix in proptest::string::string_regex("[0-9., ]{0,12}").unwrap(),
+        ) {
+            let text = groups.join(".");
+            proptest::prop_assert_eq!(dotted_quad(text.as_bytes()), text.parse::<Ipv4Addr>().ok(), "{}", text);
+            // Ending a longer value: the address and where it starts, when a separator precedes it.
+            let long = format!("{prefix}{text}");
+            if let (Ok(v4), Some(b' ' | b',') | None) = (text.parse::<Ipv4Addr>(), prefix.bytes().last()) {
+                proptest::prop_assert_eq!(dotted_quad_at_end(long.as_bytes()), Some((v4, prefix.len())));
+            }
         }
 
         #[test]
