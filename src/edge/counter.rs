@@ -245,6 +245,8 @@ pub struct TrafficCounter {
     /// Sources each sampled one stands for.
     sample_weight: u64,
     top_keys: usize,
+    /// Whether API keys are one of the dimensions (hashing one is the costly part of its key).
+    counts_api_keys: bool,
     /// State of the generator that draws the sketches' sample (xorshift): random, not every
     /// n-th request, so that no rotation of sources can stay out of it.
     sample_state: u64,
@@ -302,6 +304,7 @@ impl TrafficCounter {
             sample_mask: !(u64::MAX >> sample_bits),
             sample_weight: 1 << sample_bits,
             top_keys: cfg.top_keys,
+            counts_api_keys: dimensions.contains(&Dimension::ApiKey),
             sample_state: 0x9e37_79b9_7f4a_7c15,
             requests: 0,
             new_source_requests: 0,
@@ -330,19 +333,21 @@ impl TrafficCounter {
                 }
             }
         }
+        // Every dimension's key, built once, in `Dimension` order (the API key hashed only
+        // when it is counted).
+        let keys = [
+            Some(ip),
+            Some(ip_key(src.prefix.network())),
+            src.asn.map(u128::from),
+            src.country.map(|c| u128::from(u16::from_be_bytes(c.bytes()))),
+            src.api_key.as_deref().filter(|_| self.counts_api_keys).map(|k| {
+                let lo = self.hasher.hash_one(k);
+                let hi = foldhash::fast::FixedState::with_seed(lo).hash_one(k);
+                (u128::from(hi) << 64) | u128::from(lo)
+            }),
+        ];
         for d in &mut self.dims {
-            let key = match d.dimension {
-                Dimension::Ip => Some(ip),
-                Dimension::Prefix => Some(ip_key(src.prefix.network())),
-                Dimension::Asn => src.asn.map(u128::from),
-                Dimension::Country => src.country.map(|c| u128::from(u16::from_be_bytes(c.bytes()))),
-                Dimension::ApiKey => src.api_key.as_deref().map(|k| {
-                    let lo = self.hasher.hash_one(k);
-                    let hi = foldhash::fast::FixedState::with_seed(lo).hash_one(k);
-                    (u128::from(hi) << 64) | u128::from(lo)
-                }),
-            };
-            let Some(key) = key else { continue };
+            let Some(key) = keys[d.dimension as usize] else { continue };
             let (evicted, tracked) = d.count(key, sampled);
             ip_tracked |= tracked && d.dimension == Dimension::Ip;
             if d.dimension == Dimension::ApiKey {
