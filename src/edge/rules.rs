@@ -73,6 +73,11 @@ pub struct Check {
     pub shadow_limited: Option<Arc<str>>,
 }
 
+impl Check {
+    /// Nothing applies: the request goes through.
+    const PASS: Check = Check { outcome: Outcome::Pass, shadow_limited: None };
+}
+
 /// A fast hash with a per-process random seed: every request looks up several of these maps,
 /// and the keys a Mitigation names come from traffic, so a fixed seed could be collided with.
 type Hasher = foldhash::fast::RandomState;
@@ -214,9 +219,8 @@ impl RuleSet {
 
     /// Decides a request from `src` in traffic class `class` at unix time `now`.
     pub fn check(&self, src: &Source, class: Option<&str>, now: f64) -> Check {
-        let pass = Check { outcome: Outcome::Pass, shadow_limited: None };
         if self.len == 0 {
-            return pass;
+            return Check::PASS;
         }
         let candidates: [Option<&Vec<Arc<Rule>>>; 6] = [
             self.by_ip.get(&ip_key(src.ip)),
@@ -229,7 +233,7 @@ impl RuleSet {
         // Nearly every request matches no rule: that answer is the lookups alone, and the
         // allowlist only matters to a request some rule names.
         if candidates.iter().all(Option::is_none) || self.allowlist.contains(src.ip) {
-            return pass;
+            return Check::PASS;
         }
         decide(candidates.into_iter().flatten().flatten(), src.ip, now)
     }
@@ -239,7 +243,7 @@ impl RuleSet {
 /// say what they would have done. Out of line, to keep [`RuleSet::check`]'s common path short.
 #[inline(never)]
 fn decide<'a>(rules: impl Iterator<Item = &'a Arc<Rule>>, ip: IpAddr, now: f64) -> Check {
-    let mut check = Check { outcome: Outcome::Pass, shadow_limited: None };
+    let mut check = Check::PASS;
     for rule in rules {
         if rule.expires_at <= now || rule.excepts(ip) {
             continue;

@@ -130,8 +130,9 @@ impl HeavyHitters {
 
     /// The slot of `key` in `present`.
     fn slot(&self, key: u128) -> usize {
-        // The high bits: foldhash's low bits are the map's, and a different slice of the hash
-        // keeps the two from failing together.
+        // From the sketch's hash (the map hashes with a seed of its own), above the bits that
+        // pick the sketch's block, so that keys crowding one sketch block do not also crowd
+        // one slot.
         (hash_key(key) >> 40) as usize & (self.present.len() - 1)
     }
 
