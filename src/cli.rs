@@ -226,6 +226,10 @@ pub struct SimulateArgs {
     /// A `timestamp,count` CSV replayed as the arrival process (replaces the scenario's).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Multiplies the --trace's rates. Default: fitted to the scenario's API, so that the
+    /// trace's busiest minutes need 40% of its maxReplicas (rounded to 1, 2 or 5 × 10^k).
+    #[arg(long, requires = "trace")]
+    pub trace_scale: Option<f64>,
     /// Seed for arrival noise (default: the scenario's).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -295,8 +299,21 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
                 format!("scenario {name} replays {}; run from the project root or pass --trace", p.display())
             })?;
             if args.trace.is_some() {
-                // A trace given on the command line sets the length of the run.
+                // A trace given on the command line sets the length of the run and, unless
+                // told, its scale: a trace of any size is fitted to the scenario's fleet.
                 scenario.duration = Duration(std::time::Duration::from_secs_f64(t.duration()));
+                let (scale, how) = match args.trace_scale {
+                    Some(s) if s.is_finite() && s > 0.0 => (s, "--trace-scale"),
+                    Some(s) => bail!("--trace-scale must be a positive number, got {s}"),
+                    None => (
+                        scenario.fitted_trace_scale(&t),
+                        "fitted: its busiest minutes need 40% of maxReplicas; --trace-scale to change",
+                    ),
+                };
+                scenario.arrivals.trace = Some(p.display().to_string());
+                scenario.arrivals.trace_scale = scale;
+                scenario.description =
+                    format!("{} (x{scale}, {how}) replayed against the platform of scenario {name}", p.display());
             }
             Some(t)
         }
@@ -317,7 +334,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     println!("scenario {}: {}", scenario.name, scenario.description);
     if let Some(p) = &trace_path {
-        println!("arrivals: {}", p.display());
+        println!("arrivals: {} x{}", p.display(), scenario.arrivals.trace_scale);
     }
     println!();
     print!("{}", report::table(&runs));

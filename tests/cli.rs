@@ -43,6 +43,41 @@ fn simulate_prints_a_table_and_a_timeline() {
 }
 
 #[test]
+fn simulate_fits_a_trace_of_any_size_to_the_fleet() {
+    // Six hours of a busy service: up to 5,000 requests/s. At the NASA scenario's own ×100 it
+    // would need 50,000 replicas and every controller would sit at maxReplicas (120), failing
+    // alike; fitted, its busiest minutes need 40% of them.
+    let dir = std::env::temp_dir().join(format!("levee-cli-fit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("busy.csv");
+    let rows: String = (0..360)
+        .map(|m| {
+            let per_sec = 3000.0 + 2000.0 * (f64::from(m) / 360.0 * std::f64::consts::PI).sin();
+            format!("{},{}\n", 1_700_000_000 + m * 60, (per_sec * 60.0).round())
+        })
+        .collect();
+    std::fs::write(&trace, format!("timestamp,count\n{rows}")).unwrap();
+    let report = dir.join("report.html");
+    let args = ["simulate", "--trace", trace.to_str().unwrap(), "--controllers", "none,levee", "--json"];
+    let out = levee(&[&args[..], &["--report", report.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["trace_scale"], 0.1, "0.4 × 120 replicas × 10/s over 5,000/s, rounded: {v}");
+    let fitted = &v["controllers"]["levee"];
+    assert!(fitted["success_rate"].as_f64().unwrap() > 0.99, "levee keeps up with the fitted trace: {fitted}");
+    assert!(v["controllers"]["none"]["success_rate"].as_f64().unwrap() < 0.9, "10 fixed replicas do not: {v}");
+
+    // A scale given by hand is used as it is; a nonsensical one is refused.
+    let out = levee(&[&args[..], &["--trace-scale", "0.05", "--report", report.to_str().unwrap()]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["trace_scale"], 0.05, "{v}");
+    let out = levee(&[&args[..], &["--trace-scale=0"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--trace-scale must be a positive number"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn simulate_puts_the_scenarios_traffic_guard_in_front_by_default() {
     // The incident with fewer clients, a shorter history and a shorter surge, to keep the
     // debug build quick.

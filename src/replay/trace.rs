@@ -106,6 +106,16 @@ impl Trace {
         self.rates.get((t / self.interval) as usize).copied().unwrap_or(0.0)
     }
 
+    /// The rate of the trace's busiest minutes: the 99.9th percentile of its per-minute rates
+    /// (of its rows, when they are coarser than a minute). A percentile rather than the
+    /// maximum, so that one odd minute does not decide it.
+    pub fn busy_rate(&self) -> f64 {
+        let mut minutes = self.buckets(60.0);
+        minutes.sort_by(f64::total_cmp);
+        let rank = ((minutes.len() as f64 * 0.999).ceil() as usize).clamp(1, minutes.len());
+        minutes[rank - 1]
+    }
+
     /// Mean rate per bucket of `step` seconds.
     pub fn buckets(&self, step: f64) -> Vec<f64> {
         let per = (step / self.interval).round().max(1.0) as usize;
@@ -133,6 +143,17 @@ mod tests {
     fn missing_rows_are_zero() {
         let t = Trace::parse("t", "0,60\n60,60\n180,60\n240,60\n").unwrap();
         assert_eq!(t.rates, vec![1.0, 1.0, 0.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn busy_rate_is_a_high_percentile_of_minutes() {
+        // 1,000 minutes at 1, 2, …, 1,000 requests/s (in an order of their own): the busiest
+        // one is above the 99.9th percentile, the next is not.
+        let csv: String = (0..1000u64).map(|i| format!("{},{}\n", i * 60, 60 * ((i * 7919) % 1000 + 1))).collect();
+        assert_eq!(Trace::parse("t", &csv).unwrap().busy_rate(), 999.0);
+        // Rows of a second are read by the minute.
+        let secs: String = (0..600).map(|i| format!("{i},{}\n", if i < 60 { 10 } else { 1 })).collect();
+        assert_eq!(Trace::parse("t", &secs).unwrap().busy_rate(), 10.0);
     }
 
     #[test]

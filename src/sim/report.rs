@@ -15,6 +15,11 @@ use super::{Run, controllers::Target, metrics::Summary, scenario::Scenario};
 pub struct JsonReport<'a> {
     pub scenario: &'a str,
     pub seed: u64,
+    /// The replayed trace and the factor its rates were multiplied by, when one is replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_scale: Option<f64>,
     pub controllers: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -27,7 +32,13 @@ pub fn json(scenario: &Scenario, runs: &[Run]) -> serde_json::Result<String> {
         }
         controllers.insert(r.summary.controller.clone(), v);
     }
-    serde_json::to_string_pretty(&JsonReport { scenario: &scenario.name, seed: scenario.seed, controllers })
+    serde_json::to_string_pretty(&JsonReport {
+        scenario: &scenario.name,
+        seed: scenario.seed,
+        trace: scenario.arrivals.trace.as_deref(),
+        trace_scale: scenario.arrivals.trace.is_some().then_some(scenario.arrivals.trace_scale),
+        controllers,
+    })
 }
 
 fn drain(s: &Summary) -> String {

@@ -268,7 +268,37 @@ pub enum ScenarioError {
     Invalid { name: String, message: String },
 }
 
+/// A trace given on the command line is scaled so that its busiest minutes need this
+/// fraction of the API's `maxReplicas`: enough load that the controllers differ, with room
+/// for a forecast's band and a burst above the busiest minutes.
+pub const FITTED_LOAD: f64 = 0.4;
+
+/// The number of the form 1, 2 or 5 × 10^k nearest to `x` (> 0) on a log scale: a scale a
+/// reader can repeat, and the same one for traces of a similar size.
+fn round_to_1_2_5(x: f64) -> f64 {
+    let decade = 10f64.powf(x.log10().floor());
+    let m = x / decade;
+    let nearest = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .min_by(|a: &f64, b: &f64| (m.ln() - a.ln()).abs().total_cmp(&(m.ln() - b.ln()).abs()))
+        .unwrap_or(1.0);
+    nearest * decade
+}
+
 impl Scenario {
+    /// The scale that puts `trace` in front of this scenario's API: its busiest minutes
+    /// ([`Trace::busy_rate`]) need [`FITTED_LOAD`] of `maxReplicas`. A trace recorded at any
+    /// size then exercises the autoscalers instead of idling at `minReplicas` or saturating
+    /// at `maxReplicas`, where every controller looks alike. 1 for a trace without traffic.
+    pub fn fitted_trace_scale(&self, trace: &crate::replay::trace::Trace) -> f64 {
+        let fleet = f64::from(self.policies.api.bounds.max_replicas) * self.api.capacity_per_replica;
+        let busy = trace.busy_rate();
+        if !(busy > 0.0 && fleet > 0.0) {
+            return 1.0;
+        }
+        round_to_1_2_5(FITTED_LOAD * fleet / busy)
+    }
+
     /// A built-in scenario by name, or a scenario file by path.
     ///
     /// # Errors
@@ -439,6 +469,38 @@ mod tests {
         let yaml = include_str!("scenarios/incident.yaml").replace("onset: 5", "onset: 30");
         let e = Scenario::parse("x", &yaml).unwrap_err();
         assert!(e.to_string().contains("arrivals.surges[0]: onset must be between 1 and the multiplier"), "{e}");
+    }
+
+    #[test]
+    fn scales_round_to_1_2_or_5() {
+        let cases = [(88.9, 100.0), (139.0, 100.0), (160.0, 200.0), (3.3, 5.0), (0.31, 0.2), (7.2, 10.0)];
+        for (x, want) in cases {
+            assert!((round_to_1_2_5(x) - want).abs() < 1e-9 * want, "{x} -> {} (want {want})", round_to_1_2_5(x));
+        }
+    }
+
+    #[test]
+    fn a_trace_is_fitted_to_the_fleet_whatever_its_size() {
+        use crate::replay::trace::Trace;
+        let s = Scenario::load("nasa").unwrap();
+        // The NASA trace, at about 4 requests/s in its busiest minutes, gets the ×100 the
+        // scenario gives it by hand.
+        let nasa = Trace::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/data/traces/nasa_http_1995_07_1min.csv"
+        )))
+        .unwrap();
+        assert_eq!(s.fitted_trace_scale(&nasa), s.arrivals.trace_scale);
+        // The same shape recorded 1,000 times larger is scaled 1,000 times less, and its
+        // busiest minutes then need FITTED_LOAD of maxReplicas to within the rounding.
+        let big = Trace { rates: nasa.rates.iter().map(|r| r * 1000.0).collect(), ..nasa.clone() };
+        let scale = s.fitted_trace_scale(&big);
+        assert!((scale - s.arrivals.trace_scale / 1000.0).abs() < 1e-12, "{scale}");
+        let fleet = f64::from(s.policies.api.bounds.max_replicas) * s.api.capacity_per_replica;
+        let load = big.busy_rate() * scale / fleet;
+        assert!(load > FITTED_LOAD / 2.0 && load < FITTED_LOAD * 2.0, "{load}");
+        let idle = Trace { rates: vec![0.0; 100], ..nasa };
+        assert_eq!(s.fitted_trace_scale(&idle), 1.0);
     }
 
     #[test]
