@@ -28,6 +28,10 @@ pub enum TraceError {
     Shape { path: String, message: String },
 }
 
+/// The most intervals a trace may span: three years of seconds. A file of one row per event
+/// (a median spacing of milliseconds) would otherwise become billions of empty intervals.
+pub const MAX_INTERVALS: usize = 100_000_000;
+
 fn parse_time(s: &str) -> Option<f64> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -84,7 +88,19 @@ impl Trace {
         let interval = gaps[gaps.len() / 2];
         // Rows are placed on the interval grid; missing rows (gaps in the recording) are
         // zero arrivals, as a request log with no lines for a minute means no requests.
-        let n = ((times[times.len() - 1] - times[0]) / interval).round() as usize + 1;
+        let span = times[times.len() - 1] - times[0];
+        let grid = span / interval + 1.0;
+        if grid > MAX_INTERVALS as f64 {
+            return Err(TraceError::Shape {
+                path: name.to_owned(),
+                message: format!(
+                    "rows are {interval:.3} s apart (the median spacing) but span {span:.0} s: {grid:.0} intervals, \
+                     more than the {MAX_INTERVALS} this reads; sum the counts into coarser rows (one per second \
+                     or per minute)"
+                ),
+            });
+        }
+        let n = (span / interval).round() as usize + 1;
         let mut rates = vec![0.0; n];
         for (t, c) in times.iter().zip(&counts) {
             let idx = ((t - times[0]) / interval).round() as usize;
@@ -164,5 +180,9 @@ mod tests {
         assert!(e.to_string().starts_with("f.csv:2:"), "{e}");
         assert!(Trace::parse("f.csv", "0,1\n").is_err());
         assert!(Trace::parse("f.csv", "60,1\n0,1\n").is_err());
+        // One row per event, a millisecond apart, then one a year later.
+        let events = "0,1\n0.001,1\n0.002,1\n31536000,1\n";
+        let e = Trace::parse("f.csv", events).unwrap_err();
+        assert!(e.to_string().contains("more than the 100000000 this reads"), "{e}");
     }
 }
