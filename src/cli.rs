@@ -396,7 +396,18 @@ pub fn nab(
         nab::Detector::Novelty { levels } if levels < 2 => bail!("--levels must be at least 2"),
         _ => {}
     }
-    let series = nab::load(data, windows)?;
+    let nab::Corpus { series, missing } = nab::load(data, windows)?;
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(3).map(String::as_str).collect();
+        eprintln!(
+            "note: {} of the files {} names are not in {} and are left out of the score: {}{}",
+            missing.len(),
+            windows.display(),
+            data.display(),
+            shown.join(", "),
+            if missing.len() > shown.len() { ", …" } else { "" }
+        );
+    }
     let detections: Vec<Vec<usize>> = series.iter().map(|s| nab::detect(&s.values, detector)).collect();
     if let Some(path) = detections_out {
         let mut csv = String::from("file,timestamp\n");

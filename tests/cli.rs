@@ -194,3 +194,35 @@ fn nab_scores_and_writes_checkable_detections() {
     let bad = levee(&["nab", "--data", data, "--levels", "1"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--levels must be at least 2"));
 }
+
+#[test]
+fn nab_scores_the_files_a_directory_has_of_a_larger_windows_file() {
+    // NAB's full windows.json names 58 files; a directory may hold some of them. Here it holds
+    // one (with blank lines at its end, as an editor leaves them) of the two named.
+    let dir = std::env::temp_dir().join(format!("levee-nab-subset-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("realTraffic")).unwrap();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/nab/realTraffic/speed_6005.csv");
+    let csv = std::fs::read_to_string(shipped).unwrap();
+    std::fs::write(dir.join("realTraffic/speed_6005.csv"), format!("{csv}\n\n")).unwrap();
+    let windows = dir.join("windows.json");
+    std::fs::write(
+        &windows,
+        r#"{"realTraffic/speed_6005.csv": [["2015-09-16 18:40:00.000000", "2015-09-17 16:24:00.000000"]],
+            "realKnownCause/nyc_taxi.csv": [["2014-11-01 19:00:00.000000", "2014-11-02 12:30:00.000000"]]}"#,
+    )
+    .unwrap();
+    let args = ["nab", "--data", dir.to_str().unwrap(), "--windows", windows.to_str().unwrap(), "--json"];
+    let out = levee(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 of the files") && err.contains("realKnownCause/nyc_taxi.csv"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["files"].as_u64(), v["windows"].as_u64()), (Some(1), Some(1)), "{v}");
+
+    // Not one of the named files there: an error that says so.
+    std::fs::remove_file(dir.join("realTraffic/speed_6005.csv")).unwrap();
+    let out = levee(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("none of the 2 files"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

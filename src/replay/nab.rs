@@ -147,22 +147,35 @@ fn parse_ts(s: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
-/// Loads every file named in the windows file, from `data`.
+/// The files a windows file names, as found in a data directory.
+pub struct Corpus {
+    pub series: Vec<Series>,
+    /// Files the windows file names that the directory does not have (NAB's own
+    /// `windows.json` over a subset of its data), left out of the score.
+    pub missing: Vec<String>,
+}
+
+/// Loads every file named in the windows file that `data` holds.
 ///
 /// # Errors
-/// An unreadable windows file or CSV, or a row or window timestamp that does not parse.
-pub fn load(data: &Path, windows_file: &Path) -> Result<Vec<Series>, NabError> {
+/// An unreadable windows file or CSV, a row or window timestamp that does not parse, or not
+/// one of the named files in `data`.
+pub fn load(data: &Path, windows_file: &Path) -> Result<Corpus, NabError> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| NabError::Read { path: p.display().to_string(), message: e.to_string() })
     };
     let windows: BTreeMap<String, Vec<[String; 2]>> = serde_json::from_str(&read(windows_file)?)
         .map_err(|e| NabError::Read { path: windows_file.display().to_string(), message: e.to_string() })?;
-    let mut out = Vec::new();
+    let (mut out, mut missing) = (Vec::new(), Vec::new());
     for (name, ws) in windows {
         let path = data.join(&name);
+        if !path.exists() {
+            missing.push(name);
+            continue;
+        }
         let text = read(&path)?;
         let (mut timestamps, mut values, mut times) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, line) in text.lines().enumerate().skip(1) {
+        for (i, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
             let err = |message: String| NabError::Parse { path: path.display().to_string(), line: i + 1, message };
             let (t, v) =
                 line.split_once(',').ok_or_else(|| err(format!("expected `timestamp,value`, got {line:?}")))?;
@@ -188,7 +201,17 @@ pub fn load(data: &Path, windows_file: &Path) -> Result<Vec<Series>, NabError> {
         }
         out.push(Series { name, timestamps, values, windows: rows });
     }
-    Ok(out)
+    if out.is_empty() {
+        return Err(NabError::Read {
+            path: data.display().to_string(),
+            message: format!(
+                "none of the {} files {} names is there (names are paths under --data)",
+                missing.len(),
+                windows_file.display()
+            ),
+        });
+    }
+    Ok(Corpus { series: out, missing })
 }
 
 #[cfg(test)]
