@@ -1,7 +1,8 @@
 //! Request-count traces as CSV: `timestamp,count`, one row per fixed interval.
 //!
 //! Timestamps may be RFC 3339 (with or without an offset; without one they are read as UTC)
-//! or seconds since the epoch. The interval is the median spacing of the rows.
+//! or seconds since the epoch. The interval is the median spacing of the rows. A first row
+//! whose count is not a number is a header; fields may be quoted.
 
 use std::path::Path;
 
@@ -32,6 +33,11 @@ pub enum TraceError {
 /// (a median spacing of milliseconds) would otherwise become billions of empty intervals.
 pub const MAX_INTERVALS: usize = 100_000_000;
 
+fn unquote(field: &str) -> &str {
+    let f = field.trim();
+    f.strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(f)
+}
+
 fn parse_time(s: &str) -> Option<f64> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -61,14 +67,22 @@ impl Trace {
     pub fn parse(name: &str, text: &str) -> Result<Self, TraceError> {
         let mut times = Vec::new();
         let mut counts = Vec::new();
+        let mut header_possible = true;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
-            if line.is_empty() || (i == 0 && line.to_ascii_lowercase().starts_with("timestamp")) {
+            if line.is_empty() {
                 continue;
             }
             let err = |message: String| TraceError::Parse { path: name.to_owned(), line: i + 1, message };
             let (t, c) =
                 line.split_once(',').ok_or_else(|| err(format!("expected `timestamp,count`, got {line:?}")))?;
+            // Spreadsheets quote fields; `"1995-07-01 00:00:00","42"` is the same row.
+            let (t, c) = (unquote(t), unquote(c));
+            // A first row whose count is not a number is a header, whatever it calls the
+            // columns (`timestamp,count`, `time,requests`, …).
+            if std::mem::take(&mut header_possible) && c.parse::<f64>().is_err() {
+                continue;
+            }
             let t = parse_time(t).ok_or_else(|| err(format!("timestamp {t:?} is not RFC 3339 or epoch seconds")))?;
             let c: f64 = c.trim().parse().map_err(|_| err(format!("count {c:?} is not a number")))?;
             if !c.is_finite() || c < 0.0 {
@@ -152,6 +166,9 @@ mod tests {
         let t = Trace::parse("t", "2023-11-16T18:17:03,1\n2023-11-16T18:17:04,7\n").unwrap();
         assert_eq!((t.interval, t.rates.clone()), (1.0, vec![1.0, 7.0]));
         let t = Trace::parse("t", "100,5\n110,10\n").unwrap();
+        assert_eq!(t.rates, vec![0.5, 1.0]);
+        // Any header; quoted fields; Windows line ends.
+        let t = Trace::parse("t", "time,requests\r\n\"100\",\"5\"\r\n110,10\r\n").unwrap();
         assert_eq!(t.rates, vec![0.5, 1.0]);
     }
 
