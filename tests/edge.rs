@@ -358,7 +358,8 @@ async fn a_mitigation_whose_source_keeps_flooding_is_renewed_instead_of_lapsing(
 }
 
 #[tokio::test]
-async fn prometheus_history_seeds_baselines_so_a_usually_heavy_source_is_not_taken_for_a_flood() {
+async fn prometheus_history_seeds_baselines_so_a_usually_heavy_source_is_not_taken_for_a_flood_and_a_day_of_it_gives_a_daily_shape()
+ {
     // Prometheus says 203.0.113.9 usually sends 250 req/s, and the pool 350 in all. The
     // same traffic as the flood test (where it is limited within seconds) now comes from a
     // source doing what it always does.
@@ -369,6 +370,10 @@ async fn prometheus_history_seeds_baselines_so_a_usually_heavy_source_is_not_tak
     // nothing stops. (One that does not parse never gets this far: the guard is invalid.)
     let bad = r#"  baseline: {source: Prometheus, window: 10m, prometheusQuery: 'label_replace(vector(1), "a", "b", "c", "(")'}"#;
     ns.create_yaml(&guard_yaml(&ns.name, "private", "Enforce", bad)).await.unwrap();
+    // A third whose history spans a day, with a daily cycle peaking at 06:00 UTC: its
+    // baselines follow the time of day.
+    let daily = r#"  baseline: {source: Prometheus, window: 24h, prometheusQuery: '100 + 80 * sin(vector(2 * pi() * time() / 86400))'}"#;
+    ns.create_yaml(&guard_yaml(&ns.name, "daily", "Enforce", daily)).await.unwrap();
 
     let (regulars, heavy) = traffic(&edge, 25.0, 10.0).await;
     assert!(regulars.iter().all(|t| t.limited == 0 && t.other == 0), "{regulars:?}");
@@ -391,6 +396,10 @@ async fn prometheus_history_seeds_baselines_so_a_usually_heavy_source_is_not_tak
     };
     let seeded = note("BaselineSeeded", "public");
     assert!(seeded.contains("the total") && seeded.contains("1 Ip keys"), "{seeded}");
+    assert!(seeded.contains("no daily shape"), "ten minutes of history: {seeded}");
+    let daily = note("BaselineSeeded", "daily");
+    // The peak falls between the quarter hours that start at 05:45 and at 06:00.
+    assert!(daily.contains("a daily shape, busiest at 05:45 UTC") || daily.contains("busiest at 06:00 UTC"), "{daily}");
     let failed = note("BaselineSeedFailed", "private");
     assert!(failed.contains("invalid regular expression") && failed.contains("retrying"), "{failed}");
 }

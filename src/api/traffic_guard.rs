@@ -90,7 +90,9 @@ pub enum BaselineSource {
     #[default]
     Edge,
     /// Seeded from Prometheus history over `window` (when the guard starts or changes; retried
-    /// every minute while Prometheus fails), then kept up to date from edge reports.
+    /// every minute while Prometheus fails), then kept up to date from edge reports. History
+    /// of a day or more also gives the pool's daily shape: baselines then follow the time of
+    /// day.
     Prometheus,
 }
 
@@ -108,7 +110,9 @@ pub struct Baseline {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub prometheus_query: Option<String>,
-    /// Time constant of the baseline's moving average.
+    /// Time constant of the baseline's moving average, and the history read from Prometheus.
+    /// With `source: Prometheus`, a window of 24h or more gives baselines that follow the
+    /// time of day (the pool's total over the window, quarter hour by quarter hour).
     #[serde(default = "default_baseline_window")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("spec.baseline.window must be between 1m and 168h"))]
     pub window: Duration,

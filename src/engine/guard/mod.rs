@@ -14,6 +14,10 @@
 //! while it lasts; once declared, it goes on while the total stays above its baseline from a
 //! changed mix, so the part of it that its first limits leave is still looked for (for up to
 //! an hour). Allowlisted addresses and prefixes are never named.
+//!
+//! With a daily shape (from Prometheus history of a day or more, [`season`]) every rate is
+//! judged and learnt in time-of-day-adjusted units: a sample's seconds count as many as the
+//! time of day is busy, so the daily cycle is expected, and what is reported is scaled back.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,11 +27,13 @@ use super::detect::{DetectorConfig, RobustDetector};
 use crate::api::traffic_guard::{AggregationKey as Dimension, Sensitivity};
 
 mod keyed;
+pub mod season;
 mod seed;
 #[cfg(test)]
 mod tests;
 
 use keyed::Keyed;
+use season::DailyShape;
 pub use seed::History;
 
 /// Tuning derived from a TrafficGuard's sensitivity and baseline window.
@@ -81,6 +87,9 @@ pub struct Sample {
     /// The ASN of prefixes in `top`, where the edges know it: what tells the prefixes an ISP's
     /// clients use from those a surge through the same ISP comes from.
     pub prefix_asns: HashMap<String, String>,
+    /// When the sample ended, in seconds since the epoch: its time of day, for a guard with a
+    /// daily shape. `None` judges it without one.
+    pub at: Option<f64>,
 }
 
 /// What was found.
@@ -173,6 +182,9 @@ pub struct Observation {
     pub total_baseline: f64,
     /// Robust deviations of the total above its baseline.
     pub total_score: f64,
+    /// How busy this time of day usually is against the day's mean, with a daily shape:
+    /// `total_baseline` is the adjusted baseline scaled by it.
+    pub time_of_day: Option<f64>,
     pub new_source_ratio: f64,
     pub new_source_baseline: f64,
     /// How far the mix of prefixes, ASNs or countries moved from the usual (0: same, 1: all
@@ -200,6 +212,9 @@ impl Observation {
             self.new_source_baseline * 100.0,
             self.mix_distance * 100.0
         );
+        if let Some(f) = self.time_of_day {
+            s.push_str(&format!("; this time of day is usually {f:.2}x the daily mean"));
+        }
         if self.surge {
             s.push_str("; distributed surge");
         } else if self.crowd {
@@ -292,6 +307,8 @@ pub struct GuardDetector {
     named_newborn: Keyed<()>,
     /// The current episode has been taken for an attack.
     attack_seen: bool,
+    /// The pool's daily shape, when history gave one.
+    season: Option<DailyShape>,
 }
 
 /// A surge episode ends after this many samples in a row with the total not hot.
@@ -372,7 +389,19 @@ impl GuardDetector {
             offenders: Keyed::default(),
             named_newborn: Keyed::default(),
             attack_seen: false,
+            season: None,
         }
+    }
+
+    /// The daily shape rates are adjusted by, if any.
+    pub fn season(&self) -> Option<&DailyShape> {
+        self.season.as_ref()
+    }
+
+    /// How busy the time of day `at` usually is against the day's mean: `None` without a
+    /// shape or a time.
+    fn time_of_day(&self, at: Option<f64>) -> Option<f64> {
+        Some(self.season.as_ref()?.factor(at?))
     }
 
     fn allowlisted(&self, dim: Dimension, key: &str) -> bool {
@@ -396,7 +425,10 @@ impl GuardDetector {
             return Observation::default();
         }
         self.step += 1;
-        let secs = s.secs.max(1e-3);
+        // A busy time of day stretches the sample: every rate below is in adjusted units.
+        let time_of_day = self.time_of_day(s.at);
+        let stretch = time_of_day.unwrap_or(1.0);
+        let secs = s.secs.max(1e-3) * stretch;
         let total_rate = s.requests / secs;
         // Within a surge episode nothing is learnt, not even by the total's baseline: a long
         // surge must not become normal while it lasts.
@@ -410,6 +442,7 @@ impl GuardDetector {
             total_rate,
             total_baseline: verdict.baseline,
             total_score: verdict.score,
+            time_of_day,
             new_source_ratio: new_ratio,
             new_source_baseline: self.new_ratio,
             ..Observation::default()
@@ -574,12 +607,19 @@ impl GuardDetector {
         }
         obs.findings.sort_by(|a, b| b.rate.total_cmp(&a.rate));
         obs.findings.truncate(self.tuning.max_findings);
+        // What is reported, and what limits are made of, is in requests/s at this time of day.
+        obs.total_rate *= stretch;
+        obs.total_baseline *= stretch;
+        for f in &mut obs.findings {
+            f.rate *= stretch;
+            f.baseline *= stretch;
+        }
 
         for f in obs.findings.iter().filter(|f| f.kind == Kind::DistributedSurge) {
             self.offenders.insert(f.dimension, &f.key, ());
         }
         if self.episode.is_none() {
-            self.learn(s, &judged, new_ratio);
+            self.learn(s, secs, &judged, new_ratio);
         }
         obs
     }
@@ -858,7 +898,8 @@ impl GuardDetector {
             .collect()
     }
 
-    fn learn(&mut self, s: &Sample, judged: &[Judged<'_>], new_ratio: f64) {
+    /// Learns from a sample judged normal; `secs` is its adjusted length.
+    fn learn(&mut self, s: &Sample, secs: f64, judged: &[Judged<'_>], new_ratio: f64) {
         let a = self.tuning.alpha;
         let w_step = a.max(1.0 / self.step as f64);
         {
@@ -867,7 +908,7 @@ impl GuardDetector {
                 // A typical heavy key: the tenth heaviest, or the lightest of fewer; a flooder
                 // at the top does not move it.
                 if let Some((_, n)) = keys.get(keys.len().min(10).saturating_sub(1)) {
-                    let rate = *n as f64 / s.secs.max(1e-3);
+                    let rate = *n as f64 / secs;
                     let r = self.reference.entry(dim).or_insert(rate);
                     *r = (1.0 - w_step) * *r + w_step * rate;
                 }

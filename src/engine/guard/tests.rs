@@ -27,7 +27,7 @@ fn sample(sources: &[(String, u32, &str, u64)], new_sources: u64) -> Sample {
             (d, v)
         })
         .collect();
-    Sample { secs: 1.0, requests: requests as f64, new_source_requests: new_sources as f64, top, prefix_asns }
+    Sample { secs: 1.0, requests: requests as f64, new_source_requests: new_sources as f64, top, prefix_asns, at: None }
 }
 
 /// 40 regular clients in 10 prefixes, 4 ASNs and 2 countries, 15..25 req/s each. A prefix
@@ -115,6 +115,7 @@ fn a_flood_seconds_after_the_detector_starts_names_only_the_flooder() {
             new_source_requests: if t == 15 { 300.0 } else { 0.0 },
             top: BTreeMap::from([(Dimension::Ip, ips), (Dimension::Prefix, prefixes)]),
             prefix_asns: HashMap::new(),
+            at: None,
         }
     };
     let mut d = detector();

@@ -150,6 +150,8 @@ impl ReportHub {
             new_source_requests: std::mem::take(&mut w.new_source_requests) as f64,
             top,
             prefix_asns: std::mem::take(&mut w.prefix_asns),
+            // Its time of day, for a guard with a daily shape.
+            at: Some(k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0),
         };
         w.edges.clear();
         Some((sample, extras))

@@ -205,9 +205,13 @@ impl Guards {
                 Ok((history, summary)) => {
                     st.detector.seed(&history);
                     st.seed_due = None;
+                    let shape = match st.detector.season() {
+                        Some(shape) => format!("; {}: baselines follow the time of day", shape.describe()),
+                        None => "; no daily shape (that takes a baseline.window of a day or more)".to_owned(),
+                    };
                     (
                         (EventType::Normal, "BaselineSeeded"),
-                        format!("baselines seeded from Prometheus over the last {}: {summary}", baseline.window),
+                        format!("baselines seeded from Prometheus over the last {}: {summary}{shape}", baseline.window),
                     )
                 }
                 Err(e) => {

@@ -24,10 +24,14 @@ pub const LABELS: [(&str, Dimension); 5] = [
     ("api_key", Dimension::ApiKey),
 ];
 
-/// Most points asked for per series; the step grows with the window instead.
+/// Points asked for per series, up to the coarsest step; the step grows with the window.
 const MAX_POINTS: f64 = 500.0;
 /// Finest step asked for: Prometheus rarely scrapes more often.
 const MIN_STEP_SECS: f64 = 15.0;
+/// Coarsest step asked for: a daily shape needs a point in (nearly) every quarter hour of the
+/// day, and a step that divides the day evenly (20 minutes) would visit the same times every
+/// day. A week is then 1,008 points a series, well within Prometheus' 11,000.
+const MAX_STEP_SECS: f64 = 600.0;
 
 /// A label value as the edge names the same key, or `None` when it cannot be one.
 fn key_name(dim: Dimension, value: &str) -> Option<String> {
@@ -73,6 +77,7 @@ pub fn to_history(series: Vec<Series>) -> (History, String) {
             _ => skipped += 1,
         }
     }
+    h.total_at = total.keys().map(|ms| *ms as f64 / 1000.0).collect();
     h.total = total.into_values().collect();
     let mut found: Vec<String> = Vec::new();
     if !h.total.is_empty() {
@@ -100,7 +105,7 @@ pub async fn history(
     now: i64,
 ) -> Result<(History, String), SignalError> {
     let window = window_secs.max(60.0);
-    let step = (window / MAX_POINTS).max(MIN_STEP_SECS);
+    let step = (window / MAX_POINTS).clamp(MIN_STEP_SECS, MAX_STEP_SECS);
     Ok(to_history(prom.range_series(query, now - window as i64, now, step).await?))
 }
 
@@ -138,6 +143,7 @@ mod tests {
             ]
         );
         assert_eq!(h.total, vec![11.0, 22.0, 33.0], "unlabelled series are summed step by step");
+        assert_eq!(h.total_at, vec![1000.0, 1015.0, 1030.0], "with the time of each step");
         assert!(summary.contains("the total") && summary.contains("1 Ip keys"), "{summary}");
         assert!(summary.contains("2 series skipped"), "{summary}");
     }

@@ -440,6 +440,8 @@ fn run_once(sc: &GuardScenario, guarded: bool, stop_when_quiet: bool, mut progre
                 new_source_requests: new_requests as f64,
                 top,
                 prefix_asns,
+                // The simulated traffic has no daily cycle for a shape to adjust.
+                at: None,
             };
             let refusals = rules.iter_mut().map(|(k, r)| (*k, std::mem::take(&mut r.refused) / since_report)).collect();
             pending.push_back((t + report_every, sample, refusals));
