@@ -137,3 +137,27 @@ async fn a_target_that_cannot_be_read_keeps_the_progress_in_status() {
     assert!(s.message.as_deref().is_some_and(|m| m.contains("not found")), "{s:?}");
     assert!(op.stop().await);
 }
+
+#[tokio::test]
+async fn a_stage_not_ready_within_its_time_is_reported() {
+    // The database's pods never come up: its stage is late after ten seconds.
+    let late = BOOTSTRAP.replace("      wavePercent: 100\n", "      wavePercent: 100\n      readyWithin: 10s\n");
+    let (ns, _op) = cold_fleet("bootstrap-late", &late).await;
+    let s = eventually(
+        Duration::from_secs(25),
+        "StagesOnSchedule False",
+        || status(&ns),
+        |s| s.conditions.iter().any(|c| c.type_ == "StagesOnSchedule" && c.status == "False"),
+    )
+    .await;
+    let c = s.conditions.iter().find(|c| c.type_ == "StagesOnSchedule").unwrap();
+    assert_eq!(c.reason, "Late");
+    assert!(c.message.starts_with("stage database not ready 1"), "{}", c.message);
+    // Some ticks later, one Event for it. (The operator tells it once, judged by the
+    // condition it wrote, so that a restarted operator does not tell it again; the Event
+    // recorder also folds repeats of one note into one Event.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let notes = common::event_notes(&ns, "StageLate").await;
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    assert!(notes[0].contains("stage database not ready") && notes[0].contains("past its readyWithin"), "{notes:#?}");
+}

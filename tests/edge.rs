@@ -545,13 +545,7 @@ async fn a_crowd_of_new_users_from_the_usual_network_is_let_in_and_told_in_an_ev
     }
     let ms = ns.api::<Mitigation>().list(&Default::default()).await.unwrap();
     assert!(ms.items.is_empty(), "the crowd was mitigated: {:#?}", ms.items);
-    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
-    let crowds: Vec<&str> = events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("Crowd"))
-        .filter_map(|e| e.note.as_deref())
-        .collect();
+    let crowds = common::event_notes(&ns, "Crowd").await;
     assert_eq!(crowds.len(), 1, "one crowd, one Event: {crowds:#?}");
     assert!(crowds[0].contains("let in as demand"), "{}", crowds[0]);
     std::fs::remove_file(table).ok();

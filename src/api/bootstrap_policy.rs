@@ -64,7 +64,8 @@ pub struct Stage {
     #[serde(default = "default_wave_interval")]
     #[x_kube(validation = Rule::new("duration(self) <= duration('30m')").message("spec.stages[].waveInterval must be at most 30m"))]
     pub wave_interval: Duration,
-    /// A stage not ready within this time is reported and paged.
+    /// A stage not ready within this time is reported: the `StagesOnSchedule` condition turns
+    /// False (reason `Late`) and a Warning Event `StageLate` names it.
     #[serde(default = "default_ready_within")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('10s') && duration(self) <= duration('2h')").message("spec.stages[].readyWithin must be between 10s and 2h"))]
     pub ready_within: Duration,

@@ -182,6 +182,16 @@ impl Bootstrapper {
                 format!("stage {stage} not ready {} after it started", crate::api::Duration::from_secs(*secs as u64))
             })
             .collect();
+        // Told once per stage as it goes late: the condition holds it from then on.
+        let was = policy.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == STAGES_ON_SCHEDULE));
+        for (line, (stage, _)) in late.iter().zip(&plan.late) {
+            let named = format!("stage {stage} not ready");
+            if !was.is_some_and(|c| c.status == "False" && c.message.contains(&named)) {
+                warn!(policy = %key, "{line}");
+                let note = format!("{line}, past its readyWithin: {}", plan.sentence);
+                self.event(policy, EventType::Warning, "StageLate", note).await;
+            }
+        }
         let on_schedule = Wanted {
             type_: STAGES_ON_SCHEDULE,
             status: late.is_empty(),

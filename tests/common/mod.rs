@@ -213,6 +213,12 @@ pub async fn conditions<K: Resource<DynamicType = ()>>(ns: &TestNs, name: &str) 
     }
 }
 
+/// The notes of the namespace's Events with `reason`.
+pub async fn event_notes(ns: &TestNs, reason: &str) -> Vec<String> {
+    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.expect("list Events");
+    events.items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).filter_map(|e| e.note).collect()
+}
+
 pub fn condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
