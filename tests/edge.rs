@@ -336,24 +336,14 @@ async fn a_mitigation_whose_source_keeps_flooding_is_renewed_instead_of_lapsing(
     assert!(m.spec.offence >= 1, "{:?}", m.spec);
     let left = m.spec.expires_at.0.as_second() - chrono::Utc::now().timestamp();
     assert!(left > 60, "renewed with the escalated TTL of 2m, {left}s left");
-    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
-    let renewed: Vec<&str> = events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("Renewed"))
-        .filter_map(|e| e.note.as_deref())
-        .collect();
+    let renewed = common::event_notes(&ns, "Renewed").await;
     eprintln!("{renewed:#?}");
     assert!(
         renewed.iter().any(|n| n.contains(&m.metadata.name.clone().unwrap()) && n.contains("still refuse")),
         "{renewed:#?}"
     );
     // Renewed before it lapsed: it was never made afresh, which would be a second Mitigated event.
-    let made = events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("Mitigated"))
-        .filter(|e| e.note.as_deref().is_some_and(|n| n.contains("203.0.113.9")));
+    let made = common::event_notes(&ns, "Mitigated").await.into_iter().filter(|n| n.contains("203.0.113.9"));
     assert_eq!(made.count(), 1, "the flooder's mitigation was made again after lapsing");
 }
 
@@ -417,13 +407,10 @@ async fn a_shadow_guard_counts_what_it_would_limit_and_limits_nothing() {
     let m = ms.items.iter().find(|m| m.spec.match_.ip.as_deref() == Some("203.0.113.9")).expect("a shadow mitigation");
     assert_eq!(m.spec.mode, levee::api::Mode::Shadow);
     assert!(edge.metric("levee_edge_shadow_limited_total").await > 100.0);
-    let events = ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
-    let notes = |reason: &str| -> Vec<String> {
-        events.items.iter().filter(|e| e.reason.as_deref() == Some(reason)).filter_map(|e| e.note.clone()).collect()
-    };
-    let renewed = notes("Renewed");
+    let renewed = common::event_notes(&ns, "Renewed").await;
     assert!(renewed.iter().any(|n| n.contains("would still refuse")), "{renewed:#?}");
-    let made = notes("WouldMitigate").into_iter().filter(|n| n.contains("203.0.113.9")).count();
+    let made =
+        common::event_notes(&ns, "WouldMitigate").await.into_iter().filter(|n| n.contains("203.0.113.9")).count();
     assert_eq!(made, 1, "the shadow mitigation lapsed and was made again: {renewed:#?}");
 }
 
