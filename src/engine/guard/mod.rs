@@ -398,6 +398,12 @@ impl GuardDetector {
         self.season.as_ref()
     }
 
+    /// Puts a newer daily shape in force. Baselines learnt under the old one are kept as they
+    /// are: a shape read a day later differs little at any time of day.
+    pub fn set_season(&mut self, shape: DailyShape) {
+        self.season = Some(shape);
+    }
+
     /// How busy the time of day `at` usually is against the day's mean: `None` without a
     /// shape or a time.
     fn time_of_day(&self, at: Option<f64>) -> Option<f64> {

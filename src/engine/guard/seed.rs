@@ -18,6 +18,20 @@ pub struct History {
 }
 
 impl History {
+    /// The total's values with their times, when the times are known.
+    fn timed_total(&self) -> Vec<(f64, f64)> {
+        if self.total_at.len() == self.total.len() {
+            self.total_at.iter().copied().zip(self.total.iter().copied()).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The daily shape of the total, when it spans a day or more ([`DailyShape::from_history`]).
+    pub fn daily_shape(&self) -> Option<DailyShape> {
+        DailyShape::from_history(&self.timed_total())
+    }
+
     /// Points of history: the longest series.
     pub fn points(&self) -> usize {
         self.keys.iter().map(|(_, _, v)| v.len()).chain([self.total.len()]).max().unwrap_or(0)
@@ -39,12 +53,8 @@ impl GuardDetector {
     /// adjusted by it, as live samples then are. A key's history is its mean over the window,
     /// adjusted by the shape's mean over the same window.
     pub fn seed(&mut self, h: &History) {
-        let timed: Vec<(f64, f64)> = if h.total_at.len() == h.total.len() {
-            h.total_at.iter().copied().zip(h.total.iter().copied()).collect()
-        } else {
-            Vec::new()
-        };
-        self.season = DailyShape::from_history(&timed);
+        let timed = h.timed_total();
+        self.season = h.daily_shape();
         let factor = |t: f64| self.season.as_ref().map_or(1.0, |s| s.factor(t));
         let mean_factor = match timed.len() {
             0 => 1.0,
@@ -224,5 +234,21 @@ mod tests {
         }
         assert!(caught, "with the daily shape the night surge is one");
         assert!(missed, "the control: against a baseline of the whole day, 100 req/s is ordinary");
+    }
+
+    #[test]
+    fn a_shape_read_again_replaces_the_old_one() {
+        let mut d = detector();
+        d.seed(&diurnal_history(true));
+        assert!(d.season().unwrap().describe().contains("busiest at 15:00 UTC"));
+        // Summer time ended: the users' day is the same, an hour later in UTC.
+        let mut later = diurnal_history(true);
+        for t in &mut later.total_at {
+            *t += 3600.0;
+        }
+        let shape = later.daily_shape().expect("a shape");
+        d.set_season(shape);
+        assert!(d.season().unwrap().describe().contains("busiest at 16:00 UTC"), "{}", d.season().unwrap().describe());
+        assert!(diurnal_history(false).daily_shape().is_none(), "no times, no shape");
     }
 }

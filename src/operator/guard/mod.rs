@@ -63,6 +63,8 @@ struct GuardState {
     /// When to (try to) seed baselines from Prometheus; `None` once seeded or when the guard
     /// learns from edge reports only.
     seed_due: Option<Instant>,
+    /// When to read the daily shape again, for a guard seeded with a day of history or more.
+    shape_due: Option<Instant>,
     last_summary: Option<String>,
     last_active: Option<i32>,
     last_edges: Option<i32>,
@@ -138,6 +140,10 @@ const CROWD_QUIET: Duration = Duration::from_secs(300);
 /// A failed seeding is retried after this long; meanwhile baselines come from edge reports.
 const SEED_RETRY: Duration = Duration::from_secs(60);
 
+/// The daily shape is read again this often: traffic's shape drifts, and a change of daylight
+/// saving time moves it an hour against the UTC clock it is kept by.
+const SHAPE_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
 /// A mitigation the guard wants in force.
 struct Wanted {
     name: String,
@@ -177,57 +183,85 @@ impl Guards {
         }
     }
 
-    /// Seeds the guard's baselines from Prometheus when that is configured and due. A failure
-    /// is an Event and a retry later, never a stop: edge reports keep baselines learning.
-    async fn seed_if_due(&self, guard: &TrafficGuard, key: &str) {
-        let due = {
-            let states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            states.get(key).and_then(|s| s.seed_due).is_some_and(|t| t <= Instant::now())
-        };
-        if !due {
-            return;
-        }
+    /// The guard's `baseline.prometheusQuery` over its `baseline.window`, read now.
+    async fn read_history(&self, guard: &TrafficGuard) -> Result<(crate::engine::guard::History, String), String> {
         let baseline = &guard.spec.baseline;
         let query = baseline.prometheus_query.as_deref().unwrap_or_default();
-        let result = match &self.prometheus_url {
-            None => Err("baseline.source is Prometheus but the operator runs without --prometheus-url".to_owned()),
-            Some(url) => match crate::signals::prometheus::Prometheus::new(url) {
-                Err(e) => Err(e.to_string()),
-                Ok(prom) => seed::history(&prom, query, baseline.window.as_secs_f64(), Timestamp::now().as_second())
-                    .await
-                    .map_err(|e| e.to_string()),
-            },
+        let Some(url) = &self.prometheus_url else {
+            return Err("baseline.source is Prometheus but the operator runs without --prometheus-url".to_owned());
         };
-        let (event, note) = {
+        let prom = crate::signals::prometheus::Prometheus::new(url).map_err(|e| e.to_string())?;
+        seed::history(&prom, query, baseline.window.as_secs_f64(), Timestamp::now().as_second())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Seeds the guard's baselines from Prometheus when that is configured and due, and reads
+    /// its daily shape again when that is due. A failure is an Event and a retry later, never a
+    /// stop: edge reports keep baselines learning, and the shape in use stays.
+    async fn seed_if_due(&self, guard: &TrafficGuard, key: &str) {
+        let now = Instant::now();
+        let (seed, shape) = {
+            let states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+            states.get(key).map_or((false, false), |s| (due(s.seed_due), due(s.shape_due)))
+        };
+        if !seed && !shape {
+            return;
+        }
+        let window = guard.spec.baseline.window;
+        let result = self.read_history(guard).await;
+        let (event, action, note) = {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(st) = states.get_mut(key) else { return };
             match result {
-                Ok((history, summary)) => {
+                Ok((history, summary)) if seed => {
                     st.detector.seed(&history);
                     st.seed_due = None;
                     let shape = match st.detector.season() {
-                        Some(shape) => format!("; {}: baselines follow the time of day", shape.describe()),
+                        Some(shape) => {
+                            st.shape_due = Some(now + SHAPE_REFRESH);
+                            format!("; {}: baselines follow the time of day", shape.describe())
+                        }
                         None => "; no daily shape (that takes a baseline.window of a day or more)".to_owned(),
                     };
-                    (
-                        (EventType::Normal, "BaselineSeeded"),
-                        format!("baselines seeded from Prometheus over the last {}: {summary}{shape}", baseline.window),
-                    )
+                    let note = format!("baselines seeded from Prometheus over the last {window}: {summary}{shape}");
+                    ((EventType::Normal, "BaselineSeeded"), "SeedBaseline", note)
+                }
+                Ok((history, _)) => {
+                    st.shape_due = Some(now + SHAPE_REFRESH);
+                    match history.daily_shape() {
+                        Some(shape) => {
+                            let note = format!("daily shape read again over the last {window}: {}", shape.describe());
+                            st.detector.set_season(shape);
+                            ((EventType::Normal, "DailyShapeRefreshed"), "RefreshShape", note)
+                        }
+                        None => {
+                            let note =
+                                format!("the last {window} of history gives no daily shape; the one read before stays");
+                            ((EventType::Warning, "DailyShapeKept"), "RefreshShape", note)
+                        }
+                    }
                 }
                 Err(e) => {
-                    st.seed_due = Some(Instant::now() + SEED_RETRY);
-                    (
-                        (EventType::Warning, "BaselineSeedFailed"),
-                        format!(
-                            "cannot seed baselines from Prometheus: {e}; retrying in {}s, learning from edge reports meanwhile",
-                            SEED_RETRY.as_secs()
-                        ),
-                    )
+                    let retry = Some(now + SEED_RETRY);
+                    if seed {
+                        st.seed_due = retry
+                    } else {
+                        st.shape_due = retry
+                    }
+                    let what = if seed { "seed baselines" } else { "read the daily shape again" };
+                    let note = format!(
+                        "cannot {what} from Prometheus: {e}; retrying in {}s, learning from edge reports meanwhile",
+                        SEED_RETRY.as_secs()
+                    );
+                    let reason = if seed { "BaselineSeedFailed" } else { "DailyShapeRefreshFailed" };
+                    ((EventType::Warning, reason), if seed { "SeedBaseline" } else { "RefreshShape" }, note)
                 }
             }
         };
         info!(guard = %key, "{note}");
-        self.event(guard, event.0, event.1, "SeedBaseline", note).await;
+        self.event(guard, event.0, event.1, action, note).await;
     }
 
     /// One look at the guard's pool.
@@ -260,6 +294,7 @@ impl Guards {
                 generation,
                 detector: detector(),
                 seed_due,
+                shape_due: None,
                 last_summary: None,
                 last_active: None,
                 last_edges: None,
@@ -276,6 +311,7 @@ impl Guards {
                 // starts afresh (seeded again, or relearnt within the warm-up).
                 st.detector = detector();
                 st.seed_due = seed_due;
+                st.shape_due = None;
                 st.generation = generation;
             }
         }
