@@ -58,6 +58,16 @@ impl RobustDetector {
         Self { cfg, level: 0.0, deviation: 0.0, seen: 0, quiet_until: 0, floor: 0.0 }
     }
 
+    /// Multiplies what it has learnt by `k`: the series it watches is now measured in units
+    /// `k` times as large.
+    pub fn rescale(&mut self, k: f64) {
+        if k.is_finite() && k > 0.0 {
+            self.level *= k;
+            self.deviation *= k;
+            self.floor *= k;
+        }
+    }
+
     /// Judges `x`, then learns from it. Outliers are learnt from at a reduced weight, so a
     /// surge does not become the baseline within minutes.
     pub fn observe(&mut self, x: f64) -> Verdict {

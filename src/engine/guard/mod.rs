@@ -33,7 +33,7 @@ mod seed;
 mod tests;
 
 use keyed::Keyed;
-use season::DailyShape;
+use season::{DailyShape, ShapeLearner};
 pub use seed::History;
 
 /// Tuning derived from a TrafficGuard's sensitivity and baseline window.
@@ -307,8 +307,12 @@ pub struct GuardDetector {
     named_newborn: Keyed<()>,
     /// The current episode has been taken for an attack.
     attack_seen: bool,
-    /// The pool's daily shape, when history gave one.
+    /// The pool's daily shape, when history gave one or a day of watching taught one.
     season: Option<DailyShape>,
+    /// The shape came from Prometheus history: what is watched does not replace it.
+    season_from_history: bool,
+    /// Learns the shape from the samples judged normal, for a guard without that history.
+    learner: ShapeLearner,
 }
 
 /// A surge episode ends after this many samples in a row with the total not hot.
@@ -390,6 +394,8 @@ impl GuardDetector {
             named_newborn: Keyed::default(),
             attack_seen: false,
             season: None,
+            season_from_history: false,
+            learner: ShapeLearner::default(),
         }
     }
 
@@ -398,9 +404,25 @@ impl GuardDetector {
         self.season.as_ref()
     }
 
-    /// Puts a newer daily shape in force. Baselines learnt under the old one are kept as they
-    /// are: a shape read a day later differs little at any time of day.
-    pub fn set_season(&mut self, shape: DailyShape) {
+    /// Puts a daily shape read from history in force at `now` (seconds since the epoch).
+    pub fn set_season(&mut self, shape: DailyShape, now: f64) {
+        self.season_from_history = true;
+        self.adopt(shape, now);
+    }
+
+    /// Puts `shape` in force at `at`, carrying what was learnt under the shape before (or
+    /// none) into the new shape's units: a baseline learnt of the traffic at `at` stays the
+    /// same number of requests/s at `at`.
+    fn adopt(&mut self, shape: DailyShape, at: f64) {
+        let before = self.season.as_ref().map_or(1.0, |s| s.factor(at));
+        let k = before / shape.factor(at);
+        self.total.rescale(k);
+        for st in self.keys.values_mut() {
+            st.rate *= k;
+        }
+        for r in self.reference.values_mut() {
+            *r *= k;
+        }
         self.season = Some(shape);
     }
 
@@ -626,6 +648,18 @@ impl GuardDetector {
         }
         if self.episode.is_none() {
             self.learn(s, secs, &judged, new_ratio);
+        }
+        // The shape is learnt from all but attacks: a rise of demand, which stops baselines
+        // learning, is what a daily shape is made of. A new one is put in force each quarter
+        // hour, once a day has been watched.
+        if let Some(at) = s.at
+            && !obs.surge
+            && !self.attack_seen
+            && self.learner.add(at, s.requests / s.secs.max(1e-3))
+            && !self.season_from_history
+            && let Some(shape) = self.learner.shape()
+        {
+            self.adopt(shape, at);
         }
         obs
     }

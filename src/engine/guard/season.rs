@@ -91,6 +91,53 @@ impl DailyShape {
     }
 }
 
+/// Days of closed quarter hours a [`ShapeLearner`] keeps.
+const LEARN_DAYS: usize = 7;
+
+/// Learns the daily shape from what a guard sees, for a guard without Prometheus history: the
+/// mean rate of each quarter hour it has watched, over the last week.
+#[derive(Clone, Debug, Default)]
+pub struct ShapeLearner {
+    /// The quarter hour being filled (its number since the epoch), its sum and count.
+    open: Option<(i64, f64, u32)>,
+    /// Closed quarter hours: their middle (seconds since the epoch) and mean rate, oldest first.
+    closed: std::collections::VecDeque<(f64, f64)>,
+}
+
+impl ShapeLearner {
+    /// Adds the pool's rate at `at`; true when that closed a quarter hour.
+    pub fn add(&mut self, at: f64, rate: f64) -> bool {
+        if !(at.is_finite() && rate.is_finite() && rate >= 0.0) {
+            return false;
+        }
+        let idx = (at / BIN_SECS).floor() as i64;
+        match &mut self.open {
+            Some((open, sum, n)) if *open == idx => {
+                *sum += rate;
+                *n += 1;
+                false
+            }
+            // Time went back (a clock step): the quarter hour being filled goes on.
+            Some((open, _, _)) if idx < *open => false,
+            _ => {
+                let closed = self.open.take().map(|(open, sum, n)| {
+                    if self.closed.len() == LEARN_DAYS * BINS {
+                        self.closed.pop_front();
+                    }
+                    self.closed.push_back(((open as f64 + 0.5) * BIN_SECS, sum / f64::from(n)));
+                });
+                self.open = Some((idx, rate, 1));
+                closed.is_some()
+            }
+        }
+    }
+
+    /// The shape of what was watched, once it spans a day ([`DailyShape::from_history`]).
+    pub fn shape(&self) -> Option<DailyShape> {
+        DailyShape::from_history(&self.closed.iter().copied().collect::<Vec<_>>())
+    }
+}
+
 fn bin_of(unix_secs: f64) -> usize {
     ((unix_secs.rem_euclid(DAY) / BIN_SECS) as usize).min(BINS - 1)
 }
@@ -146,6 +193,30 @@ mod tests {
         // Nothing but zeros.
         let idle: Vec<(f64, f64)> = history(2.0, 300.0).into_iter().map(|(t, _)| (t, 0.0)).collect();
         assert!(DailyShape::from_history(&idle).is_none());
+    }
+
+    #[test]
+    fn a_learner_gives_the_shape_of_what_it_watched_once_it_spans_a_day() {
+        let mut l = ShapeLearner::default();
+        let start = 1_700_006_400.0;
+        let mut closed = 0;
+        // A sample a minute for 20 hours: no shape yet.
+        let mut t = start;
+        while t < start + 20.0 * 3600.0 {
+            closed += usize::from(l.add(t, daily(t)));
+            t += 60.0;
+        }
+        assert_eq!(closed, 79, "one quarter hour closes as the next begins");
+        assert!(l.shape().is_none());
+        // Garbage and a clock stepping back change nothing.
+        assert!(!l.add(f64::NAN, 1.0) && !l.add(t, f64::INFINITY) && !l.add(start, 5.0));
+        while t < start + 8.0 * DAY {
+            l.add(t, daily(t));
+            t += 60.0;
+        }
+        let shape = l.shape().expect("a shape after a day");
+        assert!((shape.factor(start + 15.0 * 3600.0) - 1.8).abs() < 0.03, "{}", shape.describe());
+        assert_eq!(l.closed.len(), LEARN_DAYS * BINS, "a week is kept");
     }
 
     #[test]

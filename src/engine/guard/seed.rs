@@ -55,6 +55,7 @@ impl GuardDetector {
     pub fn seed(&mut self, h: &History) {
         let timed = h.timed_total();
         self.season = h.daily_shape();
+        self.season_from_history = self.season.is_some();
         let factor = |t: f64| self.season.as_ref().map_or(1.0, |s| s.factor(t));
         let mean_factor = match timed.len() {
             0 => 1.0,
@@ -247,7 +248,7 @@ mod tests {
             *t += 3600.0;
         }
         let shape = later.daily_shape().expect("a shape");
-        d.set_season(shape);
+        d.set_season(shape, 1_700_006_400.0 + 3.0 * 86_400.0);
         assert!(d.season().unwrap().describe().contains("busiest at 16:00 UTC"), "{}", d.season().unwrap().describe());
         assert!(diurnal_history(false).daily_shape().is_none(), "no times, no shape");
     }

@@ -500,3 +500,65 @@ fn a_small_sites_crowd_through_isps_it_never_saw_is_demand_and_an_attack_through
     }
     assert!(named_attack, "the attack was never named");
 }
+
+/// An office's day: 20 req/s at night, rising within the hour from 07:00 (UTC) to 180, falling
+/// within the hour from 17:00; each minute off by up to ±10% (a fixed sequence).
+fn office(t: f64, i: u64) -> f64 {
+    let h = t.rem_euclid(86_400.0) / 3600.0;
+    let day = match h {
+        h if !(7.0..18.0).contains(&h) => 0.0,
+        h if h < 8.0 => h - 7.0,
+        h if h < 17.0 => 1.0,
+        h => 18.0 - h,
+    };
+    (20.0 + 160.0 * day) * (0.9 + 0.01 * ((i * 7919) % 21) as f64)
+}
+
+/// One minute ending at `at` of the office's traffic, from four usual clients; timed or not.
+fn office_minute(at: f64, i: u64, timed: bool) -> Sample {
+    let each = (office(at, i) * 60.0 / 4.0).round() as u64;
+    let top: Vec<(String, u64)> = (1..=4).map(|k| (format!("198.51.100.{k}"), each)).collect();
+    Sample {
+        secs: 60.0,
+        requests: (4 * each) as f64,
+        top: [(Dimension::Ip, top)].into(),
+        at: timed.then_some(at),
+        ..Sample::default()
+    }
+}
+
+#[test]
+fn a_day_of_watching_teaches_the_daily_shape_so_the_morning_is_no_surprise() {
+    // A one-hour baseline of one-minute samples; nothing from Prometheus.
+    let guard = || GuardDetector::new(Tuning::new(Sensitivity::Medium, 3600.0, 60.0), Vec::new());
+    let (mut learning, mut control) = (guard(), guard());
+    let start = 1_700_006_400.0; // a midnight, UTC
+    let mut i = 0;
+    // Two days.
+    while (i as f64) < 2.0 * 1440.0 {
+        let at = start + 60.0 * i as f64;
+        learning.observe(&office_minute(at, i, true));
+        control.observe(&office_minute(at, i, false));
+        i += 1;
+    }
+    let shape = learning.season().expect("a day watched gives a daily shape");
+    assert!(shape.describe().contains("quietest at"), "{}", shape.describe());
+    assert!(control.season().is_none(), "samples without a time teach no shape");
+
+    // The third morning, 06:00 to 09:00: the office arrives as every day.
+    let (mut surprised, mut calm) = (0, 0);
+    while (i as f64) < 2.0 * 1440.0 + 9.0 * 60.0 {
+        let at = start + 60.0 * i as f64;
+        let obs = learning.observe(&office_minute(at, i, true));
+        let plain = control.observe(&office_minute(at, i, false));
+        if at >= start + 2.0 * 86_400.0 + 6.0 * 3600.0 {
+            assert!(!obs.demand_rise && !obs.surge && obs.findings.is_empty(), "{}", obs.summary());
+            calm += 1;
+            surprised += usize::from(plain.demand_rise);
+        }
+        i += 1;
+    }
+    assert_eq!(calm, 180);
+    // The control: against a one-hour baseline that knows no day, every morning is a rise.
+    assert!(surprised > 30, "{surprised} minutes of the control's morning were a rise");
+}

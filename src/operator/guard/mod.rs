@@ -233,7 +233,7 @@ impl Guards {
                     match history.daily_shape() {
                         Some(shape) => {
                             let note = format!("daily shape read again over the last {window}: {}", shape.describe());
-                            st.detector.set_season(shape);
+                            st.detector.set_season(shape, Timestamp::now().as_millisecond() as f64 / 1000.0);
                             ((EventType::Normal, "DailyShapeRefreshed"), "RefreshShape", note)
                         }
                         None => {
