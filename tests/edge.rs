@@ -537,3 +537,28 @@ async fn a_crowd_of_new_users_from_the_usual_network_is_let_in_and_told_in_an_ev
     assert!(crowds[0].contains("let in as demand"), "{}", crowds[0]);
     std::fs::remove_file(table).ok();
 }
+
+#[tokio::test]
+async fn a_daily_shape_learnt_before_a_restart_is_resumed() {
+    // What an operator that had learnt the pool's daily shape from edge reports wrote before it
+    // stopped: the shape, under the guard loop's field manager.
+    let ns = TestNs::new("guard-shape").await;
+    ns.create_yaml(&guard_yaml(&ns.name, "public", "Enforce", "")).await.unwrap();
+    let shape: Vec<f64> = (0..96)
+        .map(|i| (1000.0 * (1.0 + 0.5 * (f64::from(i) / 96.0 * std::f64::consts::TAU).sin())).round() / 1000.0)
+        .collect();
+    let api: kube::Api<TrafficGuard> = ns.api();
+    let before = serde_json::json!({
+        "apiVersion": "levee.dev/v1alpha1", "kind": "TrafficGuard", "status": { "dailyShape": shape }
+    });
+    let params = kube::api::PatchParams::apply(levee::operator::guard::FIELD_MANAGER).force();
+    api.patch_status("public", &params, &kube::api::Patch::Apply(before)).await.unwrap();
+
+    // The new operator writes the guard's status under the same manager: a shape it had not
+    // resumed would be left out, and so removed.
+    let _op = Operator::start_with(&ns.name, &["--control-namespace", &ns.name]).await;
+    let written = || async { api.get("public").await.unwrap().status.unwrap_or_default() };
+    let s =
+        eventually(Duration::from_secs(15), "status from the operator", written, |s| s.edges_reporting.is_some()).await;
+    assert_eq!(s.daily_shape, shape);
+}

@@ -337,6 +337,12 @@ pub struct TrafficGuardStatus {
     /// The page sent and not yet resolved, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_page: Option<OpenPage>,
+    /// The pool's daily shape in force: how busy each quarter hour of the day (UTC, from
+    /// 00:00) is against the day's mean. Kept here so that a restarted operator resumes with
+    /// the shape it learnt from edge reports instead of learning it for another day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 96))]
+    pub daily_shape: Vec<f64>,
 }
 
 /// One detection.

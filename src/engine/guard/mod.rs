@@ -404,6 +404,12 @@ impl GuardDetector {
         self.season.as_ref()
     }
 
+    /// Starts a new detector with a shape learnt before (by an operator that restarted since);
+    /// there are no baselines yet to carry into it. Learning goes on, and a day later replaces it.
+    pub fn resume_season(&mut self, shape: DailyShape) {
+        self.season = Some(shape);
+    }
+
     /// Puts a daily shape read from history in force at `now` (seconds since the epoch).
     pub fn set_season(&mut self, shape: DailyShape, now: f64) {
         self.season_from_history = true;

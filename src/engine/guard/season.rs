@@ -64,6 +64,18 @@ impl DailyShape {
         Some(Self { factors: smooth.iter().map(|v| (v / mean).clamp(MIN_FACTOR, MAX_FACTOR)).collect() })
     }
 
+    /// The factor of each quarter hour, from 00:00 UTC.
+    pub fn factors(&self) -> &[f64] {
+        &self.factors
+    }
+
+    /// A shape from its factors, as [`DailyShape::factors`] gives them; `None` unless there
+    /// is one finite, positive factor per quarter hour.
+    pub fn from_factors(factors: &[f64]) -> Option<Self> {
+        (factors.len() == BINS && factors.iter().all(|f| f.is_finite() && *f > 0.0))
+            .then(|| Self { factors: factors.iter().map(|f| f.clamp(MIN_FACTOR, MAX_FACTOR)).collect() })
+    }
+
     /// How busy the time of day of `unix_secs` is against the day's mean, interpolated
     /// between the centres of the bins either side.
     pub fn factor(&self, unix_secs: f64) -> f64 {
@@ -181,6 +193,18 @@ mod tests {
             assert!((got - want).abs() < 0.03, "at {}h: {got} against {want}", t / 3600.0);
         }
         assert!(shape.describe().contains("busiest at 15:00 UTC (1.8x"), "{}", shape.describe());
+    }
+
+    #[test]
+    fn a_shape_survives_its_factors() {
+        let shape = DailyShape::from_history(&history(2.0, 300.0)).unwrap();
+        assert_eq!(DailyShape::from_factors(shape.factors()), Some(shape.clone()));
+        assert!(DailyShape::from_factors(&shape.factors()[1..]).is_none(), "one short");
+        let mut bad = shape.factors().to_vec();
+        bad[7] = f64::NAN;
+        assert!(DailyShape::from_factors(&bad).is_none());
+        bad[7] = 0.0;
+        assert!(DailyShape::from_factors(&bad).is_none());
     }
 
     #[test]

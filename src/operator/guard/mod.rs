@@ -65,6 +65,8 @@ struct GuardState {
     seed_due: Option<Instant>,
     /// When to read the daily shape again, for a guard seeded with a day of history or more.
     shape_due: Option<Instant>,
+    /// The daily shape status last said.
+    last_shape: Option<Vec<f64>>,
     last_summary: Option<String>,
     last_active: Option<i32>,
     last_edges: Option<i32>,
@@ -284,7 +286,17 @@ impl Guards {
         let spec = &guard.spec;
         let detector = || {
             let allowlist = spec.allowlist.iter().filter_map(|c| c.parse().ok()).collect();
-            GuardDetector::new(tuning(guard), allowlist)
+            let mut d = GuardDetector::new(tuning(guard), allowlist);
+            // A shape learnt from edge reports before a restart (or a change of spec) goes on;
+            // one from Prometheus is read again with the seeding.
+            let kept = guard
+                .status
+                .as_ref()
+                .and_then(|s| crate::engine::guard::season::DailyShape::from_factors(&s.daily_shape));
+            if let Some(shape) = kept.filter(|_| spec.baseline.source != BaselineSource::Prometheus) {
+                d.resume_season(shape);
+            }
+            d
         };
         let seed_due = (spec.baseline.source == BaselineSource::Prometheus).then(Instant::now);
         {
@@ -295,6 +307,7 @@ impl Guards {
                 detector: detector(),
                 seed_due,
                 shape_due: None,
+                last_shape: None,
                 last_summary: None,
                 last_active: None,
                 last_edges: None,
@@ -553,7 +566,7 @@ impl Guards {
             (None, false) => None,
         };
         let old = guard.status.as_ref();
-        let open_page = {
+        let (open_page, shape) = {
             let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(st) = states.get_mut(&key) else { return Ok(()) };
             let new_detection = detection.is_some() && detection != st.last_summary;
@@ -561,9 +574,14 @@ impl Guards {
             let open_page = st.incident.as_ref().map(|i| i.open_page(Instant::now(), Timestamp::now()));
             let kept = old.and_then(|s| s.open_page.as_ref()).map(|o| &o.dedup_key);
             let page_changed = open_page.as_ref().map(|o| &o.dedup_key) != kept;
-            if !new_detection && !edges_changed && !page_changed && st.last_active == Some(active) {
+            // Three decimals: a shape renewed each quarter hour rewrites status only when it moved.
+            let shape =
+                st.detector.season().map(|s| s.factors().iter().map(|f| (f * 1000.0).round() / 1000.0).collect());
+            let shape_changed = shape != st.last_shape;
+            if !new_detection && !edges_changed && !page_changed && !shape_changed && st.last_active == Some(active) {
                 return Ok(());
             }
+            st.last_shape.clone_from(&shape);
             if detection.is_some() {
                 st.last_summary.clone_from(&detection);
             }
@@ -571,7 +589,7 @@ impl Guards {
                 st.last_edges = edges;
             }
             st.last_active = Some(active);
-            open_page
+            (open_page, shape)
         };
         let mut status = json!({ "activeMitigations": active });
         if let Some(summary) = detection {
@@ -585,6 +603,9 @@ impl Guards {
         // Left out when none is open: under server-side apply that removes the one written before.
         if let Some(open) = open_page {
             status["openPage"] = serde_json::to_value(open).unwrap_or_default();
+        }
+        if let Some(shape) = shape {
+            status["dailyShape"] = json!(shape);
         }
         let patch = json!({ "apiVersion": TrafficGuard::api_version(&()), "kind": "TrafficGuard", "status": status });
         let api: Api<TrafficGuard> = Api::namespaced(client.clone(), &ns);
