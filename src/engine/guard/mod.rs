@@ -15,9 +15,10 @@
 //! changed mix, so the part of it that its first limits leave is still looked for (for up to
 //! an hour). Allowlisted addresses and prefixes are never named.
 //!
-//! With a daily shape (from Prometheus history of a day or more, [`season`]) every rate is
-//! judged and learnt in time-of-day-adjusted units: a sample's seconds count as many as the
-//! time of day is busy, so the daily cycle is expected, and what is reported is scaled back.
+//! With a daily shape ([`season`]: from Prometheus history of a day or more, or learnt over a
+//! day of samples) every rate is judged and learnt in time-of-day-adjusted units: a sample's
+//! seconds count as many as the time of day is busy, so the daily cycle is expected, and what
+//! is reported is scaled back.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -311,7 +312,7 @@ pub struct GuardDetector {
     season: Option<DailyShape>,
     /// The shape came from Prometheus history: what is watched does not replace it.
     season_from_history: bool,
-    /// Learns the shape from the samples judged normal, for a guard without that history.
+    /// Learns the shape from every sample but an attack's, for a guard without that history.
     learner: ShapeLearner,
 }
 

@@ -1,8 +1,9 @@
-//! A pool's daily shape, learnt from Prometheus history of a day or more: how busy each time
-//! of day is against the day's mean. With it, every baseline of a guard is kept in
-//! time-of-day-adjusted units, so the morning rise is expected rather than judged against the
-//! night, a burst at 03:00 is judged against 03:00, and the spread the baselines learn is
-//! that of the traffic around its daily cycle, not the cycle itself.
+//! A pool's daily shape, from Prometheus history of a day or more or from a day of watching
+//! ([`ShapeLearner`]): how busy each time of day is against the day's mean. With it, every
+//! baseline of a guard is kept in time-of-day-adjusted units, so the morning rise is expected
+//! rather than judged against the night, a burst at 03:00 is judged against 03:00, and the
+//! spread the baselines learn is that of the traffic around its daily cycle, not the cycle
+//! itself.
 
 const DAY: f64 = 86_400.0;
 /// Bins of a quarter of an hour: finer than web traffic's daily shape changes, coarse enough
