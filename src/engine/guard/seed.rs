@@ -54,7 +54,7 @@ impl GuardDetector {
     /// adjusted by the shape's mean over the same window.
     pub fn seed(&mut self, h: &History) {
         let timed = h.timed_total();
-        self.season = h.daily_shape();
+        self.season = DailyShape::from_history(&timed);
         self.season_from_history = self.season.is_some();
         let factor = |t: f64| self.season.as_ref().map_or(1.0, |s| s.factor(t));
         let mean_factor = match timed.len() {
@@ -65,7 +65,7 @@ impl GuardDetector {
             0 => h.total.clone(),
             _ => timed.iter().map(|&(t, v)| v / factor(t)).collect(),
         };
-        for &r in adjusted.iter().filter(|r| r.is_finite() && **r >= 0.0) {
+        for r in adjusted.into_iter().filter(|r| r.is_finite() && *r >= 0.0) {
             self.total.observe(r);
         }
         self.step += h.points() as u64;

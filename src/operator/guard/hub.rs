@@ -151,7 +151,7 @@ impl ReportHub {
             top,
             prefix_asns: std::mem::take(&mut w.prefix_asns),
             // Its time of day, for a guard with a daily shape.
-            at: Some(k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0),
+            at: Some(super::unix_now()),
         };
         w.edges.clear();
         Some((sample, extras))

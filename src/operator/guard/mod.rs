@@ -235,7 +235,7 @@ impl Guards {
                     match history.daily_shape() {
                         Some(shape) => {
                             let note = format!("daily shape read again over the last {window}: {}", shape.describe());
-                            st.detector.set_season(shape, Timestamp::now().as_millisecond() as f64 / 1000.0);
+                            st.detector.set_season(shape, unix_now());
                             ((EventType::Normal, "DailyShapeRefreshed"), "RefreshShape", note)
                         }
                         None => {
@@ -629,6 +629,11 @@ pub fn reports_router(hub: Arc<ReportHub>) -> axum::Router {
         )
         .layer(axum::extract::DefaultBodyLimit::max(crate::edge::report::MAX_REPORT_BYTES))
         .with_state(hub)
+}
+
+/// Seconds since the epoch, now: the clock daily shapes are kept by.
+fn unix_now() -> f64 {
+    Timestamp::now().as_millisecond() as f64 / 1000.0
 }
 
 fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
