@@ -13,7 +13,7 @@ use std::{
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use ipnet::IpNet;
 
-use super::source::{Source, ip_key};
+use super::source::{Country, Source, ip_key};
 use crate::api::{
     Mode,
     mitigation::{MitigationAction, MitigationSpec},
@@ -94,7 +94,8 @@ pub struct RuleSet {
     by_prefix: Index<IpNet>,
     prefix_lens: Vec<u8>,
     by_asn: Index<u32>,
-    by_country: Index<String>,
+    /// Keyed by the two letters as a request's source holds them: no string to make or check.
+    by_country: Index<Country>,
     by_api_key: Index<String>,
     by_class: Index<String>,
     /// Sources no rule applies to.
@@ -177,7 +178,9 @@ impl RuleSet {
             } else if let Some(asn) = m.asn {
                 u32::try_from(asn).map(|a| set.by_asn.entry(a).or_default()).map_err(|e| format!("match.asn: {e}"))
             } else if let Some(c) = &m.country {
-                Ok(set.by_country.entry(c.to_ascii_uppercase()).or_default())
+                Country::parse(c)
+                    .map(|c| set.by_country.entry(c).or_default())
+                    .ok_or_else(|| format!("match.country: {c:?} is not a two-letter country code"))
             } else if let Some(k) = &m.api_key {
                 Ok(set.by_api_key.entry(k.clone()).or_default())
             } else if let Some(c) = &m.traffic_class {
@@ -226,7 +229,7 @@ impl RuleSet {
             self.by_ip.get(&ip_key(src.ip)),
             networks_of(src.ip, &self.prefix_lens).find_map(|n| self.by_prefix.get(&n)),
             src.asn.and_then(|a| self.by_asn.get(&a)),
-            src.country.and_then(|c| self.by_country.get(c.as_str())),
+            src.country.and_then(|c| self.by_country.get(&c)),
             src.api_key.as_deref().and_then(|k| self.by_api_key.get(k)),
             class.and_then(|c| self.by_class.get(c)),
         ];
@@ -538,5 +541,12 @@ mod tests {
         bad.rate_limit = Some(RateLimit { requests_per_second: f64::NAN, burst: 1 });
         let (_, skipped) = RuleSet::build([("ns/nan".to_owned(), &bad)], vec![], &RuleSet::default());
         assert!(skipped[0].why.contains("not a positive rate"), "{:?}", skipped[0]);
+        // The CRD's pattern keeps such a country out of the cluster; an edge reading one from
+        // elsewhere still names it rather than holding a rule that can never match.
+        bad.match_ = MatchSpec { country: Some("DEU".into()), ..none() };
+        bad.action = MitigationAction::Block;
+        let (set, skipped) = RuleSet::build([("ns/deu".to_owned(), &bad)], vec![], &RuleSet::default());
+        assert!(set.is_empty());
+        assert!(skipped[0].why.contains("\"DEU\" is not a two-letter country code"), "{:?}", skipped[0]);
     }
 }
