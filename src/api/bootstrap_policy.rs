@@ -143,15 +143,27 @@ pub struct DeathSpiralProtection {
     /// Use the protection.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// When more than this fraction of instances fail health checks at once, the cause is
-    /// taken to be shared (a slow dependency) and instances stop being recycled.
+    /// When more than this fraction of a stage target's instances that were ready within the
+    /// last minute fail their readiness checks (at least two were ready), the cause is taken
+    /// to be shared (a slow dependency): a Warning Event `DeathSpiralSuspected` says so, the
+    /// `NoDeathSpiral` condition turns False, and the `services` route to every instance
+    /// until all but half this fraction of them are ready again (`DeathSpiralCleared`). Not
+    /// judged during a cold start.
     #[serde(default = "default_unhealthy_fraction")]
     pub max_unhealthy_fraction: f64,
+    /// Services, in the policy's namespace, that keep sending traffic to every instance while
+    /// a spiral is suspected (`publishNotReadyAddresses`, like a load balancer's panic
+    /// threshold), instead of to the few still passing, which would fail next. levee marks
+    /// a Service it changed with the annotation `levee.dev/death-spiral-since` and restores
+    /// only those. (The kubelet's liveness restarts are not levee's to stop: a liveness probe
+    /// that does not depend on shared dependencies avoids them.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 impl Default for DeathSpiralProtection {
     fn default() -> Self {
-        Self { enabled: true, max_unhealthy_fraction: default_unhealthy_fraction() }
+        Self { enabled: true, max_unhealthy_fraction: default_unhealthy_fraction(), services: Vec::new() }
     }
 }
 

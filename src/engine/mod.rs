@@ -8,3 +8,4 @@ pub mod forecast;
 pub mod guard;
 pub mod lead_time;
 pub mod scaling;
+pub mod spiral;

@@ -25,6 +25,7 @@ use super::{
     conditions::{Wanted, merge},
     pause::PauseSwitch,
     scaling::target_reachable,
+    spiral::{NO_DEATH_SPIRAL, Spirals},
 };
 use crate::{
     actuators::{
@@ -85,12 +86,19 @@ pub struct Bootstrapper {
     /// Per policy: its progress as last planned (status may not show the last write yet),
     /// and the steps that plan called for.
     progress: Mutex<HashMap<String, (Progress, Vec<Step>)>>,
+    spirals: Spirals,
 }
 
 impl Bootstrapper {
     pub fn new(client: Client, pause: PauseSwitch, claims: std::sync::Arc<Claims>) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client, reporter), pause, claims, progress: Mutex::new(HashMap::new()) }
+        Self {
+            recorder: Recorder::new(client, reporter),
+            pause,
+            claims,
+            progress: Mutex::new(HashMap::new()),
+            spirals: Spirals::default(),
+        }
     }
 
     /// One tick of one policy.
@@ -198,8 +206,14 @@ impl Bootstrapper {
             reason: if late.is_empty() { "OnSchedule".into() } else { "Late".into() },
             message: late.join("; "),
         };
+        let targets: Vec<_> = workloads.iter().flatten().zip(sizes.iter().flatten().copied()).collect();
+        let spiral = self.spirals.tick(client, policy, &targets, bootstrapping, held, now).await;
+        for (reason, note, warning) in spiral.events {
+            let type_ = if warning { EventType::Warning } else { EventType::Normal };
+            self.event(policy, type_, reason, note).await;
+        }
         let current = (!plan.running.is_empty()).then(|| plan.running.join(", "));
-        let conditions = vec![on_schedule, target_reachable(None)];
+        let conditions = vec![on_schedule, target_reachable(None), spiral.condition];
         self.write_status(client, policy, &plan.progress, current.as_deref(), &plan.sentence, conditions).await?;
         let memory = (plan.progress, plan.steps);
         self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, memory);
@@ -244,11 +258,13 @@ impl Bootstrapper {
         e: ActuatorError,
     ) -> BootstrapError {
         let old = policy.status.as_ref();
-        let kept = old.and_then(|s| s.conditions.iter().find(|c| c.type_ == STAGES_ON_SCHEDULE)).map(|c| Wanted {
-            type_: STAGES_ON_SCHEDULE,
-            status: c.status == "True",
-            reason: c.reason.clone(),
-            message: c.message.clone(),
+        let kept = [STAGES_ON_SCHEDULE, NO_DEATH_SPIRAL].into_iter().filter_map(|type_| {
+            old.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_)).map(|c| Wanted {
+                type_,
+                status: c.status == "True",
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
         });
         let why = e.to_string();
         let conditions = kept.into_iter().chain([target_reachable(Some(&why))]).collect();

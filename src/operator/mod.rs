@@ -13,6 +13,7 @@ pub mod policy;
 pub mod scaling;
 pub mod secrets;
 pub mod shortfall;
+pub mod spiral;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

@@ -1,0 +1,174 @@
+//! A BootstrapPolicy's death-spiral protection: each tick, the stage targets' ready replicas
+//! are judged by [`crate::engine::spiral`]; while a spiral is suspected, the policy's
+//! Services route to every instance (`publishNotReadyAddresses`), and are restored when it
+//! is over. A Service levee changed carries [`ANNOTATION`], so a restarted operator knows the
+//! protection is in force and restores only what it changed.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use k8s_openapi::{api::core::v1::Service, jiff::Timestamp};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+use tracing::warn;
+
+use super::conditions::Wanted;
+use crate::{
+    actuators::{Size, kubernetes::Workload},
+    api::BootstrapPolicy,
+    engine::spiral::{Judgement, SpiralWatch},
+};
+
+/// Marks a Service whose `publishNotReadyAddresses` levee turned on; its value is when.
+pub const ANNOTATION: &str = "levee.dev/death-spiral-since";
+/// Condition: no death spiral is suspected.
+pub const NO_DEATH_SPIRAL: &str = "NoDeathSpiral";
+
+/// What one tick found: Events to publish (reason, note, warning?) and the condition.
+pub struct Findings {
+    pub events: Vec<(&'static str, String, bool)>,
+    pub condition: Wanted,
+}
+
+/// The watches of every policy, one per stage target in spec order.
+#[derive(Default)]
+pub struct Spirals(Mutex<HashMap<String, Vec<SpiralWatch>>>);
+
+impl Spirals {
+    /// Judges the stage targets (`targets`, with their sizes) of `policy` at `now` and acts on its
+    /// Services unless `held` (paused or shadow) says only to record. `cold`: a cold start
+    /// is in progress, when instances are not ready because they are being started.
+    pub async fn tick(
+        &self,
+        client: &Client,
+        policy: &BootstrapPolicy,
+        targets: &[(&Workload, Size)],
+        cold: bool,
+        held: Option<&str>,
+        now: f64,
+    ) -> Findings {
+        let protection = &policy.spec.death_spiral_protection;
+        let ns = policy.namespace().unwrap_or_default();
+        let key = &format!("{ns}/{}", policy.name_any());
+        if !protection.enabled {
+            self.lock().remove(key);
+            return Findings { events: Vec::new(), condition: condition(true, "Disabled", "") };
+        }
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let mut watches = self.lock().remove(key).filter(|w| w.len() == targets.len());
+        if watches.is_none() {
+            // First look since start (or since the targets changed): a Service still marked
+            // means a spiral was suspected when the last operator stopped.
+            let in_force = marked(&services, &protection.services).await;
+            let fresh =
+                |size: &Size| if in_force { SpiralWatch::suspected(size.desired) } else { SpiralWatch::default() };
+            watches = Some(targets.iter().map(|(_, size)| fresh(size)).collect());
+        }
+        let mut watches = watches.unwrap_or_default();
+        let (mut suspected, mut cleared) = (Vec::new(), Vec::new());
+        for ((w, size), watch) in targets.iter().zip(&mut watches) {
+            if cold {
+                continue;
+            }
+            let name = format!("{:?} {}", w.kind, w.name);
+            match watch.observe(now, size.desired, size.ready, protection.max_unhealthy_fraction) {
+                Judgement::Suspected { before, ready } => {
+                    suspected.push(format!("{name}: ready fell from {before} to {ready} within a minute"));
+                }
+                Judgement::Cleared { before, ready } => {
+                    cleared.push(format!("{name}: {ready} of {before} ready again"))
+                }
+                Judgement::Steady => {}
+            }
+        }
+        let in_spiral = watches.iter().any(SpiralWatch::is_suspected);
+        self.lock().insert(key.clone(), watches);
+
+        let names = protection.services.join(", ");
+        let mut events = Vec::new();
+        let mut failures = Vec::new();
+        if held.is_none() {
+            for name in &protection.services {
+                if let Err(e) = route_to_all(&services, name, in_spiral).await {
+                    warn!(policy = %key, service = %name, error = %e, "death-spiral protection");
+                    failures.push(format!("Service {name}: {e}"));
+                }
+            }
+        }
+        let act = |on: bool| match (names.is_empty(), held, on) {
+            (true, _, _) => "no services are named to route to every instance".to_owned(),
+            (false, Some(held), true) => {
+                format!("{held} (not applied): Services {names} would route to every instance")
+            }
+            (false, Some(held), false) => format!("{held} (not applied): Services {names} would route as before"),
+            (false, None, true) => format!("Services {names} route to every instance (publishNotReadyAddresses)"),
+            (false, None, false) => format!("Services {names} route to ready instances only again"),
+        };
+        if !suspected.is_empty() {
+            let note = format!(
+                "{}: more than maxUnhealthyFraction {} failing at once, taken as a shared cause; {}",
+                suspected.join("; "),
+                protection.max_unhealthy_fraction,
+                act(true)
+            );
+            warn!(policy = %key, "{note}");
+            events.push(("DeathSpiralSuspected", note, true));
+        }
+        if !cleared.is_empty() && !in_spiral {
+            events.push(("DeathSpiralCleared", format!("{}; {}", cleared.join("; "), act(false)), false));
+        }
+        let message = match (in_spiral, failures.is_empty()) {
+            (true, true) => format!("a death spiral is suspected; {}", act(true)),
+            (true, false) => format!("a death spiral is suspected; {}", failures.join("; ")),
+            (false, true) => String::new(),
+            (false, false) => failures.join("; "),
+        };
+        let reason = if in_spiral { "SharedFailure" } else { "Healthy" };
+        Findings { events, condition: condition(!in_spiral, reason, &message) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<SpiralWatch>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn condition(status: bool, reason: &str, message: &str) -> Wanted {
+    Wanted { type_: NO_DEATH_SPIRAL, status, reason: reason.into(), message: message.into() }
+}
+
+/// Whether any of the named Services carries [`ANNOTATION`]. One that cannot be read counts
+/// as unmarked: its routing is then put right by the first tick that acts on it.
+async fn marked(services: &Api<Service>, names: &[String]) -> bool {
+    for name in names {
+        if let Ok(Some(s)) = services.get_opt(name).await
+            && s.annotations().contains_key(ANNOTATION)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Has Service `name` route to every instance (`on`), or restores it if levee changed it. A
+/// Service that already routes to every instance of its own accord is left alone, and so
+/// never restored.
+async fn route_to_all(services: &Api<Service>, name: &str, on: bool) -> Result<(), kube::Error> {
+    let svc = services.get(name).await?;
+    let ours = svc.annotations().contains_key(ANNOTATION);
+    let publishes = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
+    let patch = match (on, ours, publishes) {
+        (true, false, false) => json!({
+            "metadata": { "annotations": { ANNOTATION: Timestamp::now().to_string() } },
+            "spec": { "publishNotReadyAddresses": true },
+        }),
+        (false, true, _) => json!({
+            "metadata": { "annotations": { ANNOTATION: null } },
+            "spec": { "publishNotReadyAddresses": false },
+        }),
+        _ => return Ok(()),
+    };
+    services.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
