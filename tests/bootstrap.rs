@@ -39,7 +39,11 @@ fn bootstrapping(s: &BootstrapPolicyStatus) -> bool {
 /// A cold fleet (pgbouncer ×2 and api ×6 asked for, none ready), an operator, and the
 /// BootstrapPolicy `yaml` for it.
 async fn cold_fleet(prefix: &str, yaml: &str) -> (TestNs, Operator) {
-    let ns = TestNs::new(prefix).await;
+    cold_fleet_in(TestNs::new(prefix).await, yaml).await
+}
+
+/// [`cold_fleet`] in `ns`.
+async fn cold_fleet_in(ns: TestNs, yaml: &str) -> (TestNs, Operator) {
     deployment(&ns, "pgbouncer", 2).await;
     deployment(&ns, "api", 6).await;
     let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
@@ -182,6 +186,10 @@ async fn routing(ns: &TestNs) -> (bool, bool) {
 #[tokio::test]
 async fn instances_failing_together_keep_their_service_routing_to_all_of_them() {
     let ns = TestNs::new("spiral").await;
+    let pager = common::edge::PageReceiver::start().await;
+    let secret =
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: pager}}\nstringData: {{route: '{}'}}\n", pager.url());
+    ns.create_yaml(&secret).await.unwrap();
     deployment(&ns, "api", 4).await;
     set_ready(&ns, "api", 4, 4).await;
     ns.create_yaml(
@@ -198,6 +206,7 @@ metadata: { name: registry }
 spec:
   stages: [{ name: api, targets: [{ kind: Deployment, name: api, replicas: 4 }] }]
   deathSpiralProtection: { maxUnhealthyFraction: 0.5, services: [api] }
+  page: { routeSecretRef: { name: pager, key: route } }
 "#,
     )
     .await
@@ -219,7 +228,16 @@ spec:
         "{notes:#?}"
     );
 
-    // The on-call sees it.
+    // The on-call is paged, and sees it in the status API.
+    let pages = || async { pager.bodies() };
+    let first = eventually(Duration::from_secs(10), "a page", pages, |p| !p.is_empty()).await;
+    let summary = first[0]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("/registry: a death spiral is suspected; Services api route to every instance"),
+        "{summary}"
+    );
+    let open = || async { status(&ns).await.open_page };
+    eventually(Duration::from_secs(10), "the open page in status", open, Option::is_some).await;
     let oncall: serde_json::Value = reqwest::get(op.url("/status")).await.unwrap().json().await.unwrap();
     let attention = oncall["attention"].as_array().unwrap();
     assert!(
@@ -240,5 +258,65 @@ spec:
     eventually(Duration::from_secs(5), "NoDeathSpiral True", || status(&ns), no_spiral("True")).await;
     let notes = common::event_notes(&ns, "DeathSpiralCleared").await;
     assert!(notes.len() == 1 && notes[0].starts_with("Deployment api: 3 of 4 ready again"), "{notes:#?}");
+    // One page for the spiral, through the restart, and its resolve.
+    let two = eventually(Duration::from_secs(10), "the page resolved", pages, |p| p.len() >= 2).await;
+    assert_eq!((two.len(), two[1]["event"].as_str()), (2, Some("levee.resolve")), "{two:#?}");
+    assert_eq!(two[1]["dedup_key"], first[0]["dedup_key"]);
+    assert!(op.stop().await);
+}
+
+/// A cold fleet under [`BOOTSTRAP`] with a `page` to a webhook on loopback, and the first
+/// page it sent, once status holds it.
+async fn cold_fleet_paging(prefix: &str) -> (TestNs, Operator, common::edge::PageReceiver, serde_json::Value) {
+    let pager = common::edge::PageReceiver::start().await;
+    let ns = TestNs::new(prefix).await;
+    let secret =
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: pager}}\nstringData: {{route: '{}'}}\n", pager.url());
+    ns.create_yaml(&secret).await.unwrap();
+    let yaml = format!("{BOOTSTRAP}  page: {{ routeSecretRef: {{ name: pager, key: route }} }}\n");
+    let (ns, op) = cold_fleet_in(ns, &yaml).await;
+    let pages = || async { pager.bodies() };
+    let first = eventually(Duration::from_secs(20), "a page", pages, |p| !p.is_empty()).await;
+    // Deletion and restarts are judged from the last status, so wait until it holds the page.
+    let open = || async { status(&ns).await.open_page };
+    let kept = eventually(Duration::from_secs(10), "the open page in status", open, Option::is_some).await.unwrap();
+    assert_eq!((kept.dedup_key.as_str(), kept.reason.as_str()), (first[0]["dedup_key"].as_str().unwrap(), "ColdStart"));
+    (ns, op, pager, first[0].clone())
+}
+
+#[tokio::test]
+async fn a_cold_start_pages_the_on_call_and_its_end_resolves_the_page() {
+    let (ns, op, pager, first) = cold_fleet_paging("bootstrap-page").await;
+    assert_eq!((first["event"].as_str(), first["severity"].as_str()), (Some("levee.page"), Some("critical")));
+    let summary = first["summary"].as_str().unwrap();
+    let expected = format!("levee: BootstrapPolicy {}/registry: no instance is ready: cold start: database", ns.name);
+    assert!(summary.starts_with(&expected), "{summary}");
+
+    // The fleet comes up: the page is resolved, once.
+    let _db = kubelet(&ns, "pgbouncer");
+    let _api = kubelet(&ns, "api");
+    let pages = || async { pager.bodies() };
+    let two = eventually(Duration::from_secs(40), "the page resolved", pages, |p| p.len() >= 2).await;
+    assert_eq!((two[1]["event"].as_str(), &two[1]["dedup_key"]), (Some("levee.resolve"), &first["dedup_key"]));
+    assert!(two[1]["summary"].as_str().unwrap().contains("/registry: over: "), "{}", two[1]["summary"]);
+    let open = || async { status(&ns).await.open_page };
+    eventually(Duration::from_secs(10), "no page open in status", open, Option::is_none).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pages().await.len(), 2, "nothing more once the fleet is up");
+    assert_eq!(status(&ns).await.phase.as_deref(), Some("Complete"));
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn deleting_a_bootstrap_policy_with_its_page_open_resolves_the_page() {
+    let (ns, op, pager, first) = cold_fleet_paging("bootstrap-page-delete").await;
+    ns.api::<BootstrapPolicy>().delete("registry", &Default::default()).await.unwrap();
+    let pages = || async { pager.bodies() };
+    let two = eventually(Duration::from_secs(15), "the page resolved", pages, |p| p.len() >= 2).await;
+    assert_eq!((two[1]["event"].as_str(), &two[1]["dedup_key"]), (Some("levee.resolve"), &first["dedup_key"]));
+    let summary = two[1]["summary"].as_str().unwrap();
+    assert!(summary.contains("BootstrapPolicy") && summary.contains("was deleted with this page open"), "{summary}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pages().await.len(), 2, "nothing more for a deleted policy");
     assert!(op.stop().await);
 }

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Duration, Mode, impl_policy_status};
+use super::common::{Duration, Mode, OpenPage, SecretKeyRef, impl_policy_status};
 
 /// Cold-start stages in dependency order (database → API → workers), brought up in waves
 /// behind an edge admission gate, with protection against health-check death spirals.
@@ -40,6 +40,19 @@ pub struct BootstrapPolicySpec {
     /// `Enforce` acts; `Shadow` records what it would do.
     #[serde(default)]
     pub mode: Mode,
+    /// Where to page the on-call: when a cold start begins, and when a death spiral is
+    /// suspected; the page is resolved when the fleet is up and no spiral is suspected. A
+    /// policy without `page` never pages; one in Shadow mode or paused pages nothing new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<BootstrapPage>,
+}
+
+/// Where a BootstrapPolicy pages.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapPage {
+    /// Secret key holding the pager route (a PagerDuty routing key or a webhook URL).
+    pub route_secret_ref: SecretKeyRef,
 }
 
 /// One stage of a cold start.
@@ -197,6 +210,10 @@ pub struct BootstrapPolicyStatus {
     /// What is going on, in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The page sent and not yet resolved, so a restarted operator neither pages again for
+    /// the same trouble nor leaves its page open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_page: Option<OpenPage>,
 }
 
 /// A stage of a cold start in progress.

@@ -155,7 +155,7 @@ pub struct OpenPage {
     /// The dedup key the page went under; its resolve goes under the same.
     pub dedup_key: String,
     /// What paged: `AboveMax`, `SignalLost` or `TargetError` on a ScalingPolicy, `Incident` on
-    /// a TrafficGuard.
+    /// a TrafficGuard, `ColdStart` or `DeathSpiral` on a BootstrapPolicy.
     pub reason: String,
     /// When what paged began.
     pub since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,

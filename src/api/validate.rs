@@ -214,6 +214,10 @@ impl Validate for BootstrapPolicySpec {
         }
         errors
     }
+
+    fn secret_refs(&self) -> Vec<(String, &SecretKeyRef)> {
+        self.page.iter().map(|p| ("spec.page.routeSecretRef".to_owned(), &p.route_secret_ref)).collect()
+    }
 }
 
 /// A dependency cycle among named nodes, as the path that closes it, if there is one.

@@ -22,7 +22,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
+    bootstrap_page::{Trouble, page_for},
     conditions::{Wanted, merge},
+    pager::{Pager, deliver, resolve_deleted},
     pause::PauseSwitch,
     scaling::target_reachable,
     spiral::{NO_DEATH_SPIRAL, Spirals},
@@ -33,7 +35,7 @@ use crate::{
         kubernetes::{Workload, WorkloadKind},
     },
     api::{
-        BootstrapPolicy,
+        BootstrapPolicy, OpenPage,
         bootstrap_policy::{StageStatus, StageTargetKind},
     },
     engine::bootstrap::{self, Phase, Progress, Stage, StageProgress, Step},
@@ -87,10 +89,13 @@ pub struct Bootstrapper {
     /// and the steps that plan called for.
     progress: Mutex<HashMap<String, (Progress, Vec<Step>)>>,
     spirals: Spirals,
+    pager: Pager,
+    /// Per policy: the page it has open as last decided (status may not show it yet).
+    pages: Mutex<HashMap<String, Option<OpenPage>>>,
 }
 
 impl Bootstrapper {
-    pub fn new(client: Client, pause: PauseSwitch, claims: std::sync::Arc<Claims>) -> Self {
+    pub fn new(client: Client, pager: Pager, pause: PauseSwitch, claims: std::sync::Arc<Claims>) -> Self {
         let reporter = Reporter { controller: "levee".into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client, reporter),
@@ -98,6 +103,8 @@ impl Bootstrapper {
             claims,
             progress: Mutex::new(HashMap::new()),
             spirals: Spirals::default(),
+            pager,
+            pages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -212,12 +219,58 @@ impl Bootstrapper {
             let type_ = if warning { EventType::Warning } else { EventType::Normal };
             self.event(policy, type_, reason, note).await;
         }
+        // Held back (Shadow, paused), nothing is acted on, so nothing new pages, and a page
+        // sent before is resolved.
+        let trouble = match (held, bootstrapping, spiral.condition.status) {
+            (Some(_), _, _) => None,
+            (None, true, _) => {
+                Some(Trouble { reason: "ColdStart", summary: format!("no instance is ready: {}", plan.sentence) })
+            }
+            (None, false, false) => Some(Trouble { reason: "DeathSpiral", summary: spiral.condition.message.clone() }),
+            (None, false, true) => None,
+        };
+        self.page(client, policy, &key, trouble, &plan.sentence);
         let current = (!plan.running.is_empty()).then(|| plan.running.join(", "));
         let conditions = vec![on_schedule, target_reachable(None), spiral.condition];
         self.write_status(client, policy, &plan.progress, current.as_deref(), &plan.sentence, conditions).await?;
         let memory = (plan.progress, plan.steps);
         self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, memory);
         Ok(())
+    }
+
+    /// Pages the on-call for `trouble`, or resolves the page when it is over (`settled` says
+    /// how the fleet is then), if the policy has a `page`; remembers the page left open.
+    fn page(&self, client: &Client, policy: &BootstrapPolicy, key: &str, trouble: Option<Trouble>, settled: &str) {
+        let Some(route) = &policy.spec.page else { return };
+        let open = self.open_page(key, policy);
+        let (page, open) = page_for(key, open.as_ref(), trouble, settled, Timestamp::now());
+        self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.to_owned(), open);
+        if let Some(page) = page {
+            let ns = policy.namespace().unwrap_or_default();
+            let secret = route.route_secret_ref.clone();
+            deliver(client, &self.pager, &self.recorder, ns, policy.object_ref(&()), secret, page);
+        }
+    }
+
+    /// The page last decided open, or after a restart what status kept of it.
+    fn open_page(&self, key: &str, policy: &BootstrapPolicy) -> Option<OpenPage> {
+        let pages = self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pages.get(key) {
+            Some(open) => open.clone(),
+            None => policy.status.as_ref().and_then(|s| s.open_page.clone()),
+        }
+    }
+
+    /// Forgets a deleted policy, and resolves the page it had open: no tick will.
+    pub fn deleted(&self, client: &Client, policy: &BootstrapPolicy) {
+        let key = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+        let open = self.open_page(&key, policy);
+        self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+        self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+        self.spirals.forget(&key);
+        self.claims.set(&key, Vec::new());
+        let route = policy.spec.page.as_ref().map(|p| &p.route_secret_ref);
+        resolve_deleted(client, &self.pager, &self.recorder, policy.object_ref(&()), route, open.as_ref());
     }
 
     fn last_steps(&self, key: &str) -> Vec<Step> {
@@ -300,6 +353,12 @@ impl Bootstrapper {
         }
         if let Some(since) = progress.since {
             status["since"] = json!(time(since));
+        }
+        // Under server-side apply a field left out is a field deleted: the page goes in as
+        // last decided (or as status had it).
+        let key = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+        if let Some(open) = self.open_page(&key, policy).filter(|_| policy.spec.page.is_some()) {
+            status["openPage"] = json!(open);
         }
         let existing = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         status["conditions"] = json!(merge(&existing, &conditions, policy.metadata.generation, Timestamp::now()));

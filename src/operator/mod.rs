@@ -2,6 +2,7 @@
 //! status, and serves health, metrics and the on-call status API.
 
 pub mod bootstrap;
+pub mod bootstrap_page;
 pub mod conditions;
 pub mod controller;
 pub mod guard;
@@ -93,7 +94,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         () = shutdown.cancelled() => return finish(server).await,
     }
     let claims = Arc::new(bootstrap::Claims::default());
-    let bootstrapper = bootstrap::Bootstrapper::new(client.clone(), pause.clone(), claims.clone());
+    let bootstrapper = bootstrap::Bootstrapper::new(client.clone(), pager.clone(), pause.clone(), claims.clone());
     let scaler = scaling::Scaler::new(client.clone(), config.scaler.clone(), pager.clone(), pause.clone(), claims);
     let guards = guard::Guards::new(client.clone(), hub, config.scaler.prometheus_url.clone(), pager, pause);
     let ctx = Arc::new(Context { client: client.clone(), metrics, scaler, guards, bootstrapper });

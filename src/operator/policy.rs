@@ -63,6 +63,9 @@ impl_policy!(Mitigation, BootstrapPolicy {
         ctx.bootstrapper.tick(&ctx.client, self).await?;
         Ok(Some(super::bootstrap::TICK))
     }
+    fn deleted(&self, ctx: &Context) {
+        ctx.bootstrapper.deleted(&ctx.client, self);
+    }
 }, TrafficGuard {
     /// A valid TrafficGuard looks at its pool's edge reports every second.
     async fn act(&self, ctx: &Context) -> Result<Option<Duration>, Error> {

@@ -129,6 +129,11 @@ impl Spirals {
         Findings { events, condition: condition(!in_spiral, reason, &message) }
     }
 
+    /// Forgets a deleted policy.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<SpiralWatch>>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
