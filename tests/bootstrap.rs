@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Operator, TestNs, deployment, eventually, kubelet, policy, prom_signal, replicas};
+use common::{Operator, TestNs, deployment, eventually, kubelet, policy, prom_signal, replicas, routing, set_ready};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use levee::api::{BootstrapPolicy, BootstrapPolicyStatus, ScalingPolicy};
@@ -166,23 +166,6 @@ async fn a_stage_not_ready_within_its_time_is_reported() {
     assert!(notes[0].contains("stage database not ready") && notes[0].contains("past its readyWithin"), "{notes:#?}");
 }
 
-/// Plays the kubelet for Deployment `name`: `ready` of its `replicas` pods pass their
-/// readiness checks.
-async fn set_ready(ns: &TestNs, name: &str, replicas: i32, ready: i32) {
-    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = ns.api();
-    let status =
-        serde_json::json!({"status": {"replicas": replicas, "readyReplicas": ready, "availableReplicas": ready}});
-    api.patch_status(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status)).await.unwrap();
-}
-
-/// The Service's `publishNotReadyAddresses` and levee's mark on it.
-async fn routing(ns: &TestNs) -> (bool, bool) {
-    let svc: k8s_openapi::api::core::v1::Service = ns.api().get("api").await.unwrap();
-    let all = svc.spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
-    let marked = svc.metadata.annotations.unwrap_or_default().contains_key("levee.dev/death-spiral-since");
-    (all, marked)
-}
-
 #[tokio::test]
 async fn instances_failing_together_keep_their_service_routing_to_all_of_them() {
     let ns = TestNs::new("spiral").await;
@@ -218,7 +201,8 @@ spec:
 
     // Three of the four fail their checks together (a slow database, say).
     set_ready(&ns, "api", 4, 1).await;
-    eventually(Duration::from_secs(10), "the Service routes to all", || routing(&ns), |r| *r == (true, true)).await;
+    eventually(Duration::from_secs(10), "the Service routes to all", || routing(&ns, "api"), |r| *r == (true, true))
+        .await;
     let s = eventually(Duration::from_secs(5), "NoDeathSpiral False", || status(&ns), no_spiral("False")).await;
     let c = s.conditions.iter().find(|c| c.type_ == "NoDeathSpiral").unwrap();
     assert_eq!(c.reason, "SharedFailure");
@@ -250,11 +234,11 @@ spec:
     assert!(op.stop().await);
     let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(routing(&ns).await, (true, true), "kept through a restart");
+    assert_eq!(routing(&ns, "api").await, (true, true), "kept through a restart");
 
     // Back to three of four: the Service routes to ready instances only again.
     set_ready(&ns, "api", 4, 3).await;
-    eventually(Duration::from_secs(10), "the Service restored", || routing(&ns), |r| *r == (false, false)).await;
+    eventually(Duration::from_secs(10), "the Service restored", || routing(&ns, "api"), |r| *r == (false, false)).await;
     eventually(Duration::from_secs(5), "NoDeathSpiral True", || status(&ns), no_spiral("True")).await;
     let notes = common::event_notes(&ns, "DeathSpiralCleared").await;
     assert!(notes.len() == 1 && notes[0].starts_with("Deployment api: 3 of 4 ready again"), "{notes:#?}");

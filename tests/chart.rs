@@ -140,6 +140,28 @@ spec:
     ns.api::<k8s_openapi::api::core::v1::ConfigMap>().create(&Default::default(), &cm).await.unwrap();
     let status = || async { reqwest::get(op.url("/status")).await.unwrap().json::<serde_json::Value>().await.unwrap() };
     eventually(Duration::from_secs(10), "paused, as /status says", status, |s| s["paused"]["reason"] == "chart").await;
+    ns.api::<k8s_openapi::api::core::v1::ConfigMap>()
+        .delete(&cm.metadata.name.unwrap(), &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "resumed", status, |s| s["paused"].is_null()).await;
+
+    // Death-spiral protection reads and patches a Service.
+    common::deployment(&ns, "web", 4).await;
+    common::set_ready(&ns, "web", 4, 4).await;
+    ns.create_yaml("apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { selector: { app: web }, ports: [{ port: 80 }] }\n")
+        .await
+        .unwrap();
+    ns.create_yaml(
+        "apiVersion: levee.dev/v1alpha1\nkind: BootstrapPolicy\nmetadata: { name: web }\nspec: { stages: [{ name: web, targets: [{ kind: Deployment, name: web, replicas: 4 }] }], deathSpiralProtection: { services: [web] } }\n",
+    )
+    .await
+    .unwrap();
+    common::wait_ready_status::<levee::api::BootstrapPolicy>(&ns, "web", "True", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::set_ready(&ns, "web", 4, 1).await;
+    let routing = || common::routing(&ns, "web");
+    eventually(Duration::from_secs(10), "the Service routes to all", routing, |r| *r == (true, true)).await;
     assert!(op.stop().await);
     std::fs::remove_file(kubeconfig).ok();
 

@@ -31,7 +31,8 @@ pub struct BootstrapPolicySpec {
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("spec.stages: stage names must be unique"))]
     #[x_kube(validation = Rule::new("self.all(s, s.dependsOn.all(d, self.exists(t, t.name == d)))").message("spec.stages[].dependsOn must name stages of this policy"))]
     pub stages: Vec<Stage>,
-    /// Gate at the edge that admits traffic gradually while the service warms up.
+    /// Gate at the edge that admits traffic gradually while the service warms up. Not yet
+    /// enforced: it is validated, but no edge reads it.
     #[serde(default)]
     pub admission_gate: AdmissionGate,
     /// Stop health checks from killing every instance when a shared dependency is slow.

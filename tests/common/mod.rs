@@ -317,6 +317,22 @@ pub fn kubelet(ns: &TestNs, name: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Plays the kubelet for Deployment `name` once: `ready` of its `replicas` pods pass their
+/// readiness checks.
+pub async fn set_ready(ns: &TestNs, name: &str, replicas: i32, ready: i32) {
+    let api: Api<Deployment> = ns.api();
+    let status = json!({"status": {"replicas": replicas, "readyReplicas": ready, "availableReplicas": ready}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("patch Deployment status");
+}
+
+/// The Service's `publishNotReadyAddresses`, and whether levee marked it for a death spiral.
+pub async fn routing(ns: &TestNs, service: &str) -> (bool, bool) {
+    let svc: k8s_openapi::api::core::v1::Service = ns.api().get(service).await.expect("get Service");
+    let all = svc.spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
+    let marked = svc.metadata.annotations.unwrap_or_default().contains_key("levee.dev/death-spiral-since");
+    (all, marked)
+}
+
 pub async fn replicas(ns: &TestNs, name: &str) -> i32 {
     ns.api::<Deployment>().get(name).await.unwrap().spec.unwrap().replicas.unwrap()
 }
