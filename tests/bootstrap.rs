@@ -304,3 +304,40 @@ async fn deleting_a_bootstrap_policy_with_its_page_open_resolves_the_page() {
     assert_eq!(pages().await.len(), 2, "nothing more for a deleted policy");
     assert!(op.stop().await);
 }
+
+#[tokio::test]
+async fn a_service_levee_changed_is_restored_when_its_policy_lets_it_go() {
+    let ns = TestNs::new("spiral-release").await;
+    deployment(&ns, "api", 4).await;
+    set_ready(&ns, "api", 4, 4).await;
+    for name in ["api", "web"] {
+        let svc = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: {name} }}\nspec: {{ selector: {{ app: api }}, ports: [{{ port: 80 }}] }}\n"
+        );
+        ns.create_yaml(&svc).await.unwrap();
+    }
+    let _op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
+    let policy = |services: &str| {
+        format!(
+            "apiVersion: levee.dev/v1alpha1\nkind: BootstrapPolicy\nmetadata: {{ name: registry }}\nspec: {{ stages: [{{ name: api, targets: [{{ kind: Deployment, name: api, replicas: 4 }}] }}], deathSpiralProtection: {{ services: [{services}] }} }}\n"
+        )
+    };
+    ns.apply_yaml(&policy("api, web"), false).await.unwrap();
+    let judged = |s: &BootstrapPolicyStatus| s.conditions.iter().any(|c| c.type_ == "NoDeathSpiral");
+    eventually(Duration::from_secs(15), "judged", || status(&ns), judged).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    set_ready(&ns, "api", 4, 1).await;
+    let both = || async { (routing(&ns, "api").await, routing(&ns, "web").await) };
+    let all = ((true, true), (true, true));
+    eventually(Duration::from_secs(10), "both Services route to all", both, |r| *r == all).await;
+
+    // Dropped from the list mid-spiral: that Service is given back; the other is kept.
+    ns.apply_yaml(&policy("api"), false).await.unwrap();
+    let web_back = ((true, true), (false, false));
+    eventually(Duration::from_secs(10), "web restored, api kept", both, |r| *r == web_back).await;
+
+    // The policy deleted mid-spiral: nothing would ever restore the Service, so it is now.
+    ns.api::<BootstrapPolicy>().delete("registry", &Default::default()).await.unwrap();
+    let restored = ((false, false), (false, false));
+    eventually(Duration::from_secs(10), "api restored", both, |r| *r == restored).await;
+}

@@ -32,9 +32,18 @@ pub struct Findings {
     pub condition: Wanted,
 }
 
-/// The watches of every policy, one per stage target in spec order.
+/// What is remembered of each policy.
+struct Memory {
+    /// One watch per stage target, in spec order.
+    watches: Vec<SpiralWatch>,
+    /// The Services the spec named at the last tick: one dropped from the list since is
+    /// restored if levee changed it.
+    services: Vec<String>,
+}
+
+/// The watches of every policy.
 #[derive(Default)]
-pub struct Spirals(Mutex<HashMap<String, Vec<SpiralWatch>>>);
+pub struct Spirals(Mutex<HashMap<String, Memory>>);
 
 impl Spirals {
     /// Judges the stage targets (`targets`, with their sizes) of `policy` at `now` and acts on its
@@ -52,12 +61,26 @@ impl Spirals {
         let protection = &policy.spec.death_spiral_protection;
         let ns = policy.namespace().unwrap_or_default();
         let key = &format!("{ns}/{}", policy.name_any());
-        if !protection.enabled {
-            self.lock().remove(key);
-            return Findings { events: Vec::new(), condition: condition(true, "Disabled", "") };
-        }
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let mut watches = self.lock().remove(key).filter(|w| w.len() == targets.len());
+        let memory = self.lock().remove(key);
+        // Services levee may have changed that the spec no longer has it protect: every one
+        // once the protection is disabled, those dropped from the list otherwise.
+        let mut dropped: Vec<String> = memory
+            .as_ref()
+            .map(|m| m.services.iter().filter(|s| !protection.enabled || !protection.services.contains(s)).cloned())
+            .into_iter()
+            .flatten()
+            .collect();
+        if !protection.enabled {
+            dropped.extend(protection.services.iter().cloned());
+            dropped.sort();
+            dropped.dedup();
+        }
+        let failures = if held.is_none() { restore(&services, key, &dropped).await } else { Vec::new() };
+        if !protection.enabled {
+            return Findings { events: Vec::new(), condition: condition(true, "Disabled", &failures.join("; ")) };
+        }
+        let mut watches = memory.map(|m| m.watches).filter(|w| w.len() == targets.len());
         if watches.is_none() {
             // First look since start (or since the targets changed): a Service still marked
             // means a spiral was suspected when the last operator stopped.
@@ -84,11 +107,11 @@ impl Spirals {
             }
         }
         let in_spiral = watches.iter().any(SpiralWatch::is_suspected);
-        self.lock().insert(key.clone(), watches);
+        self.lock().insert(key.clone(), Memory { watches, services: protection.services.clone() });
 
         let names = protection.services.join(", ");
         let mut events = Vec::new();
-        let mut failures = Vec::new();
+        let mut failures = failures;
         if held.is_none() {
             for name in &protection.services {
                 if let Err(e) = route_to_all(&services, name, in_spiral).await {
@@ -129,18 +152,48 @@ impl Spirals {
         Findings { events, condition: condition(!in_spiral, reason, &message) }
     }
 
-    /// Forgets a deleted policy.
-    pub fn forget(&self, key: &str) {
-        self.lock().remove(key);
+    /// Forgets a deleted policy, and restores the Services it had levee change: no tick will.
+    /// Apart from the caller, which is not async.
+    pub fn deleted(&self, client: &Client, policy: &BootstrapPolicy) {
+        let ns = policy.namespace().unwrap_or_default();
+        let key = format!("{ns}/{}", policy.name_any());
+        let mut names = policy.spec.death_spiral_protection.services.clone();
+        if let Some(m) = self.lock().remove(&key) {
+            names.extend(m.services);
+            names.sort();
+            names.dedup();
+        }
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        tokio::spawn(async move {
+            restore(&services, &key, &names).await;
+        });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<SpiralWatch>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Memory>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 fn condition(status: bool, reason: &str, message: &str) -> Wanted {
     Wanted { type_: NO_DEATH_SPIRAL, status, reason: reason.into(), message: message.into() }
+}
+
+/// Restores those of `names` levee changed; returns what could not be, for status (and says
+/// it in the log).
+async fn restore(services: &Api<Service>, key: &str, names: &[String]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for name in names {
+        match route_to_all(services, name, false).await {
+            Ok(()) => {}
+            // A Service deleted meanwhile has nothing to restore.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                warn!(policy = %key, service = %name, error = %e, "cannot restore the Service's routing");
+                failures.push(format!("Service {name}: {e}"));
+            }
+        }
+    }
+    failures
 }
 
 /// Whether any of the named Services carries [`ANNOTATION`]. One that cannot be read counts
