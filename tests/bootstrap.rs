@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Operator, TestNs, deployment, eventually, kubelet, policy, prom_signal, replicas, routing, set_ready};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
-use levee::api::{BootstrapPolicy, BootstrapPolicyStatus, ScalingPolicy};
+use levee::api::{BootstrapPolicy, BootstrapPolicyStatus, Mitigation, ScalingPolicy, mitigation::MitigationAction};
 
 const BOOTSTRAP: &str = r#"
 apiVersion: levee.dev/v1alpha1
@@ -340,4 +340,59 @@ async fn a_service_levee_changed_is_restored_when_its_policy_lets_it_go() {
     ns.api::<BootstrapPolicy>().delete("registry", &Default::default()).await.unwrap();
     let restored = ((false, false), (false, false));
     eventually(Duration::from_secs(10), "api restored", both, |r| *r == restored).await;
+}
+
+#[tokio::test]
+async fn a_cold_start_closes_the_edge_and_opens_it_gradually_once_the_fleet_is_up() {
+    let gated = BOOTSTRAP.replace(
+        "      waveInterval: 1s\n",
+        "      waveInterval: 1s\n  admissionGate: { initialPercent: 30, rampUp: 20s, edgePool: public }\n",
+    );
+    let (ns, _op) = cold_fleet("bootstrap-gate", &gated).await;
+    let up = common::edge::Upstream::start().await;
+    let edge =
+        common::edge::Edge::start(&up.url(), &["--namespace", &ns.name, "--pool", "public", "--trusted-hops", "1"])
+            .await;
+    let client = reqwest::Client::new();
+    // The answers to 100 clients, each from its own address.
+    let answers = || {
+        let (client, url) = (client.clone(), edge.url("/"));
+        async move {
+            let mut codes = Vec::new();
+            for i in 0..100 {
+                let ip = format!("198.51.{}.{}", i / 50, i % 50 + 1);
+                let r = client.get(&url).header("x-forwarded-for", ip).send().await.unwrap();
+                codes.push((r.status().as_u16(), r.headers().contains_key("retry-after")));
+            }
+            codes
+        }
+    };
+    // No instance is ready: every client is told at once to come back shortly.
+    let closed =
+        eventually(Duration::from_secs(15), "the edge closed", answers, |c| c.iter().all(|a| a.0 == 503)).await;
+    assert!(closed.iter().all(|a| a.1), "503 with Retry-After");
+    let gate: Mitigation = ns.api().get("registry-admission-gate").await.unwrap();
+    assert_eq!((gate.spec.action, gate.spec.admit_percent), (MitigationAction::Admit, Some(0)));
+
+    // The fleet comes up: some clients are let in, then all of them, and the gate is gone.
+    let _db = kubelet(&ns, "pgbouncer");
+    let _api = kubelet(&ns, "api");
+    let some = |c: &Vec<(u16, bool)>| {
+        let ok = c.iter().filter(|a| a.0 == 200).count();
+        (1..100).contains(&ok) && c.iter().all(|a| a.0 == 200 || a.0 == 503)
+    };
+    eventually(Duration::from_secs(30), "some clients let in", answers, some).await;
+    eventually(Duration::from_secs(30), "every client let in", answers, |c| c.iter().all(|a| a.0 == 200)).await;
+    let gone = || async { ns.api::<Mitigation>().get_opt("registry-admission-gate").await.unwrap() };
+    eventually(Duration::from_secs(10), "the gate deleted", gone, Option::is_none).await;
+    let notes = |reason| common::event_notes(&ns, reason);
+    let closed = notes("AdmissionGateClosed").await;
+    assert!(closed.len() == 1 && closed[0].contains("edge pool public admits no client (503)"), "{closed:#?}");
+    let opening = notes("AdmissionGateOpening").await;
+    assert!(
+        opening.len() == 1 && opening[0].contains("admits 30% of clients, rising to all of them over 20s"),
+        "{opening:#?}"
+    );
+    let lifted = notes("AdmissionGateLifted").await;
+    assert!(lifted.len() == 1 && lifted[0].starts_with("admission gate lifted"), "{lifted:#?}");
 }

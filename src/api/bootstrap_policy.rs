@@ -31,8 +31,11 @@ pub struct BootstrapPolicySpec {
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("spec.stages: stage names must be unique"))]
     #[x_kube(validation = Rule::new("self.all(s, s.dependsOn.all(d, self.exists(t, t.name == d)))").message("spec.stages[].dependsOn must name stages of this policy"))]
     pub stages: Vec<Stage>,
-    /// Gate at the edge that admits traffic gradually while the service warms up. Not yet
-    /// enforced: it is validated, but no edge reads it.
+    /// Gate at the edge that admits clients gradually while the service warms up: a
+    /// Mitigation (`match.all`, action `Admit`) the pool's edges enforce. During a cold start
+    /// it admits no one (503 at once, instead of a timeout); once every stage is ready it
+    /// admits `initialPercent` of clients, rising to all of them over `rampUp`, and is then
+    /// deleted. It lapses a minute after the operator last renewed it.
     #[serde(default)]
     pub admission_gate: AdmissionGate,
     /// Stop health checks from killing every instance when a shared dependency is slow.
@@ -124,19 +127,32 @@ pub struct AdmissionGate {
     /// Use the gate.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Percent of traffic admitted when the first instances are ready.
+    /// Percent of clients admitted once every stage is ready.
     #[serde(default = "default_initial_percent")]
     pub initial_percent: i32,
     /// Time to ramp from `initialPercent` to 100%.
     #[serde(default = "default_ramp")]
     #[x_kube(validation = Rule::new("duration(self) <= duration('1h')").message("spec.admissionGate.rampUp must be at most 1h"))]
     pub ramp_up: Duration,
+    /// The edge pool in front of the fleet, whose edges enforce the gate.
+    #[serde(default = "default_edge_pool")]
+    #[schemars(length(min = 1, max = 63))]
+    pub edge_pool: String,
 }
 
 impl Default for AdmissionGate {
     fn default() -> Self {
-        Self { enabled: true, initial_percent: default_initial_percent(), ramp_up: default_ramp() }
+        Self {
+            enabled: true,
+            initial_percent: default_initial_percent(),
+            ramp_up: default_ramp(),
+            edge_pool: default_edge_pool(),
+        }
     }
+}
+
+fn default_edge_pool() -> String {
+    "public".to_owned()
 }
 
 fn yes() -> bool {

@@ -27,6 +27,7 @@ use super::common::{Mode, impl_policy_status};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.action != 'RateLimit' || has(self.rateLimit)").message("spec.rateLimit is required when action is RateLimit"))]
+#[x_kube(validation = Rule::new("(self.action == 'Admit') == has(self.admitPercent)").message("spec.admitPercent is required when action is Admit, and only then"))]
 pub struct MitigationSpec {
     /// Edge pool that enforces this rule.
     #[schemars(length(min = 1, max = 63))]
@@ -37,11 +38,15 @@ pub struct MitigationSpec {
     /// Which traffic the rule applies to.
     #[serde(rename = "match")]
     pub match_: MatchSpec,
-    /// `RateLimit` or `Block`.
+    /// `RateLimit`, `Block` or `Admit`.
     pub action: MitigationAction,
     /// The limit, when action is `RateLimit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Percent of the matched clients admitted, when action is `Admit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub admit_percent: Option<i32>,
     /// When the rule lapses. Every mitigation has one.
     pub expires_at: Time,
     /// Why, in one sentence.
@@ -64,9 +69,13 @@ pub struct MitigationSpec {
 /// `country`).
 #[derive(KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.ip), has(self.prefix), has(self.asn), has(self.country), has(self.apiKey), has(self.trafficClass)].exists_one(x, x)").message("spec.match: exactly one of ip, prefix, asn, country, apiKey, trafficClass must be set"))]
+#[x_kube(validation = Rule::new("[has(self.ip), has(self.prefix), has(self.asn), has(self.country), has(self.apiKey), has(self.trafficClass), has(self.all)].exists_one(x, x)").message("spec.match: exactly one of ip, prefix, asn, country, apiKey, trafficClass, all must be set"))]
 #[x_kube(validation = Rule::new("!has(self.exceptPrefixes) || has(self.asn) || has(self.country)").message("spec.match.exceptPrefixes is only for a match on asn or country"))]
 pub struct MatchSpec {
+    /// Every request of the pool (`true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self").message("spec.match.all can only be true"))]
+    pub all: Option<bool>,
     /// One client IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
@@ -112,6 +121,7 @@ impl std::fmt::Display for MatchSpec {
             Self { country: Some(c), .. } => write!(f, "country {c}")?,
             Self { api_key: Some(k), .. } => write!(f, "apiKey {}…", crate::text::truncate(k, 4))?,
             Self { traffic_class: Some(c), .. } => write!(f, "trafficClass {c}")?,
+            Self { all: Some(true), .. } => f.write_str("all traffic")?,
             _ => f.write_str("nothing")?,
         }
         match self.except_prefixes.len() {
@@ -129,6 +139,10 @@ pub enum MitigationAction {
     RateLimit,
     /// Answer every request 403.
     Block,
+    /// Admit `admitPercent` of the matched clients, a subset chosen by address and the same
+    /// on every edge (as the percent rises, those admitted stay admitted); answer the rest
+    /// 503 with `Retry-After`. A BootstrapPolicy's admission gate while a fleet warms up.
+    Admit,
 }
 
 /// A token-bucket limit.

@@ -11,6 +11,7 @@ pub struct EdgeMetrics {
     pub forwarded: Counter,
     pub limited: Counter,
     pub blocked: Counter,
+    pub gated: Counter,
     pub shadow_limited: Counter,
     pub breaker_refused: Counter,
     pub upstream_errors: Counter,
@@ -28,6 +29,7 @@ impl EdgeMetrics {
             forwarded: Counter::default(),
             limited: Counter::default(),
             blocked: Counter::default(),
+            gated: Counter::default(),
             shadow_limited: Counter::default(),
             breaker_refused: Counter::default(),
             upstream_errors: Counter::default(),
@@ -45,6 +47,7 @@ impl EdgeMetrics {
         r.register("edge_forwarded", "Requests forwarded to the upstream", m.forwarded.clone());
         r.register("edge_limited", "Requests answered 429 by a rate-limit mitigation", m.limited.clone());
         r.register("edge_blocked", "Requests answered 403 by a block mitigation", m.blocked.clone());
+        r.register("edge_gated", "Requests answered 503 by an admission gate (an Admit mitigation)", m.gated.clone());
         r.register("edge_shadow_limited", "Requests a shadow mitigation would have limited", m.shadow_limited.clone());
         r.register(
             "edge_breaker_refused",

@@ -241,6 +241,23 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A refusal that tells the client when to try again (`Retry-After`), counted against `rule`
+/// and in `counter`.
+fn come_back_later(
+    state: &EdgeState,
+    counter: &prometheus_client::metrics::counter::Counter,
+    rule: &Arc<str>,
+    retry_after_secs: u64,
+    status: StatusCode,
+    body: &str,
+) -> Response<Body> {
+    lock(&state.stats).refused(rule);
+    counter.inc();
+    let retry = retry_after_secs.to_string();
+    let headers = [(header::RETRY_AFTER, retry.as_str()), (header::HeaderName::from_static("x-levee-rule"), &**rule)];
+    local(status, &headers, body.to_owned())
+}
+
 fn local(status: StatusCode, headers: &[(header::HeaderName, &str)], body: String) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed());
     *res.status_mut() = status;
@@ -324,16 +341,13 @@ pub async fn handle(
     match check.outcome {
         Outcome::Pass => {}
         Outcome::Limited { rule, retry_after_secs } => {
-            lock(&state.stats).refused(&rule);
-            state.metrics.limited.inc();
-            return Ok(local(
-                StatusCode::TOO_MANY_REQUESTS,
-                &[
-                    (header::RETRY_AFTER, &retry_after_secs.to_string()),
-                    (header::HeaderName::from_static("x-levee-rule"), &rule),
-                ],
-                "rate limited by levee\n".to_owned(),
-            ));
+            let (status, body) = (StatusCode::TOO_MANY_REQUESTS, "rate limited by levee\n");
+            return Ok(come_back_later(&state, &state.metrics.limited, &rule, retry_after_secs, status, body));
+        }
+        Outcome::Gated { rule, retry_after_secs } => {
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            let body = "the service is warming up: levee admits a share of clients, rising; retry shortly\n";
+            return Ok(come_back_later(&state, &state.metrics.gated, &rule, retry_after_secs, status, body));
         }
         Outcome::Blocked { rule, reason } => {
             lock(&state.stats).refused(&rule);

@@ -35,6 +35,8 @@ pub struct Rule {
     /// Prefixes the rule leaves alone (`match.exceptPrefixes`), with the lengths present.
     except: HashSet<IpNet, Hasher>,
     except_lens: Vec<u8>,
+    /// Of every 100 clients (by [`admission_bucket`]), how many an `Admit` rule lets in.
+    admit_percent: u8,
 }
 
 impl Rule {
@@ -63,6 +65,21 @@ pub enum Outcome {
         rule: Arc<str>,
         reason: Arc<str>,
     },
+    /// Answer 503 with `Retry-After` (seconds): an admission gate leaves this client out.
+    Gated {
+        rule: Arc<str>,
+        retry_after_secs: u64,
+    },
+}
+
+/// Seconds a client left out by an admission gate is told to wait: the gate's percent rises
+/// every few seconds.
+pub const GATED_RETRY_AFTER_SECS: u64 = 5;
+
+/// A client's place among 100 (from its address), the same on every edge: an `Admit` rule
+/// of percent p lets in those below p, so a rising percent keeps those it let in.
+pub fn admission_bucket(ip: IpAddr) -> u8 {
+    (super::sketch::hash_key(ip_key(ip)) % 100) as u8
 }
 
 /// The result of a lookup: the outcome, and whether a shadow rule would have limited.
@@ -98,6 +115,8 @@ pub struct RuleSet {
     by_country: Index<Country>,
     by_api_key: Index<String>,
     by_class: Index<String>,
+    /// Rules on every request (`match.all`): admission gates.
+    on_all: Vec<Arc<Rule>>,
     /// Sources no rule applies to.
     allowlist: Allowlist,
     len: usize,
@@ -185,6 +204,8 @@ impl RuleSet {
                 Ok(set.by_api_key.entry(k.clone()).or_default())
             } else if let Some(c) = &m.traffic_class {
                 Ok(set.by_class.entry(c.clone()).or_default())
+            } else if m.all == Some(true) {
+                Ok(&mut set.on_all)
             } else {
                 Err("match names nothing".to_owned())
             };
@@ -217,6 +238,7 @@ impl RuleSet {
             .chain(self.by_country.values())
             .chain(self.by_api_key.values())
             .chain(self.by_class.values())
+            .chain(std::iter::once(&self.on_all))
             .flatten()
     }
 
@@ -235,10 +257,10 @@ impl RuleSet {
         ];
         // Nearly every request matches no rule: that answer is the lookups alone, and the
         // allowlist only matters to a request some rule names.
-        if candidates.iter().all(Option::is_none) || self.allowlist.contains(src.ip) {
+        if (self.on_all.is_empty() && candidates.iter().all(Option::is_none)) || self.allowlist.contains(src.ip) {
             return Check::PASS;
         }
-        decide(candidates.into_iter().flatten().flatten(), src.ip, now)
+        decide(candidates.into_iter().flatten().flatten().chain(&self.on_all), src.ip, now)
     }
 }
 
@@ -267,6 +289,10 @@ fn decide<'a>(rules: impl Iterator<Item = &'a Arc<Rule>>, ip: IpAddr, now: f64) 
                 }
                 _ => Outcome::Pass,
             },
+            MitigationAction::Admit if admission_bucket(ip) < rule.admit_percent => Outcome::Pass,
+            MitigationAction::Admit => {
+                Outcome::Gated { rule: rule.name.clone(), retry_after_secs: GATED_RETRY_AFTER_SECS }
+            }
         };
         if verdict == Outcome::Pass {
             continue;
@@ -305,7 +331,12 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
             (Some(limiter), Some(key))
         }
         (MitigationAction::RateLimit, None) => return Err("action RateLimit without rateLimit".to_owned()),
-        (MitigationAction::Block, _) => (None, None),
+        (MitigationAction::Block | MitigationAction::Admit, _) => (None, None),
+    };
+    let admit_percent = match (spec.action, spec.admit_percent) {
+        (MitigationAction::Admit, Some(p)) => u8::try_from(p.clamp(0, 100)).unwrap_or(100),
+        (MitigationAction::Admit, None) => return Err("action Admit without admitPercent".to_owned()),
+        _ => 100,
     };
     let mut except = HashSet::default();
     let mut except_lens = Vec::new();
@@ -326,6 +357,7 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
         quota,
         except,
         except_lens,
+        admit_percent,
     })
 }
 
@@ -352,6 +384,7 @@ mod tests {
             action,
             rate_limit: (action == MitigationAction::RateLimit)
                 .then_some(RateLimit { requests_per_second: rps, burst }),
+            admit_percent: None,
             expires_at: Time(Timestamp::from_millisecond((expires * 1000.0) as i64).unwrap()),
             reason: "test".into(),
             evidence: None,
@@ -362,6 +395,56 @@ mod tests {
 
     fn none() -> MatchSpec {
         MatchSpec::default()
+    }
+
+    /// An admission gate letting in `percent` of clients.
+    fn gate(percent: i32) -> MitigationSpec {
+        let all = MatchSpec { all: Some(true), ..none() };
+        MitigationSpec { admit_percent: Some(percent), ..spec(all, MitigationAction::Admit, 0.0, 1, NOW + 60.0) }
+    }
+
+    /// Of `n` clients, those `set` lets through.
+    fn admitted(set: &RuleSet, n: u32) -> Vec<u32> {
+        (0..n)
+            .filter(|i| {
+                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i * 7).to_string();
+                set.check(&src(&ip), None, NOW).outcome == Outcome::Pass
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_admission_gate_lets_in_a_share_of_clients_that_only_grows() {
+        let build = |p| RuleSet::build([("ns/gate".to_owned(), &gate(p))], vec![], &RuleSet::default()).0;
+        let closed = build(0);
+        assert!(admitted(&closed, 2000).is_empty());
+        let out = closed.check(&src("192.0.2.1"), None, NOW).outcome;
+        assert_eq!(out, Outcome::Gated { rule: "ns/gate".into(), retry_after_secs: GATED_RETRY_AFTER_SECS });
+        let (ten, half) = (admitted(&build(10), 2000), admitted(&build(50), 2000));
+        assert!((150..250).contains(&ten.len()) && (900..1100).contains(&half.len()), "{} {}", ten.len(), half.len());
+        assert!(ten.iter().all(|c| half.contains(c)), "a client let in stays let in as the gate opens");
+        // The same client, the same answer, every time.
+        assert_eq!(admitted(&build(50), 2000), half);
+        // An allowlisted source passes a closed gate; a block still blocks behind an open one.
+        let (allowed, _) = RuleSet::build(
+            [("ns/gate".to_owned(), &gate(0))],
+            vec!["192.0.2.0/24".parse().unwrap()],
+            &RuleSet::default(),
+        );
+        assert_eq!(allowed.check(&src("192.0.2.1"), None, NOW).outcome, Outcome::Pass);
+        let block =
+            spec(MatchSpec { ip: Some("10.0.0.7".into()), ..none() }, MitigationAction::Block, 0.0, 1, NOW + 60.0);
+        let (both, _) = RuleSet::build(
+            [("ns/gate".to_owned(), &gate(100)), ("ns/b".to_owned(), &block)],
+            vec![],
+            &RuleSet::default(),
+        );
+        assert!(matches!(both.check(&src("10.0.0.7"), None, NOW).outcome, Outcome::Blocked { .. }));
+        assert_eq!(both.check(&src("10.0.0.8"), None, NOW).outcome, Outcome::Pass);
+        // Without its percent it is skipped and named.
+        let bad = MitigationSpec { admit_percent: None, ..gate(0) };
+        let (set, skipped) = RuleSet::build([("ns/bad".to_owned(), &bad)], vec![], &RuleSet::default());
+        assert!(set.is_empty() && skipped[0].why.contains("without admitPercent"), "{skipped:?}");
     }
 
     const NOW: f64 = 1_800_000_000.0;

@@ -219,6 +219,18 @@ impl Bootstrapper {
             let type_ = if warning { EventType::Warning } else { EventType::Normal };
             self.event(policy, type_, reason, note).await;
         }
+        // Paused, the gate is not renewed, and lapses: levee paused lets every client in. In
+        // Shadow mode it is a shadow Mitigation, which the edges only count.
+        if held != Some("paused") {
+            match super::gate::tick(client, policy, bootstrapping, now).await {
+                Ok(Some((reason, note))) => {
+                    info!(policy = %key, "{note}");
+                    self.event(policy, EventType::Normal, reason, note).await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(policy = %key, error = %e, "cannot set the admission gate"),
+            }
+        }
         // Held back (Shadow, paused), nothing is acted on, so nothing new pages, and a page
         // sent before is resolved.
         let trouble = match (held, bootstrapping, spiral.condition.status) {

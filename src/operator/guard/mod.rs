@@ -428,19 +428,16 @@ impl Guards {
     fn finding_mitigation(&self, guard: &TrafficGuard, f: &Finding, obs: &Observation) -> Wanted {
         let m = &guard.spec.mitigation;
         let limit = mitigation_limit(f, m.rate_limit_multiple);
-        let (action, rate_limit) = match m.action {
-            GuardAction::Block => (MitigationAction::Block, None),
+        let (action, rate_limit, what) = match m.action {
+            GuardAction::Block => (MitigationAction::Block, None, "block".to_owned()),
             GuardAction::RateLimit => (
                 MitigationAction::RateLimit,
                 Some(RateLimit {
                     requests_per_second: round2(limit),
                     burst: (limit.ceil() as i32).clamp(1, 1_000_000),
                 }),
+                format!("limit to {limit:.1} req/s"),
             ),
-        };
-        let what = match action {
-            MitigationAction::Block => "block".to_owned(),
-            MitigationAction::RateLimit => format!("limit to {limit:.1} req/s"),
         };
         let reason = format!("{}; {what}", f.describe());
         let spec = MitigationSpec {
@@ -449,6 +446,7 @@ impl Guards {
             match_: MatchSpec { except_prefixes: f.except.clone(), ..match_for(f.dimension, &f.key) },
             action,
             rate_limit,
+            admit_percent: None,
             expires_at: Time(Timestamp::now()),
             reason,
             evidence: Some(Evidence {
@@ -714,6 +712,7 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
         match_: MatchSpec { traffic_class: Some(class.name.clone()), ..MatchSpec::default() },
         action: MitigationAction::RateLimit,
         rate_limit: Some(RateLimit { requests_per_second: limit, burst: (limit.ceil() as i32).max(1) }),
+        admit_percent: None,
         expires_at: Time(Timestamp::now()),
         reason,
         evidence: None,

@@ -1,0 +1,148 @@
+//! A BootstrapPolicy's admission gate, as a Mitigation the edges of its pool enforce like any
+//! other (`match.all`, action `Admit`): while a cold start is in progress it admits no one
+//! (no instance can serve; a 503 at once spares clients their timeouts), and once every stage
+//! is ready it admits `initialPercent` of clients, rising evenly to all of them over `rampUp`,
+//! and is then deleted, so the instances just started are not met by the whole backlog of
+//! traffic at once.
+//!
+//! Each tick renews it for a minute: a gate whose operator stopped lapses and lets everyone
+//! in. When its ramp began is an annotation on the Mitigation, so a restarted operator carries
+//! the ramp on instead of starting it again.
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::api::{BootstrapPolicy, Mitigation};
+
+/// When the gate's ramp began (unix seconds), on the gate's Mitigation.
+pub const RAMP_ANNOTATION: &str = "levee.dev/admission-ramp-since";
+/// The BootstrapPolicy a gate belongs to, on the gate's Mitigation.
+pub const POLICY_LABEL: &str = "levee.dev/bootstrap-policy";
+/// Field manager of the gate Mitigations.
+const FIELD_MANAGER: &str = "levee-bootstrap-gate";
+/// How long a gate lasts past its last renewal.
+const LAPSES_AFTER_SECS: i64 = 60;
+
+/// The percent of clients a ramp from `initial` percent, begun at `since` and lasting `ramp`
+/// seconds, admits at `now`; `None` once it admits everyone.
+pub fn ramp_percent(initial: i32, since: f64, ramp: f64, now: f64) -> Option<i32> {
+    let done = if ramp > 0.0 { ((now - since) / ramp).clamp(0.0, 1.0) } else { 1.0 };
+    let percent = (f64::from(initial) + (100.0 - f64::from(initial)) * done).floor() as i32;
+    (percent < 100).then_some(percent.clamp(0, 99))
+}
+
+/// The gate's Mitigation name for `policy`.
+pub fn gate_name(policy: &str) -> String {
+    format!("{policy}-admission-gate")
+}
+
+/// Puts the gate of `policy` where it should be at `now` (unix seconds); `cold`: a cold start
+/// is in progress. Returns the reason and note of an Event when the gate changed course:
+/// `AdmissionGateClosed`, `AdmissionGateOpening`, `AdmissionGateLifted`.
+pub async fn tick(
+    client: &Client,
+    policy: &BootstrapPolicy,
+    cold: bool,
+    now: f64,
+) -> Result<Option<(&'static str, String)>, kube::Error> {
+    let gate = &policy.spec.admission_gate;
+    let api: Api<Mitigation> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
+    let name = gate_name(&policy.name_any());
+    let existing = api.get_opt(&name).await?;
+    let since =
+        existing.as_ref().and_then(|m| m.annotations().get(RAMP_ANNOTATION)).and_then(|s| s.parse::<f64>().ok());
+    let pool = &gate.edge_pool;
+    if !gate.enabled {
+        if existing.is_some() {
+            api.delete(&name, &Default::default()).await?;
+            let note = format!("admission gate disabled: edge pool {pool} admits every client again");
+            return Ok(Some(("AdmissionGateLifted", note)));
+        }
+        return Ok(None);
+    }
+    if cold {
+        apply(&api, policy, &name, 0, None, now).await?;
+        let closed = existing.is_none() || since.is_some();
+        let note = format!("no instance is ready: edge pool {pool} admits no client (503) until every stage is");
+        return Ok(closed.then_some(("AdmissionGateClosed", note)));
+    }
+    let Some(existing) = existing else { return Ok(None) };
+    let ramp = gate.ramp_up.as_secs_f64();
+    let begun = since.unwrap_or(now);
+    match ramp_percent(gate.initial_percent, begun, ramp, now) {
+        Some(percent) => {
+            apply(&api, policy, &name, percent, Some(begun), now).await?;
+            Ok(since.is_none().then(|| {
+                let note = format!(
+                    "every stage is ready: edge pool {pool} admits {percent}% of clients, rising to all of them over {}",
+                    gate.ramp_up
+                );
+                ("AdmissionGateOpening", note)
+            }))
+        }
+        None => {
+            api.delete(&existing.name_any(), &Default::default()).await?;
+            Ok(Some(("AdmissionGateLifted", format!("admission gate lifted: edge pool {pool} admits every client"))))
+        }
+    }
+}
+
+/// Writes the gate's Mitigation: `percent` of clients admitted, the ramp begun at `since`.
+async fn apply(
+    api: &Api<Mitigation>,
+    policy: &BootstrapPolicy,
+    name: &str,
+    percent: i32,
+    since: Option<f64>,
+    now: f64,
+) -> Result<(), kube::Error> {
+    let expires = Timestamp::from_second(now as i64 + LAPSES_AFTER_SECS).unwrap_or_else(|_| Timestamp::now());
+    let reason = match since {
+        None => format!("BootstrapPolicy {}: cold start, no instance is ready", policy.name_any()),
+        Some(_) => format!("BootstrapPolicy {}: warming up, {percent}% of clients admitted", policy.name_any()),
+    };
+    let mut metadata = json!({
+        "name": name,
+        "labels": { POLICY_LABEL: policy.name_any() },
+        "ownerReferences": policy.controller_owner_ref(&()).map(|o| vec![o]),
+    });
+    if let Some(since) = since {
+        metadata["annotations"] = json!({ RAMP_ANNOTATION: format!("{since:.0}") });
+    }
+    let gate = &policy.spec.admission_gate;
+    let patch = json!({
+        "apiVersion": Mitigation::api_version(&()),
+        "kind": "Mitigation",
+        "metadata": metadata,
+        "spec": {
+            "edgePool": gate.edge_pool,
+            "match": { "all": true },
+            "action": "Admit",
+            "admitPercent": percent,
+            "expiresAt": Time(expires),
+            "reason": reason,
+            "mode": policy.spec.mode,
+        },
+    });
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ramp_rises_evenly_to_everyone() {
+        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1000.0), Some(10));
+        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1150.0), Some(55));
+        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1299.0), Some(99));
+        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1300.0), None);
+        assert_eq!(ramp_percent(10, 1000.0, 0.0, 1000.0), None, "no ramp: everyone at once");
+        assert_eq!(ramp_percent(10, 1000.0, 300.0, 900.0), Some(10), "a clock behind the ramp's start");
+    }
+}
