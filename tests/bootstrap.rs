@@ -294,7 +294,11 @@ async fn a_cold_start_pages_the_on_call_and_its_end_resolves_the_page() {
 #[tokio::test]
 async fn deleting_a_bootstrap_policy_with_its_page_open_resolves_the_page() {
     let (ns, op, pager, first) = cold_fleet_paging("bootstrap-page-delete").await;
+    let gate = || async { ns.api::<Mitigation>().get_opt("registry-admission-gate").await.unwrap() };
+    eventually(Duration::from_secs(10), "the admission gate closed", gate, Option::is_some).await;
     ns.api::<BootstrapPolicy>().delete("registry", &Default::default()).await.unwrap();
+    // Its gate goes with it, rather than holding clients out until it lapses.
+    eventually(Duration::from_secs(10), "the admission gate removed", gate, Option::is_none).await;
     let pages = || async { pager.bodies() };
     let two = eventually(Duration::from_secs(15), "the page resolved", pages, |p| p.len() >= 2).await;
     assert_eq!((two[1]["event"].as_str(), &two[1]["dedup_key"]), (Some("levee.resolve"), &first["dedup_key"]));

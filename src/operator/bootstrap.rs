@@ -280,6 +280,7 @@ impl Bootstrapper {
         self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         self.spirals.deleted(client, policy);
+        super::gate::deleted(client, policy);
         self.claims.set(&key, Vec::new());
         let route = policy.spec.page.as_ref().map(|p| &p.route_secret_ref);
         resolve_deleted(client, &self.pager, &self.recorder, policy.object_ref(&()), route, open.as_ref());

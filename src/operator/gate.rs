@@ -91,6 +91,22 @@ pub async fn tick(
     }
 }
 
+/// Removes the gate of a deleted `policy`, apart from the caller (which is not async): no tick
+/// will, and edges would otherwise hold clients out until it lapsed.
+pub fn deleted(client: &Client, policy: &BootstrapPolicy) {
+    let api: Api<Mitigation> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
+    let name = gate_name(&policy.name_any());
+    tokio::spawn(async move {
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => tracing::info!(mitigation = %name, "admission gate removed with its BootstrapPolicy"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(mitigation = %name, error = %e, "cannot remove the admission gate; it lapses within a minute")
+            }
+        }
+    });
+}
+
 /// Writes the gate's Mitigation: `percent` of clients admitted, the ramp begun at `since`.
 async fn apply(
     api: &Api<Mitigation>,
