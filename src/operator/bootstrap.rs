@@ -215,8 +215,7 @@ impl Bootstrapper {
         };
         let targets: Vec<_> = workloads.iter().flatten().zip(sizes.iter().flatten().copied()).collect();
         let spiral = self.spirals.tick(client, policy, &targets, bootstrapping, held, now).await;
-        for (reason, note, warning) in spiral.events {
-            let type_ = if warning { EventType::Warning } else { EventType::Normal };
+        for (type_, reason, note) in spiral.events {
             self.event(policy, type_, reason, note).await;
         }
         // Paused, the gate is not renewed, and lapses: levee paused lets every client in. In
@@ -275,7 +274,7 @@ impl Bootstrapper {
 
     /// Forgets a deleted policy, and resolves the page it had open: no tick will.
     pub fn deleted(&self, client: &Client, policy: &BootstrapPolicy) {
-        let key = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+        let key = super::key_of(policy);
         let open = self.open_page(&key, policy);
         self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         self.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
@@ -369,7 +368,7 @@ impl Bootstrapper {
         }
         // Under server-side apply a field left out is a field deleted: the page goes in as
         // last decided (or as status had it).
-        let key = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+        let key = super::key_of(policy);
         if let Some(open) = self.open_page(&key, policy).filter(|_| policy.spec.page.is_some()) {
             status["openPage"] = json!(open);
         }

@@ -70,7 +70,9 @@ pub async fn tick(
         let note = format!("no instance is ready: edge pool {pool} admits no client (503) until every stage is");
         return Ok(closed.then_some(("AdmissionGateClosed", note)));
     }
-    let Some(existing) = existing else { return Ok(None) };
+    if existing.is_none() {
+        return Ok(None);
+    }
     let ramp = gate.ramp_up.as_secs_f64();
     let begun = since.unwrap_or(now);
     match ramp_percent(gate.initial_percent, begun, ramp, now) {
@@ -85,7 +87,7 @@ pub async fn tick(
             }))
         }
         None => {
-            api.delete(&existing.name_any(), &Default::default()).await?;
+            api.delete(&name, &Default::default()).await?;
             Ok(Some(("AdmissionGateLifted", format!("admission gate lifted: edge pool {pool} admits every client"))))
         }
     }

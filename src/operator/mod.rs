@@ -122,6 +122,12 @@ async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow:
     Ok(())
 }
 
+/// `namespace/name` of a namespaced object: how the loops key what they remember of a policy
+/// and how logs and pages name it.
+pub fn key_of(obj: &impl kube::ResourceExt) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
 fn guarded_api<K: Policy>(client: &Client, ns: Option<&str>) -> Api<DeserializeGuard<K>> {
     match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),

@@ -303,7 +303,7 @@ impl Scaler {
 
     /// Forgets a deleted policy, and resolves the page it had open: no tick will.
     pub fn deleted(&self, client: &Client, policy: &ScalingPolicy) {
-        let key = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+        let key = super::key_of(policy);
         self.spells.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         let route = policy.spec.page.as_ref().map(|p| &p.route_secret_ref);
         let open = policy.status.as_ref().and_then(|s| s.open_page.as_ref());

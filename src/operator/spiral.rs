@@ -10,6 +10,7 @@ use k8s_openapi::{api::core::v1::Service, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
+    runtime::events::EventType,
 };
 use serde_json::json;
 use tracing::warn;
@@ -26,9 +27,9 @@ pub const ANNOTATION: &str = "levee.dev/death-spiral-since";
 /// Condition: no death spiral is suspected.
 pub const NO_DEATH_SPIRAL: &str = "NoDeathSpiral";
 
-/// What one tick found: Events to publish (reason, note, warning?) and the condition.
+/// What one tick found: Events to publish (type, reason, note) and the condition.
 pub struct Findings {
-    pub events: Vec<(&'static str, String, bool)>,
+    pub events: Vec<(EventType, &'static str, String)>,
     pub condition: Wanted,
 }
 
@@ -65,18 +66,17 @@ impl Spirals {
         let memory = self.lock().remove(key);
         // Services levee may have changed that the spec no longer has it protect: every one
         // once the protection is disabled, those dropped from the list otherwise.
+        let named: &[String] = if protection.enabled { &[] } else { &protection.services };
         let mut dropped: Vec<String> = memory
-            .as_ref()
-            .map(|m| m.services.iter().filter(|s| !protection.enabled || !protection.services.contains(s)).cloned())
-            .into_iter()
-            .flatten()
+            .iter()
+            .flat_map(|m| &m.services)
+            .chain(named)
+            .filter(|s| !protection.enabled || !protection.services.contains(s))
+            .cloned()
             .collect();
-        if !protection.enabled {
-            dropped.extend(protection.services.iter().cloned());
-            dropped.sort();
-            dropped.dedup();
-        }
-        let failures = if held.is_none() { restore(&services, key, &dropped).await } else { Vec::new() };
+        dropped.sort();
+        dropped.dedup();
+        let mut failures = if held.is_none() { restore(&services, key, &dropped).await } else { Vec::new() };
         if !protection.enabled {
             return Findings { events: Vec::new(), condition: condition(true, "Disabled", &failures.join("; ")) };
         }
@@ -91,10 +91,8 @@ impl Spirals {
         }
         let mut watches = watches.unwrap_or_default();
         let (mut suspected, mut cleared) = (Vec::new(), Vec::new());
-        for ((w, size), watch) in targets.iter().zip(&mut watches) {
-            if cold {
-                continue;
-            }
+        // Not judged during a cold start: its instances are not ready because they are starting.
+        for ((w, size), watch) in targets.iter().zip(&mut watches).filter(|_| !cold) {
             let name = format!("{:?} {}", w.kind, w.name);
             match watch.observe(now, size.desired, size.ready, protection.max_unhealthy_fraction) {
                 Judgement::Suspected { before, ready } => {
@@ -111,7 +109,6 @@ impl Spirals {
 
         let names = protection.services.join(", ");
         let mut events = Vec::new();
-        let mut failures = failures;
         if held.is_none() {
             for name in &protection.services {
                 if let Err(e) = route_to_all(&services, name, in_spiral).await {
@@ -137,10 +134,10 @@ impl Spirals {
                 act(true)
             );
             warn!(policy = %key, "{note}");
-            events.push(("DeathSpiralSuspected", note, true));
+            events.push((EventType::Warning, "DeathSpiralSuspected", note));
         }
         if !cleared.is_empty() && !in_spiral {
-            events.push(("DeathSpiralCleared", format!("{}; {}", cleared.join("; "), act(false)), false));
+            events.push((EventType::Normal, "DeathSpiralCleared", format!("{}; {}", cleared.join("; "), act(false))));
         }
         let message = match (in_spiral, failures.is_empty()) {
             (true, true) => format!("a death spiral is suspected; {}", act(true)),
@@ -155,15 +152,14 @@ impl Spirals {
     /// Forgets a deleted policy, and restores the Services it had levee change: no tick will.
     /// Apart from the caller, which is not async.
     pub fn deleted(&self, client: &Client, policy: &BootstrapPolicy) {
-        let ns = policy.namespace().unwrap_or_default();
-        let key = format!("{ns}/{}", policy.name_any());
+        let key = super::key_of(policy);
         let mut names = policy.spec.death_spiral_protection.services.clone();
         if let Some(m) = self.lock().remove(&key) {
             names.extend(m.services);
             names.sort();
             names.dedup();
         }
-        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let services: Api<Service> = Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
         tokio::spawn(async move {
             restore(&services, &key, &names).await;
         });
