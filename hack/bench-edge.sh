@@ -6,6 +6,8 @@
 # Each wrk run is bounded (BENCH_SECS, default 10 s). Prints wrk's figures and a summary, with
 # the CPU time each proxy (and the upstream) used per request.
 # Usage: hack/bench-edge.sh [wrk threads] [connections]
+# BENCH_PROFILE=release measures a plain release build (minutes to build, not a quarter hour)
+# when comparing changes; the figures to report come from the default, production.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT_DIR"
 
@@ -18,8 +20,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || die "nginx not installed"
 # The production profile (whole-program optimisation): levee as it would be deployed. Its first
 # build took 13 to 15 minutes on two cores.
-log "building levee with --profile production"
-cargo build --profile production --locked --quiet
+PROFILE=${BENCH_PROFILE:-production}
+log "building levee with --profile $PROFILE"
+cargo build --profile "$PROFILE" --locked --quiet
 
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -62,7 +65,7 @@ nginx_conf proxy auto "
       proxy_pass http://app;
     }
   }"
-target/production/levee edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
+"target/$PROFILE/levee" edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
   --upstream "http://127.0.0.1:$UP" >"$dir/edge.log" 2>&1 &
 edge_pid=$!
 cleanup() {

@@ -211,6 +211,10 @@ struct EdgeArgs {
     /// Connections served at once; more wait to be accepted.
     #[arg(long, default_value_t = 10000)]
     max_connections: usize,
+    /// Worker threads serving traffic, each with its own listening socket (0: one per core
+    /// this process may use, cgroup CPU limits included).
+    #[arg(long, default_value_t = 0, env = "LEVEE_EDGE_WORKERS")]
+    workers: usize,
 }
 
 fn main() -> ExitCode {
@@ -260,6 +264,7 @@ fn main() -> ExitCode {
                     header_timeout,
                     upstream_timeout,
                     max_connections,
+                    workers,
                 } = *args;
                 let proxy = levee::edge::proxy::ProxyConfig {
                     upstream,
@@ -281,6 +286,7 @@ fn main() -> ExitCode {
                     operator_url,
                     report_interval: report_interval.0,
                     prefix_table,
+                    workers,
                 })
                 .await
             }

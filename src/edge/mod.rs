@@ -12,3 +12,4 @@ pub mod run;
 pub mod settings;
 pub mod sketch;
 pub mod source;
+pub mod upstream;

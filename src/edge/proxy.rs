@@ -20,8 +20,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -36,6 +35,7 @@ use super::{
     rules::{Outcome, RuleSet},
     settings::GuardSettings,
     source::{PrefixTable, Source, client_ip, prefix_of},
+    upstream::UpstreamPool,
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -274,7 +274,8 @@ const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-f
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1). As names, not
 /// strings: a string is parsed into a name at every removal.
-const HOP_BY_HOP: [header::HeaderName; 8] = [
+const HOPS: usize = 8;
+const HOP_BY_HOP: [header::HeaderName; HOPS] = [
     header::CONNECTION,
     header::HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -286,37 +287,68 @@ const HOP_BY_HOP: [header::HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too; most messages have none.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-            .collect();
-        for h in &named {
-            headers.remove(h.as_str());
+    // One pass over the message's few headers says which hop-by-hop ones it has: removing all
+    // eight by name would hash each name on every message, a tenth of the proxy's work.
+    let mut present = [false; HOPS];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
         }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    // Headers the Connection header names are hop-by-hop too. Nearly every Connection header
+    // says only keep-alive or close, which name no other header.
+    if present[0] {
+        let named: Vec<header::HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| header::HeaderName::from_bytes(t).ok())
+            .collect();
+        for h in named {
+            headers.remove(h);
+        }
+    }
+    for (h, here) in HOP_BY_HOP.into_iter().zip(present) {
+        if here {
+            headers.remove(h);
+        }
     }
 }
 
-/// The upstream client of one worker thread: its pooled connections live on that thread.
-pub type Upstream = Client<HttpConnector, Incoming>;
-
-fn upstream_client() -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector)
+/// The X-Forwarded-For this edge sends on: the list it got (every such header, in order), then
+/// `peer`. IPv4 is written by hand: the standard formatter took a twentieth of the proxy's work.
+fn forwarded_for(prev: http::header::GetAll<'_, HeaderValue>, peer: IpAddr) -> Option<HeaderValue> {
+    let mut out = Vec::with_capacity(64);
+    for p in prev {
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    match peer {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
 /// Handles one request.
 pub async fn handle(
     state: Arc<EdgeState>,
-    client: Upstream,
+    upstream: Arc<UpstreamPool>,
     peer: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -393,15 +425,11 @@ pub async fn handle(
     };
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    let xff = match parts.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer}"),
-        None => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = forwarded_for(parts.headers.get_all(X_FORWARDED_FOR), peer) {
         parts.headers.insert(X_FORWARDED_FOR, v);
     }
     let result =
-        tokio::time::timeout(state.cfg.upstream_timeout, client.request(Request::from_parts(parts, body))).await;
+        tokio::time::timeout(state.cfg.upstream_timeout, upstream.send(Request::from_parts(parts, body))).await;
     let ended = state.now();
     state.metrics.upstream_seconds.observe(ended - started);
     let (response, failed) = match result {
@@ -480,7 +508,7 @@ pub async fn serve(listeners: Vec<std::net::TcpListener>, state: Arc<EdgeState>,
 }
 
 async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
-    let client = upstream_client();
+    let upstream = UpstreamPool::new(state.upstream_authority.to_string());
     let slots = Arc::new(Semaphore::new(state.cfg.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -508,10 +536,10 @@ async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: Ca
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (st, cl) = (state.clone(), client.clone());
+        let (st, up) = (state.clone(), upstream.clone());
         let conn = builder.serve_connection(
             TokioIo::new(stream),
-            service_fn(move |req| handle(st.clone(), cl.clone(), peer.ip(), req)),
+            service_fn(move |req| handle(st.clone(), up.clone(), peer.ip(), req)),
         );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -555,5 +583,35 @@ mod tests {
         plain.insert(header::HOST, HeaderValue::from_static("shop"));
         strip_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 1, "nothing to strip");
+
+        // What most upstreams send: only the Connection header itself goes.
+        let mut usual = HeaderMap::new();
+        usual.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        usual.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        usual.append(header::CONNECTION, HeaderValue::from_static(" close ,X-Other"));
+        usual.insert(header::HeaderName::from_static("x-other"), HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut usual);
+        let left: Vec<&str> = usual.keys().map(header::HeaderName::as_str).collect();
+        assert_eq!(left, ["content-length"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_to_every_header_received() {
+        let xff = |values: &[&'static str], peer: &str| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_static(v));
+            }
+            forwarded_for(h.get_all(X_FORWARDED_FOR), peer.parse().unwrap()).unwrap().to_str().unwrap().to_owned()
+        };
+        for ip in ["0.0.0.0", "10.20.255.7", "1.100.9.99", "255.255.255.255", "192.0.2.10"] {
+            assert_eq!(xff(&[], ip), ip);
+        }
+        assert_eq!(xff(&[], "2001:db8::1"), "2001:db8::1");
+        assert_eq!(xff(&["203.0.113.9"], "10.0.0.1"), "203.0.113.9, 10.0.0.1");
+        assert_eq!(
+            xff(&["198.51.100.1, 203.0.113.9", "192.0.2.1"], "10.0.0.1"),
+            "198.51.100.1, 203.0.113.9, 192.0.2.1, 10.0.0.1"
+        );
     }
 }

@@ -42,6 +42,8 @@ pub struct EdgeConfig {
     pub operator_url: Option<String>,
     pub report_interval: Duration,
     pub prefix_table: Option<PathBuf>,
+    /// Worker threads serving traffic; 0 for one per available core.
+    pub workers: usize,
 }
 
 /// Runs the edge until SIGTERM or SIGINT.
@@ -79,7 +81,10 @@ pub async fn run(cfg: EdgeConfig) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--admin-listen)", cfg.admin_listen))?;
-    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = match cfg.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
     let listeners = proxy::bind(cfg.listen, workers).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     info!(
         addr = %listeners[0].local_addr()?, admin = %admin.local_addr()?, upstream = %cfg.proxy.upstream,
