@@ -539,3 +539,77 @@ async fn a_missing_target_is_reported_in_status() {
     assert_eq!(common::condition(&conds, "Ready").unwrap().status, "True", "the policy itself is valid");
     assert!(op.stop().await);
 }
+
+/// Deployment `api` with its kubelet, an operator, and a Daily policy for it at 50/s per
+/// replica whose arrival rate is the Prometheus `signal`, in a new namespace.
+async fn daily_api(prefix: &str, signal: &str) -> (TestNs, Operator, tokio::task::JoinHandle<()>) {
+    let ns = TestNs::new(prefix).await;
+    deployment(&ns, "api", 1).await;
+    let kubelet = kubelet(&ns, "api");
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&daily_policy(signal)).await.unwrap();
+    (ns, op, kubelet)
+}
+
+fn daily_policy(signal: &str) -> String {
+    format!(
+        r#"
+apiVersion: levee.dev/v1alpha1
+kind: ScalingPolicy
+metadata: {{ name: api }}
+spec:
+  target: {{ deployment: {{ name: api }} }}
+  signals:
+    - {{ name: load, role: ArrivalRate, prometheus: {signal} }}
+  capacity: {{ unitsPerReplica: 50, targetUtilization: 1.0 }}
+  bounds: {{ minReplicas: 1, maxReplicas: 50 }}
+  forecast: {{ leadTime: 30m, seasonality: Daily }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_new_policy_forecasts_its_daily_cycle_from_prometheus_history_at_once() {
+    // 100/s at midnight UTC, 500/s at noon, on any day: Prometheus computes the query's past
+    // as readily as its present, so a week of history exists without a week of scraping.
+    let query = "300 - 200 * cos(vector(2 * pi() * time() / 86400))";
+    let (ns, op, _kubelet) = daily_api("scale-warm", &format!("{{ query: '{query}' }}")).await;
+    let api: Api<ScalingPolicy> = ns.api();
+    let forecast = |p: &Result<ScalingPolicy, kube::Error>| {
+        p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.forecast.clone())
+    };
+    let p = eventually(Duration::from_secs(20), "a forecast in status", || api.get("api"), |p| forecast(p).is_some())
+        .await
+        .unwrap();
+    let f = forecast(&Ok(p)).unwrap();
+    // From the first decision: a cold planner would have no forecast for half an hour, and
+    // no seasonal one for a day.
+    assert!(f.model != "trend", "a daily model serves at once: {f:?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let due = 300.0 - 200.0 * (std::f64::consts::TAU * (now + 1800.0) / 86_400.0).cos();
+    assert!((f.value - due).abs() / due < 0.1, "forecast {f:?} for half an hour ahead, when the rate is {due:.1}");
+    // A Daily policy reads the week its daily profile averages.
+    let notes = common::event_notes(&ns, "ForecastWarmed").await;
+    let hours: Vec<f64> =
+        notes.iter().filter_map(|n| n.strip_prefix("forecast warmed from ")?.split(' ').next()?.parse().ok()).collect();
+    assert!(hours.iter().any(|h| (167.0..=168.0).contains(h)), "{notes:?}");
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
+async fn a_policy_whose_history_cannot_be_read_says_why() {
+    // The signal's Prometheus is down: no history, and the planner starts cold.
+    let (ns, op, _kubelet) = daily_api("scale-cold", "{ query: 'vector(400)', url: 'http://127.0.0.1:1' }").await;
+    let notes = eventually(
+        Duration::from_secs(20),
+        "a ForecastCold Event",
+        || common::event_notes(&ns, "ForecastCold"),
+        |n| !n.is_empty(),
+    )
+    .await;
+    assert!(
+        notes[0].contains("cannot read the arrival rate's history") && notes[0].contains("127.0.0.1:1"),
+        "{notes:?}"
+    );
+    assert!(op.stop().await);
+}

@@ -146,6 +146,19 @@ impl Planner {
         }
     }
 
+    /// Feeds the forecaster a history of the summed arrival rate, `(time, rate)` oldest first,
+    /// in the time base of the ticks to come: a planner made after a restart forecasts from its
+    /// first tick. Returns the seconds of history taken.
+    pub fn warm(&mut self, history: &[(f64, f64)]) -> f64 {
+        for &(t, rate) in history {
+            self.forecaster.observe(t, rate);
+        }
+        match (history.first(), history.last()) {
+            (Some(first), Some(last)) => last.0 - first.0,
+            _ => 0.0,
+        }
+    }
+
     /// The lead time learned so far, in seconds.
     pub fn learned_lead_time(&self) -> Option<f64> {
         self.lead.learned()

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod bootstrap_page;
 pub mod conditions;
 pub mod controller;
+pub mod forecast_history;
 pub mod gate;
 pub mod guard;
 pub mod metrics;

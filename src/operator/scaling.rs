@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use super::{
     bootstrap::Claims,
     conditions::{Wanted, merge},
+    forecast_history::{self, NoHistory},
     pager::{Pager, deliver, resolve_deleted},
     pause::PauseSwitch,
     shortfall::{self as shortfalls, Due, Shortfall, Spell},
@@ -38,7 +39,7 @@ use crate::{
         OpenPage, ScalingPolicy, SecretKeyRef,
         scaling_policy::{DecisionStatus, ForecastStatus, Signal, SignalRole},
     },
-    engine::scaling::{Decision, Planner, Reason, SignalReading, Tick},
+    engine::scaling::{DEFAULT_STEP_SECS, Decision, Planner, Reason, SignalReading, Tick},
     signals::{SignalError, postgres, prometheus::Prometheus, rabbitmq::RabbitMq, sqs},
 };
 
@@ -75,6 +76,9 @@ pub struct Scaler {
     pager: Pager,
     aws: OnceCell<aws_config::SdkConfig>,
     started: tokio::time::Instant,
+    /// Seconds since the epoch at `started`: planners run on a monotonic clock in the same
+    /// time base as Prometheus, whose history warms them.
+    epoch: f64,
     pause: PauseSwitch,
     /// Workloads a BootstrapPolicy is bringing up from zero.
     claims: Arc<Claims>,
@@ -123,6 +127,7 @@ impl Scaler {
             pager,
             aws: OnceCell::new(),
             started: tokio::time::Instant::now(),
+            epoch: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             pause,
             claims,
         }
@@ -214,18 +219,21 @@ impl Scaler {
                 return Ok(());
             }
         };
-        let now = self.started.elapsed().as_secs_f64();
+        let now = self.epoch + self.started.elapsed().as_secs_f64();
         let generation = policy.metadata.generation.unwrap_or(0);
+        // A new spec gets a new planner (bounds, capacity and forecast settings changed), as
+        // does a policy this operator has not planned yet; either starts from history.
+        let known = self.lock_planners().get(&key).is_some_and(|(g, _, _)| *g == generation);
+        let fresh = if known { None } else { Some(self.warm_planner(policy, &key, now).await) };
         let (decision, learned) = {
-            let mut planners = self.planners.lock().unwrap_or_else(|p| p.into_inner());
+            let mut planners = self.lock_planners();
             // Planners of policies that stopped ticking (deleted, or invalid) are dropped.
             let stale = FORGET_AFTER_TICKS * self.config.tick.as_secs_f64();
             planners.retain(|_, (_, last, _)| now - *last < stale);
-            let entry = planners.entry(key.clone()).or_insert_with(|| (generation, now, Planner::new(&policy.spec)));
-            if entry.0 != generation {
-                // A new spec gets a new planner: bounds, capacity and forecast settings changed.
-                *entry = (generation, now, Planner::new(&policy.spec));
+            if let Some(planner) = fresh {
+                planners.insert(key.clone(), (generation, now, planner));
             }
+            let entry = planners.entry(key.clone()).or_insert_with(|| (generation, now, Planner::new(&policy.spec)));
             entry.1 = now;
             let d = entry.2.plan(&Tick { now, current: size.desired, ready: size.ready, signals });
             (d, entry.2.learned_lead_time())
@@ -252,6 +260,51 @@ impl Scaler {
         let seen = Seen { decision: Some(&decision), learned, lost: &lost, target_error: None, open_page: open, held };
         self.write_status(client, policy, seen).await?;
         Ok(())
+    }
+
+    fn lock_planners(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, f64, Planner)>> {
+        self.planners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A planner for `policy` whose forecaster has read the arrival rate's Prometheus history.
+    /// Without history (a queue's publish rate, Prometheus unreachable) it starts cold, and a
+    /// Warning Event says why and what that means; it never holds up the tick's decision.
+    async fn warm_planner(&self, policy: &ScalingPolicy, key: &str, now: f64) -> Planner {
+        let mut planner = Planner::new(&policy.spec);
+        let url = self.config.prometheus_url.as_deref();
+        let history = forecast_history::arrival_history(&policy.spec, url, now as i64, DEFAULT_STEP_SECS).await;
+        let (type_, reason, note) = match history {
+            Ok(h) if !h.is_empty() => {
+                let secs = planner.warm(&h);
+                info!(policy = %key, hours = secs / 3600.0, points = h.len(), "forecast warmed from Prometheus history");
+                let note =
+                    format!("forecast warmed from {:.1} h of the arrival rate's Prometheus history", secs / 3600.0);
+                (EventType::Normal, "ForecastWarmed", note)
+            }
+            Ok(_) => {
+                let note = "no Prometheus history of the arrival rate yet: forecasting from live data".to_owned();
+                (EventType::Normal, "ForecastCold", note)
+            }
+            // Nothing to forecast, or nothing to ask: as configured, not a fault.
+            Err(NoHistory::NoArrivalRate) => return planner,
+            Err(e @ NoHistory::NotPrometheus(_)) => {
+                (EventType::Normal, "ForecastCold", format!("{e}: forecasting from live data"))
+            }
+            Err(e) => {
+                warn!(policy = %key, error = %e, "forecast starts without history");
+                let note = format!(
+                    "cannot read the arrival rate's history ({e}): forecasting from live data, the trend after \
+                     30 minutes, daily seasons after a day"
+                );
+                (EventType::Warning, "ForecastCold", note)
+            }
+        };
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Forecast".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &policy.object_ref(&())).await {
+            warn!(policy = %key, error = %e, "cannot record event");
+        }
+        planner
     }
 
     /// Follows the policy's spell of falling short (`shortfall` is this tick's, none when it

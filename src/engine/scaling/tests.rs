@@ -91,6 +91,30 @@ fn scale_down_waits_out_the_stabilization_window() {
 }
 
 #[test]
+fn a_planner_warmed_with_history_scales_for_the_daily_peak_from_its_first_tick() {
+    // Eight days of a daily cycle, 100/s at night and 500/s at the afternoon peak, at the
+    // forecaster's minute; then the first tick, an hour before the peak, at 300/s and rising.
+    let day = 86_400.0;
+    let rate = |t: f64| 300.0 - 200.0 * (t * std::f64::consts::TAU / day).cos();
+    let now = 1_700_000_000.0 - (1_700_000_000.0 % day) + day / 4.0;
+    let start = now - 8.0 * day;
+    let history: Vec<(f64, f64)> = (0..8 * 1440).map(|i| start + 60.0 * f64::from(i)).map(|t| (t, rate(t))).collect();
+    let daily = spec("forecast: { leadTime: 1800s, seasonality: Daily }");
+    let mut warm = Planner::new(&daily);
+    assert_eq!(warm.warm(&history), 8.0 * day - 60.0);
+    let d = warm.plan(&tick(now, 30, Some(rate(now))));
+    let f = d.forecast.clone().expect("a forecast at the first tick");
+    assert!(f.model != "trend", "a seasonal model serves: {f:?}");
+    let due = rate(now + 1800.0);
+    assert!((f.value - due).abs() / due < 0.05, "{f:?} vs {due}");
+    assert!(d.to > d.reactive.unwrap(), "capacity for the rise ahead, not for now: {d:?}");
+
+    let mut cold = Planner::new(&daily);
+    let d = cold.plan(&tick(now, 30, Some(rate(now))));
+    assert!(d.forecast.is_none(), "a cold planner has nothing to forecast from: {d:?}");
+}
+
+#[test]
 fn forecast_scales_ahead_of_a_ramp() {
     let mut p = Planner::with_step(&spec(""), 10.0);
     let mut current = 1;
