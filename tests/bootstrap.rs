@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Operator, TestNs, deployment, eventually, kubelet, policy, prom_signal, replicas, routing, set_ready};
+use common::{Operator, TestNs, api_wanting_eight, deployment, eventually, kubelet, replicas, routing, set_ready};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use levee::api::{BootstrapPolicy, BootstrapPolicyStatus, Mitigation, ScalingPolicy, mitigation::MitigationAction};
@@ -73,16 +73,7 @@ async fn a_cold_fleet_comes_up_stage_by_stage_in_waves() {
     );
 
     // A ScalingPolicy on the API that wants 8 replicas: it must not undo the waves.
-    ns.create_yaml(&policy(
-        "api",
-        "{ deployment: { name: api } }",
-        &prom_signal("vector(400)"),
-        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
-        "{ minReplicas: 1, maxReplicas: 20 }",
-        "",
-    ))
-    .await
-    .unwrap();
+    ns.create_yaml(&api_wanting_eight()).await.unwrap();
     // The database's pods come up: the API's first wave is half its replicas.
     let _db = kubelet(&ns, "pgbouncer");
     eventually(Duration::from_secs(15), "the API's first wave", || replicas(&ns, "api"), |r| *r == 3).await;

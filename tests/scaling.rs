@@ -613,3 +613,31 @@ async fn a_policy_whose_history_cannot_be_read_says_why() {
     );
     assert!(op.stop().await);
 }
+
+#[tokio::test]
+async fn a_restarted_operator_resumes_the_lead_time_its_predecessor_learned() {
+    let ns = TestNs::new("scale-resume").await;
+    deployment(&ns, "api", 1).await;
+    let _kubelet = kubelet(&ns, "api");
+    ns.create_yaml(&common::api_wanting_eight().replace("leadTime: 10s,", "leadTime: 10s, learnLeadTime: true,"))
+        .await
+        .unwrap();
+    // The status a predecessor left: the spec it planned for (written by the controller), and
+    // the lead time it had learned (written by the scaler).
+    let api: Api<ScalingPolicy> = ns.api();
+    let generation = api.get("api").await.unwrap().metadata.generation.unwrap();
+    for (manager, status) in [
+        ("levee", json!({ "observedGeneration": generation })),
+        ("levee-scaler", json!({ "learnedLeadTimeSeconds": 42.0 })),
+    ] {
+        let patch = json!({ "apiVersion": "levee.dev/v1alpha1", "kind": "ScalingPolicy", "status": status });
+        api.patch_status("api", &PatchParams::apply(manager).force(), &Patch::Apply(patch)).await.unwrap();
+    }
+    let op = Operator::start_with(&ns.name, TICK).await;
+    decided(&ns, 8, Duration::from_secs(15)).await;
+    // A few more ticks, each of which writes the status afresh.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = api.get("api").await.unwrap().status.unwrap();
+    assert_eq!(status.learned_lead_time_seconds, Some(42.0), "{status:?}");
+    assert!(op.stop().await);
+}

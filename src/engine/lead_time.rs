@@ -36,6 +36,21 @@ impl LeadTime {
         (self.learn && self.observed.len() >= 3).then(|| self.secs())
     }
 
+    /// Takes over what `earlier` observed (a planner for the same target under an older spec):
+    /// the platform's start-up time did not change with the policy.
+    pub fn carry_over(&mut self, earlier: &LeadTime) {
+        self.observed.clone_from(&earlier.observed);
+    }
+
+    /// Starts from a value learned before a restart (status keeps the p90, not the
+    /// observations): it counts as three observations, enough to plan with, until new ones
+    /// outnumber it.
+    pub fn resume(&mut self, learned_secs: f64) {
+        if self.observed.is_empty() && learned_secs.is_finite() && learned_secs > 0.0 {
+            self.observed.extend([learned_secs; 3]);
+        }
+    }
+
     /// Records a scale-up to `target` replicas requested at `now`.
     pub fn requested(&mut self, now: f64, target: i64) {
         self.pending.push_back((now, target));
@@ -64,6 +79,25 @@ impl LeadTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_value_serves_until_new_observations_outnumber_it() {
+        let mut l = LeadTime::new(120.0, true);
+        l.resume(45.0);
+        assert_eq!(l.learned(), Some(45.0));
+        for i in 0..20 {
+            let at = f64::from(i) * 1000.0;
+            l.requested(at, i64::from(i) + 2);
+            l.ready(at + 90.0, i64::from(i) + 2);
+        }
+        assert_eq!(l.learned(), Some(90.0), "twenty new observations push the resumed value out");
+        let mut off = LeadTime::new(120.0, false);
+        off.resume(45.0);
+        assert_eq!((off.learned(), off.secs()), (None, 120.0), "learning off: the policy's value");
+        let mut next = LeadTime::new(60.0, true);
+        next.carry_over(&l);
+        assert_eq!(next.learned(), Some(90.0));
+    }
 
     #[test]
     fn starts_from_the_policy_then_learns_p90() {

@@ -159,6 +159,19 @@ impl Planner {
         }
     }
 
+    /// Takes over the lead time `earlier` learned, when it planned the same target (a spec
+    /// change makes a new planner; the target's start-up time is what it was).
+    pub fn carry_lead_time(&mut self, earlier: &Planner) {
+        if earlier.spec.target == self.spec.target {
+            self.lead.carry_over(&earlier.lead);
+        }
+    }
+
+    /// Starts from a lead time learned before a restart (the policy's status keeps it).
+    pub fn resume_lead_time(&mut self, learned_secs: f64) {
+        self.lead.resume(learned_secs);
+    }
+
     /// The lead time learned so far, in seconds.
     pub fn learned_lead_time(&self) -> Option<f64> {
         self.lead.learned()

@@ -230,7 +230,19 @@ impl Scaler {
             // Planners of policies that stopped ticking (deleted, or invalid) are dropped.
             let stale = FORGET_AFTER_TICKS * self.config.tick.as_secs_f64();
             planners.retain(|_, (_, last, _)| now - *last < stale);
-            if let Some(planner) = fresh {
+            if let Some(mut planner) = fresh {
+                // What was learned of the target's start-up time outlives the planner: from
+                // the one before a spec change, or from status after a restart.
+                let status = policy.status.as_ref();
+                match planners.get(&key) {
+                    Some((_, _, earlier)) => planner.carry_lead_time(earlier),
+                    None if status.and_then(|s| s.observed_generation) == Some(generation) => {
+                        if let Some(learned) = status.and_then(|s| s.learned_lead_time_seconds) {
+                            planner.resume_lead_time(learned);
+                        }
+                    }
+                    None => {}
+                }
                 planners.insert(key.clone(), (generation, now, planner));
             }
             let entry = planners.entry(key.clone()).or_insert_with(|| (generation, now, Planner::new(&policy.spec)));

@@ -277,6 +277,18 @@ spec:
     )
 }
 
+/// Policy `api` for Deployment `api` that wants 8 replicas: 400/s at 50 per replica, 1 to 20.
+pub fn api_wanting_eight() -> String {
+    policy(
+        "api",
+        "{ deployment: { name: api } }",
+        &prom_signal("vector(400)"),
+        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 20 }",
+        "",
+    )
+}
+
 pub fn prom_signal(query: &str) -> String {
     format!("    - {{ name: load, role: ArrivalRate, prometheus: {{ query: '{query}' }} }}")
 }

@@ -115,6 +115,18 @@ fn a_planner_warmed_with_history_scales_for_the_daily_peak_from_its_first_tick()
 }
 
 #[test]
+fn a_spec_change_keeps_the_learned_lead_time_of_the_same_target_only() {
+    let mut before = Planner::new(&spec(""));
+    before.resume_lead_time(45.0);
+    let mut edited = Planner::new(&spec("bounds: { minReplicas: 2, maxReplicas: 80 }"));
+    edited.carry_lead_time(&before);
+    assert_eq!(edited.learned_lead_time(), Some(45.0));
+    let mut retargeted = Planner::new(&spec("target: { deployment: { name: other } }"));
+    retargeted.carry_lead_time(&before);
+    assert_eq!(retargeted.learned_lead_time(), None, "another target starts from the policy's value");
+}
+
+#[test]
 fn forecast_scales_ahead_of_a_ramp() {
     let mut p = Planner::with_step(&spec(""), 10.0);
     let mut current = 1;
