@@ -8,6 +8,7 @@
 # Usage: hack/bench-edge.sh [wrk threads] [connections]
 # BENCH_PROFILE=release measures a plain release build (minutes to build, not a quarter hour)
 # when comparing changes; the figures to report come from the default, production.
+# LEVEE_BIN=path measures that binary as it is, without building.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT_DIR"
 
@@ -21,8 +22,13 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # The production profile (whole-program optimisation): levee as it would be deployed. Its first
 # build took 13 to 15 minutes on two cores.
 PROFILE=${BENCH_PROFILE:-production}
-log "building levee with --profile $PROFILE"
-cargo build --profile "$PROFILE" --locked --quiet
+if [ -n "${LEVEE_BIN:-}" ]; then
+  log "measuring $LEVEE_BIN as built"
+else
+  log "building levee with --profile $PROFILE"
+  cargo build --profile "$PROFILE" --locked --quiet
+  LEVEE_BIN="target/$PROFILE/levee"
+fi
 
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -65,7 +71,7 @@ nginx_conf proxy auto "
       proxy_pass http://app;
     }
   }"
-"target/$PROFILE/levee" edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
+"$LEVEE_BIN" edge --standalone --listen "127.0.0.1:$EDGE" --admin-listen "127.0.0.1:$ADMIN" \
   --upstream "http://127.0.0.1:$UP" >"$dir/edge.log" 2>&1 &
 edge_pid=$!
 cleanup() {
