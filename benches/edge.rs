@@ -44,6 +44,7 @@ fn mitigation(ip: String) -> MitigationSpec {
         action: MitigationAction::RateLimit,
         rate_limit: Some(RateLimit { requests_per_second: 10.0, burst: 10 }),
         admit_percent: None,
+        admit_ramp: None,
         expires_at: Time(Timestamp::from_second(4_000_000_000).unwrap()),
         reason: "bench".into(),
         evidence: None,

@@ -341,7 +341,7 @@ async fn a_service_levee_changed_is_restored_when_its_policy_lets_it_go() {
 async fn a_cold_start_closes_the_edge_and_opens_it_gradually_once_the_fleet_is_up() {
     let gated = BOOTSTRAP.replace(
         "      waveInterval: 1s\n",
-        "      waveInterval: 1s\n  admissionGate: { initialPercent: 30, rampUp: 20s, edgePool: public }\n",
+        "      waveInterval: 1s\n  admissionGate: { initialPercent: 30, rampUp: 40s, edgePool: public }\n",
     );
     let (ns, _op) = cold_fleet("bootstrap-gate", &gated).await;
     let up = common::edge::Upstream::start().await;
@@ -357,7 +357,8 @@ async fn a_cold_start_closes_the_edge_and_opens_it_gradually_once_the_fleet_is_u
             for i in 0..100 {
                 let ip = format!("198.51.{}.{}", i / 50, i % 50 + 1);
                 let r = client.get(&url).header("x-forwarded-for", ip).send().await.unwrap();
-                codes.push((r.status().as_u16(), r.headers().contains_key("retry-after")));
+                let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                codes.push((r.status().as_u16(), retry));
             }
             codes
         }
@@ -365,19 +366,29 @@ async fn a_cold_start_closes_the_edge_and_opens_it_gradually_once_the_fleet_is_u
     // No instance is ready: every client is told at once to come back shortly.
     let closed =
         eventually(Duration::from_secs(15), "the edge closed", answers, |c| c.iter().all(|a| a.0 == 503)).await;
-    assert!(closed.iter().all(|a| a.1), "503 with Retry-After");
+    // Nobody knows when the fleet will be up: a short, fixed wait.
+    assert!(closed.iter().all(|a| a.1 == Some(5)), "503 with Retry-After 5: {closed:?}");
     let gate: Mitigation = ns.api().get("registry-admission-gate").await.unwrap();
     assert_eq!((gate.spec.action, gate.spec.admit_percent), (MitigationAction::Admit, Some(0)));
 
     // The fleet comes up: some clients are let in, then all of them, and the gate is gone.
     let _db = kubelet(&ns, "pgbouncer");
     let _api = kubelet(&ns, "api");
-    let some = |c: &Vec<(u16, bool)>| {
-        let ok = c.iter().filter(|a| a.0 == 200).count();
-        (1..100).contains(&ok) && c.iter().all(|a| a.0 == 200 || a.0 == 503)
+    let ramp = || async {
+        let gate = ns.api::<Mitigation>().get_opt("registry-admission-gate").await.unwrap();
+        gate.and_then(|g| g.spec.admit_ramp)
     };
-    eventually(Duration::from_secs(30), "some clients let in", answers, some).await;
-    eventually(Duration::from_secs(30), "every client let in", answers, |c| c.iter().all(|a| a.0 == 200)).await;
+    eventually(Duration::from_secs(30), "the gate ramping up", ramp, Option::is_some).await;
+    let ramping = answers().await;
+    let ok = ramping.iter().filter(|a| a.0 == 200).count();
+    assert!((1..90).contains(&ok) && ramping.iter().all(|a| a.0 == 200 || a.0 == 503), "{ramping:?}");
+    // Each client left out is told when its turn comes on the 40 s ramp: not all the same
+    // moment, so they do not all come back at once.
+    let waits: std::collections::BTreeSet<u64> =
+        ramping.iter().filter(|a| a.0 == 503).map(|a| a.1.expect("503 with Retry-After")).collect();
+    assert!(waits.iter().all(|w| (1..=40).contains(w)), "{waits:?}");
+    assert!(waits.len() >= 3, "turns spread over the ramp: {waits:?}");
+    eventually(Duration::from_secs(60), "every client let in", answers, |c| c.iter().all(|a| a.0 == 200)).await;
     let gone = || async { ns.api::<Mitigation>().get_opt("registry-admission-gate").await.unwrap() };
     eventually(Duration::from_secs(10), "the gate deleted", gone, Option::is_none).await;
     let notes = |reason| common::event_notes(&ns, reason);
@@ -385,7 +396,7 @@ async fn a_cold_start_closes_the_edge_and_opens_it_gradually_once_the_fleet_is_u
     assert!(closed.len() == 1 && closed[0].contains("edge pool public admits no client (503)"), "{closed:#?}");
     let opening = notes("AdmissionGateOpening").await;
     assert!(
-        opening.len() == 1 && opening[0].contains("admits 30% of clients, rising to all of them over 20s"),
+        opening.len() == 1 && opening[0].contains("admits 30% of clients, rising to all of them over 40s"),
         "{opening:#?}"
     );
     let lifted = notes("AdmissionGateLifted").await;

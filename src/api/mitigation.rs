@@ -5,7 +5,46 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Mode, impl_policy_status};
+use super::common::{Duration, Mode, impl_policy_status};
+
+/// An admitted share rising evenly from `fromPercent` at `since` to every client after `over`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmitRamp {
+    /// Percent admitted when the ramp began.
+    #[schemars(range(min = 0, max = 100))]
+    pub from_percent: i32,
+    /// When the ramp began.
+    pub since: Time,
+    /// How long until every client is admitted.
+    pub over: Duration,
+}
+
+impl AdmitRamp {
+    fn since_secs(&self) -> f64 {
+        self.since.0.as_millisecond() as f64 / 1000.0
+    }
+
+    /// The percent admitted at `now` (unix seconds); `None` once the ramp admits everyone.
+    pub fn percent_at(&self, now: f64) -> Option<i32> {
+        let over = self.over.0.as_secs_f64();
+        let done = if over > 0.0 { ((now - self.since_secs()) / over).clamp(0.0, 1.0) } else { 1.0 };
+        let from = f64::from(self.from_percent.clamp(0, 100));
+        let percent = (from + (100.0 - from) * done).floor() as i32;
+        (percent < 100).then_some(percent.clamp(0, 99))
+    }
+
+    /// When (unix seconds) the ramp first admits a client of admission `bucket` (0–99): when
+    /// its percent passes the bucket.
+    pub fn admits_at(&self, bucket: u8) -> f64 {
+        let from = f64::from(self.from_percent.clamp(0, 100));
+        if f64::from(bucket) < from || from >= 100.0 {
+            return self.since_secs();
+        }
+        let done = (f64::from(bucket) + 1.0 - from) / (100.0 - from);
+        self.since_secs() + self.over.0.as_secs_f64() * done
+    }
+}
 
 /// One edge rule: which traffic it matches, what it does, why, and when it lapses.
 /// Every edge watches these and enforces them.
@@ -47,6 +86,11 @@ pub struct MitigationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub admit_percent: Option<i32>,
+    /// How the admitted share rises, for an `Admit` rule that is ramping up: edges admit what
+    /// the ramp says at each request (at least `admitPercent`), and tell each client they
+    /// leave out when its turn comes (`Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admit_ramp: Option<AdmitRamp>,
     /// When the rule lapses. Every mitigation has one.
     pub expires_at: Time,
     /// Why, in one sentence.

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use super::source::{Country, Source, ip_key};
 use crate::api::{
     Mode,
-    mitigation::{MitigationAction, MitigationSpec},
+    mitigation::{AdmitRamp, MitigationAction, MitigationSpec},
 };
 
 /// One compiled mitigation.
@@ -37,6 +37,8 @@ pub struct Rule {
     except_lens: Vec<u8>,
     /// Of every 100 clients (by [`admission_bucket`]), how many an `Admit` rule lets in.
     admit_percent: u8,
+    /// How an `Admit` rule's share rises between its renewals.
+    admit_ramp: Option<AdmitRamp>,
 }
 
 impl Rule {
@@ -72,9 +74,12 @@ pub enum Outcome {
     },
 }
 
-/// Seconds a client left out by an admission gate is told to wait: the gate's percent rises
-/// every few seconds.
+/// Seconds a client left out by an admission gate that is not ramping is told to wait: none
+/// knows when the gate opens.
 pub const GATED_RETRY_AFTER_SECS: u64 = 5;
+/// The longest a ramping gate tells a client to wait, even if its turn is later: the gate may
+/// be lifted early (its policy deleted, or the operator stopped and the gate lapsed).
+pub const GATED_RETRY_AFTER_MAX_SECS: u64 = 60;
 
 /// A client's place among 100 (from its address), the same on every edge: an `Admit` rule
 /// of percent p lets in those below p, so a rising percent keeps those it let in.
@@ -264,6 +269,22 @@ impl RuleSet {
     }
 }
 
+/// Whether an `Admit` rule lets `ip` in at `now`; if not, when to come back: when the ramp
+/// reaches its bucket.
+fn admit(rule: &Rule, ip: IpAddr, now: f64) -> Outcome {
+    let bucket = admission_bucket(ip);
+    let ramp = rule.admit_ramp.as_ref();
+    let percent = ramp.map_or(0, |r| r.percent_at(now).unwrap_or(100)).max(i32::from(rule.admit_percent));
+    if i32::from(bucket) < percent {
+        return Outcome::Pass;
+    }
+    let retry_after_secs = match ramp {
+        Some(r) => ((r.admits_at(bucket) - now).ceil().max(1.0) as u64).min(GATED_RETRY_AFTER_MAX_SECS),
+        None => GATED_RETRY_AFTER_SECS,
+    };
+    Outcome::Gated { rule: rule.name.clone(), retry_after_secs }
+}
+
 /// The outcome of the rules that name a request: a block outranks a limit; shadow rules only
 /// say what they would have done. Out of line, to keep [`RuleSet::check`]'s common path short.
 #[inline(never)]
@@ -289,10 +310,7 @@ fn decide<'a>(rules: impl Iterator<Item = &'a Arc<Rule>>, ip: IpAddr, now: f64) 
                 }
                 _ => Outcome::Pass,
             },
-            MitigationAction::Admit if admission_bucket(ip) < rule.admit_percent => Outcome::Pass,
-            MitigationAction::Admit => {
-                Outcome::Gated { rule: rule.name.clone(), retry_after_secs: GATED_RETRY_AFTER_SECS }
-            }
+            MitigationAction::Admit => admit(rule, ip, now),
         };
         if verdict == Outcome::Pass {
             continue;
@@ -358,6 +376,7 @@ fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> R
         except,
         except_lens,
         admit_percent,
+        admit_ramp: spec.admit_ramp.clone().filter(|_| spec.action == MitigationAction::Admit),
     })
 }
 
@@ -385,6 +404,7 @@ mod tests {
             rate_limit: (action == MitigationAction::RateLimit)
                 .then_some(RateLimit { requests_per_second: rps, burst }),
             admit_percent: None,
+            admit_ramp: None,
             expires_at: Time(Timestamp::from_millisecond((expires * 1000.0) as i64).unwrap()),
             reason: "test".into(),
             evidence: None,
@@ -411,6 +431,49 @@ mod tests {
                 set.check(&src(&ip), None, NOW).outcome == Outcome::Pass
             })
             .collect()
+    }
+
+    #[test]
+    fn a_ramping_gate_follows_its_ramp_and_tells_each_client_left_out_when_its_turn_comes() {
+        // Renewed 20 s into a 100 s ramp from 10%, at the 28% it then admitted.
+        let ramp = AdmitRamp {
+            from_percent: 10,
+            since: Time(Timestamp::from_millisecond(((NOW - 20.0) * 1000.0) as i64).unwrap()),
+            over: crate::api::Duration(std::time::Duration::from_secs(100)),
+        };
+        let ramping = MitigationSpec { admit_ramp: Some(ramp.clone()), ..gate(28) };
+        let (set, _) = RuleSet::build([("ns/gate".to_owned(), &ramping)], vec![], &RuleSet::default());
+        let clients: Vec<Source> =
+            (0..2000u32).map(|i| src(&std::net::Ipv4Addr::from(0x0a00_0000 + i * 7).to_string())).collect();
+        let (mut waits, mut latest) = (Vec::new(), 0);
+        for c in &clients {
+            match set.check(c, None, NOW).outcome {
+                Outcome::Pass => assert!(admission_bucket(c.ip) < 28),
+                Outcome::Gated { retry_after_secs, .. } => {
+                    let bucket = admission_bucket(c.ip);
+                    assert!(bucket >= 28, "bucket {bucket} refused at 28%");
+                    assert!((1..=GATED_RETRY_AFTER_MAX_SECS).contains(&retry_after_secs));
+                    // Told to come back when its turn comes (or at the cap, if that is later):
+                    // then it is let in, and not a second before.
+                    let back = NOW + retry_after_secs as f64;
+                    if retry_after_secs < GATED_RETRY_AFTER_MAX_SECS {
+                        assert_eq!(set.check(c, None, back).outcome, Outcome::Pass, "bucket {bucket}");
+                    }
+                    assert!(ramp.admits_at(bucket) > back - 1.0, "bucket {bucket} told to wait too long");
+                    waits.push(retry_after_secs);
+                    latest = latest.max(retry_after_secs);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Clients are spread over the ramp, not all sent back at once.
+        waits.sort_unstable();
+        waits.dedup();
+        assert!(waits.len() > 30, "{waits:?}");
+        assert_eq!(latest, GATED_RETRY_AFTER_MAX_SECS, "the last buckets are due after the cap");
+        // Between renewals the edge follows the ramp: 50 s later, 73% are in.
+        let later = clients.iter().filter(|c| set.check(c, None, NOW + 50.0).outcome == Outcome::Pass).count();
+        assert!((1350..1570).contains(&later), "{later} of 2000");
     }
 
     #[test]

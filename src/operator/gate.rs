@@ -16,7 +16,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::api::{BootstrapPolicy, Mitigation};
+use crate::api::{BootstrapPolicy, Mitigation, mitigation::AdmitRamp};
 
 /// When the gate's ramp began (unix seconds), on the gate's Mitigation.
 pub const RAMP_ANNOTATION: &str = "levee.dev/admission-ramp-since";
@@ -27,12 +27,11 @@ const FIELD_MANAGER: &str = "levee-bootstrap-gate";
 /// How long a gate lasts past its last renewal.
 const LAPSES_AFTER_SECS: i64 = 60;
 
-/// The percent of clients a ramp from `initial` percent, begun at `since` and lasting `ramp`
-/// seconds, admits at `now`; `None` once it admits everyone.
-pub fn ramp_percent(initial: i32, since: f64, ramp: f64, now: f64) -> Option<i32> {
-    let done = if ramp > 0.0 { ((now - since) / ramp).clamp(0.0, 1.0) } else { 1.0 };
-    let percent = (f64::from(initial) + (100.0 - f64::from(initial)) * done).floor() as i32;
-    (percent < 100).then_some(percent.clamp(0, 99))
+/// The ramp of a gate that began at `since` (unix seconds).
+fn ramp(policy: &BootstrapPolicy, since: f64) -> AdmitRamp {
+    let gate = &policy.spec.admission_gate;
+    let since = Timestamp::from_millisecond((since * 1000.0) as i64).unwrap_or_else(|_| Timestamp::now());
+    AdmitRamp { from_percent: gate.initial_percent, since: Time(since), over: gate.ramp_up }
 }
 
 /// The gate's Mitigation name for `policy`.
@@ -73,9 +72,8 @@ pub async fn tick(
     if existing.is_none() {
         return Ok(None);
     }
-    let ramp = gate.ramp_up.as_secs_f64();
     let begun = since.unwrap_or(now);
-    match ramp_percent(gate.initial_percent, begun, ramp, now) {
+    match ramp(policy, begun).percent_at(now) {
         Some(percent) => {
             apply(&api, policy, &name, percent, Some(begun), now).await?;
             Ok(since.is_none().then(|| {
@@ -131,6 +129,9 @@ async fn apply(
     if let Some(since) = since {
         metadata["annotations"] = json!({ RAMP_ANNOTATION: format!("{since:.0}") });
     }
+    // Edges follow the ramp between renewals, and tell each client left out when its turn
+    // comes.
+    let admit_ramp = since.map(|since| ramp(policy, since));
     let gate = &policy.spec.admission_gate;
     let patch = json!({
         "apiVersion": Mitigation::api_version(&()),
@@ -141,6 +142,7 @@ async fn apply(
             "match": { "all": true },
             "action": "Admit",
             "admitPercent": percent,
+            "admitRamp": admit_ramp,
             "expiresAt": Time(expires),
             "reason": reason,
             "mode": policy.spec.mode,
@@ -156,11 +158,24 @@ mod tests {
 
     #[test]
     fn the_ramp_rises_evenly_to_everyone() {
-        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1000.0), Some(10));
-        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1150.0), Some(55));
-        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1299.0), Some(99));
-        assert_eq!(ramp_percent(10, 1000.0, 300.0, 1300.0), None);
-        assert_eq!(ramp_percent(10, 1000.0, 0.0, 1000.0), None, "no ramp: everyone at once");
-        assert_eq!(ramp_percent(10, 1000.0, 300.0, 900.0), Some(10), "a clock behind the ramp's start");
+        let ramp = |initial: i32, secs: u64| AdmitRamp {
+            from_percent: initial,
+            since: Time(Timestamp::from_second(1000).unwrap()),
+            over: crate::api::Duration(std::time::Duration::from_secs(secs)),
+        };
+        assert_eq!(ramp(10, 300).percent_at(1000.0), Some(10));
+        assert_eq!(ramp(10, 300).percent_at(1150.0), Some(55));
+        assert_eq!(ramp(10, 300).percent_at(1299.0), Some(99));
+        assert_eq!(ramp(10, 300).percent_at(1300.0), None);
+        assert_eq!(ramp(10, 0).percent_at(1000.0), None, "no ramp: everyone at once");
+        assert_eq!(ramp(10, 300).percent_at(900.0), Some(10), "a clock behind the ramp's start");
+        // Each client's turn: bucket 9 is in from the start, bucket 10 as the percent passes
+        // 10, bucket 54 as it reaches 55, bucket 99 at the end.
+        assert_eq!(ramp(10, 300).admits_at(9), 1000.0);
+        for bucket in [10u8, 54, 99] {
+            let at = ramp(10, 300).admits_at(bucket);
+            assert!(ramp(10, 300).percent_at(at - 0.01).unwrap_or(100) <= i32::from(bucket), "{bucket} before {at}");
+            assert!(ramp(10, 300).percent_at(at + 0.01).unwrap_or(100) > i32::from(bucket), "{bucket} after {at}");
+        }
     }
 }

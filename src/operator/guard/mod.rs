@@ -447,6 +447,7 @@ impl Guards {
             action,
             rate_limit,
             admit_percent: None,
+            admit_ramp: None,
             expires_at: Time(Timestamp::now()),
             reason,
             evidence: Some(Evidence {
@@ -713,6 +714,7 @@ fn shed(guard: &TrafficGuard, extras: &PoolExtras, active: &HashMap<String, &Mit
         action: MitigationAction::RateLimit,
         rate_limit: Some(RateLimit { requests_per_second: limit, burst: (limit.ceil() as i32).max(1) }),
         admit_percent: None,
+        admit_ramp: None,
         expires_at: Time(Timestamp::now()),
         reason,
         evidence: None,
