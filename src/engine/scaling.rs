@@ -159,12 +159,28 @@ impl Planner {
         }
     }
 
-    /// Takes over the lead time `earlier` learned, when it planned the same target (a spec
-    /// change makes a new planner; the target's start-up time is what it was).
-    pub fn carry_lead_time(&mut self, earlier: &Planner) {
+    /// Takes over what `earlier` (the planner of the spec before a change) learned and still
+    /// holds: its lead time, when it planned the same target (the target's start-up time is
+    /// what it was), and its forecaster, when the forecast's inputs and settings are unchanged
+    /// (a bounds or capacity edit). Returns whether the forecaster was taken.
+    pub fn carry_over(&mut self, earlier: &mut Planner) -> bool {
         if earlier.spec.target == self.spec.target {
             self.lead.carry_over(&earlier.lead);
         }
+        let taken = self.same_forecast_as(&earlier.spec);
+        if taken {
+            std::mem::swap(&mut self.forecaster, &mut earlier.forecaster);
+        }
+        taken
+    }
+
+    /// Whether a planner for `other` forecasts the same series the same way: the same
+    /// arrival-rate signals and forecast settings.
+    pub fn same_forecast_as(&self, other: &ScalingPolicySpec) -> bool {
+        let arrivals = |s: &ScalingPolicySpec| {
+            s.signals.iter().filter(|x| x.role == SignalRole::ArrivalRate).cloned().collect::<Vec<_>>()
+        };
+        self.spec.forecast == other.forecast && arrivals(&self.spec) == arrivals(other)
     }
 
     /// Starts from a lead time learned before a restart (the policy's status keeps it).

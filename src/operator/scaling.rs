@@ -223,19 +223,31 @@ impl Scaler {
         let generation = policy.metadata.generation.unwrap_or(0);
         // A new spec gets a new planner (bounds, capacity and forecast settings changed), as
         // does a policy this operator has not planned yet; either starts from history.
-        let known = self.lock_planners().get(&key).is_some_and(|(g, _, _)| *g == generation);
-        let fresh = if known { None } else { Some(self.warm_planner(policy, &key, now).await) };
+        let (known, same_forecast) = match self.lock_planners().get(&key) {
+            Some((g, _, p)) => (*g == generation, p.same_forecast_as(&policy.spec)),
+            None => (false, false),
+        };
+        // A spec change that leaves the forecast alone keeps the forecaster (below), so it
+        // reads no history.
+        let fresh = match (known, same_forecast) {
+            (true, _) => None,
+            (false, true) => Some(Planner::new(&policy.spec)),
+            (false, false) => Some(self.warm_planner(policy, &key, now).await),
+        };
         let (decision, learned) = {
             let mut planners = self.lock_planners();
             // Planners of policies that stopped ticking (deleted, or invalid) are dropped.
             let stale = FORGET_AFTER_TICKS * self.config.tick.as_secs_f64();
             planners.retain(|_, (_, last, _)| now - *last < stale);
             if let Some(mut planner) = fresh {
-                // What was learned of the target's start-up time outlives the planner: from
-                // the one before a spec change, or from status after a restart.
+                // What was learned outlives the planner: the lead time and (when the forecast
+                // is unchanged) the forecaster from the one before a spec change, the lead
+                // time from status after a restart.
                 let status = policy.status.as_ref();
-                match planners.get(&key) {
-                    Some((_, _, earlier)) => planner.carry_lead_time(earlier),
+                match planners.get_mut(&key) {
+                    Some((_, _, earlier)) => {
+                        planner.carry_over(earlier);
+                    }
                     None if status.and_then(|s| s.observed_generation) == Some(generation) => {
                         if let Some(learned) = status.and_then(|s| s.learned_lead_time_seconds) {
                             planner.resume_lead_time(learned);

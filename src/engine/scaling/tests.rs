@@ -115,15 +115,35 @@ fn a_planner_warmed_with_history_scales_for_the_daily_peak_from_its_first_tick()
 }
 
 #[test]
-fn a_spec_change_keeps_the_learned_lead_time_of_the_same_target_only() {
-    let mut before = Planner::new(&spec(""));
-    before.resume_lead_time(45.0);
+fn a_spec_change_keeps_what_the_planner_learned_that_still_holds() {
+    let fed = || {
+        let mut p = Planner::new(&spec(""));
+        p.resume_lead_time(45.0);
+        for i in 0..60 {
+            p.plan(&tick(f64::from(i) * 60.0, 10, Some(100.0)));
+        }
+        p
+    };
+    let now = 3600.0;
+    // A bounds edit: lead time and forecaster both carry over, so the first tick forecasts.
     let mut edited = Planner::new(&spec("bounds: { minReplicas: 2, maxReplicas: 80 }"));
-    edited.carry_lead_time(&before);
+    assert!(edited.carry_over(&mut fed()));
     assert_eq!(edited.learned_lead_time(), Some(45.0));
+    assert!(edited.plan(&tick(now, 10, Some(100.0))).forecast.is_some());
+    // Another target: its start-up time is not known; the forecast's inputs are the same.
     let mut retargeted = Planner::new(&spec("target: { deployment: { name: other } }"));
-    retargeted.carry_lead_time(&before);
+    assert!(retargeted.carry_over(&mut fed()));
     assert_eq!(retargeted.learned_lead_time(), None, "another target starts from the policy's value");
+    // A new lead time, or another query: the forecaster starts again (from history, in the
+    // operator).
+    for changed in [
+        "forecast: { leadTime: 300s, seasonality: None }",
+        "signals: [{ name: rps, role: ArrivalRate, prometheus: { query: other_rate } }]",
+    ] {
+        let mut p = Planner::new(&spec(changed));
+        assert!(!p.carry_over(&mut fed()), "{changed}");
+        assert!(p.plan(&tick(now, 10, Some(100.0))).forecast.is_none(), "{changed}");
+    }
 }
 
 #[test]
