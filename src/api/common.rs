@@ -2,7 +2,10 @@
 
 use std::{borrow::Cow, fmt, str::FromStr};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -190,6 +193,21 @@ macro_rules! impl_policy_status {
     )*};
 }
 pub(crate) use impl_policy_status;
+
+/// A Kubernetes time in Unix seconds, as the engine and the edges count time.
+pub fn unix_secs(t: &Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
+}
+
+/// Unix seconds as a Kubernetes time; now, for seconds out of its range.
+pub fn time_at(unix_secs: f64) -> Time {
+    Time(Timestamp::from_millisecond((unix_secs * 1000.0) as i64).unwrap_or_else(|_| Timestamp::now()))
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> f64 {
+    unix_secs(&Time(Timestamp::now()))
+}
 
 #[cfg(test)]
 mod tests {

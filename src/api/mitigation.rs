@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Duration, Mode, impl_policy_status};
+use super::common::{Duration, Mode, impl_policy_status, unix_secs};
 
 /// An admitted share rising evenly from `fromPercent` at `since` to every client after `over`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -21,14 +21,10 @@ pub struct AdmitRamp {
 }
 
 impl AdmitRamp {
-    fn since_secs(&self) -> f64 {
-        self.since.0.as_millisecond() as f64 / 1000.0
-    }
-
     /// The percent admitted at `now` (unix seconds); `None` once the ramp admits everyone.
     pub fn percent_at(&self, now: f64) -> Option<i32> {
         let over = self.over.0.as_secs_f64();
-        let done = if over > 0.0 { ((now - self.since_secs()) / over).clamp(0.0, 1.0) } else { 1.0 };
+        let done = if over > 0.0 { ((now - unix_secs(&self.since)) / over).clamp(0.0, 1.0) } else { 1.0 };
         let from = f64::from(self.from_percent.clamp(0, 100));
         let percent = (from + (100.0 - from) * done).floor() as i32;
         (percent < 100).then_some(percent.clamp(0, 99))
@@ -39,10 +35,10 @@ impl AdmitRamp {
     pub fn admits_at(&self, bucket: u8) -> f64 {
         let from = f64::from(self.from_percent.clamp(0, 100));
         if f64::from(bucket) < from || from >= 100.0 {
-            return self.since_secs();
+            return unix_secs(&self.since);
         }
         let done = (f64::from(bucket) + 1.0 - from) / (100.0 - from);
-        self.since_secs() + self.over.0.as_secs_f64() * done
+        unix_secs(&self.since) + self.over.0.as_secs_f64() * done
     }
 }
 

@@ -27,6 +27,8 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::api::common::unix_now;
+
 use super::{
     breaker::{Breaker, BreakerConfig, State},
     counter::{CounterConfig, TrafficCounter},
@@ -235,10 +237,6 @@ fn state_name(s: State) -> &'static str {
 /// A poisoned lock only means a request panicked mid-count; the counts are still usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A refusal that tells the client when to try again (`Retry-After`), counted against `rule`

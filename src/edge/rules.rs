@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use super::source::{Country, Source, ip_key};
 use crate::api::{
     Mode,
+    common::unix_secs,
     mitigation::{AdmitRamp, MitigationAction, MitigationSpec},
 };
 
@@ -326,7 +327,7 @@ fn decide<'a>(rules: impl Iterator<Item = &'a Arc<Rule>>, ip: IpAddr, now: f64) 
 }
 
 fn compile(name: &str, spec: &MitigationSpec, previous: Option<&Arc<Rule>>) -> Result<Rule, String> {
-    let expires_at = spec.expires_at.0.as_millisecond() as f64 / 1000.0;
+    let expires_at = unix_secs(&spec.expires_at);
     let (limiter, quota) = match (spec.action, &spec.rate_limit) {
         (MitigationAction::RateLimit, Some(rl)) => {
             if !(rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0) {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -37,6 +37,7 @@ use crate::{
     api::{
         BootstrapPolicy, OpenPage,
         bootstrap_policy::{StageStatus, StageTargetKind},
+        common::{time_at, unix_now, unix_secs},
     },
     engine::bootstrap::{self, Phase, Progress, Stage, StageProgress, Step},
 };
@@ -143,7 +144,7 @@ impl Bootstrapper {
                 ready_within: s.ready_within.as_secs_f64(),
             })
             .collect();
-        let now = unix(&Time(Timestamp::now()));
+        let now = unix_now();
         let plan = bootstrap::plan(&stages, &sizes, &before, now);
 
         let held = self.pause.held_back(policy.spec.mode);
@@ -298,14 +299,17 @@ impl Bootstrapper {
         let Some(status) = &policy.status else { return Progress::default() };
         Progress {
             phase: status.phase.as_deref().map_or(Phase::Idle, Phase::parse),
-            since: status.since.as_ref().map(unix),
+            since: status.since.as_ref().map(unix_secs),
             stages: status
                 .stages
                 .iter()
                 .map(|s| {
                     (
                         s.name.clone(),
-                        StageProgress { started_at: unix(&s.started_at), last_wave_at: unix(&s.last_wave_at) },
+                        StageProgress {
+                            started_at: unix_secs(&s.started_at),
+                            last_wave_at: unix_secs(&s.last_wave_at),
+                        },
                     )
                 })
                 .collect::<BTreeMap<_, _>>(),
@@ -355,8 +359,8 @@ impl Bootstrapper {
             .iter()
             .map(|(name, p)| StageStatus {
                 name: name.clone(),
-                started_at: time(p.started_at),
-                last_wave_at: time(p.last_wave_at),
+                started_at: time_at(p.started_at),
+                last_wave_at: time_at(p.last_wave_at),
             })
             .collect();
         let mut status = json!({ "phase": progress.phase.as_str(), "message": message, "stages": stages });
@@ -364,7 +368,7 @@ impl Bootstrapper {
             status["currentStage"] = json!(current);
         }
         if let Some(since) = progress.since {
-            status["since"] = json!(time(since));
+            status["since"] = json!(time_at(since));
         }
         // Under server-side apply a field left out is a field deleted: the page goes in as
         // last decided (or as status had it).
@@ -387,15 +391,6 @@ impl Bootstrapper {
             warn!(error = %e, "cannot publish event");
         }
     }
-}
-
-/// Unix seconds, as the planner counts time.
-fn unix(t: &Time) -> f64 {
-    t.0.as_millisecond() as f64 / 1000.0
-}
-
-fn time(unix_secs: f64) -> Time {
-    Time(Timestamp::from_millisecond((unix_secs * 1000.0) as i64).unwrap_or_else(|_| Timestamp::now()))
 }
 
 fn kind(k: StageTargetKind) -> WorkloadKind {

@@ -16,7 +16,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::api::{BootstrapPolicy, Mitigation, mitigation::AdmitRamp};
+use crate::api::{BootstrapPolicy, Mitigation, common::time_at, mitigation::AdmitRamp};
 
 /// When the gate's ramp began (unix seconds), on the gate's Mitigation.
 pub const RAMP_ANNOTATION: &str = "levee.dev/admission-ramp-since";
@@ -30,8 +30,7 @@ const LAPSES_AFTER_SECS: i64 = 60;
 /// The ramp of a gate that began at `since` (unix seconds).
 fn ramp(policy: &BootstrapPolicy, since: f64) -> AdmitRamp {
     let gate = &policy.spec.admission_gate;
-    let since = Timestamp::from_millisecond((since * 1000.0) as i64).unwrap_or_else(|_| Timestamp::now());
-    AdmitRamp { from_percent: gate.initial_percent, since: Time(since), over: gate.ramp_up }
+    AdmitRamp { from_percent: gate.initial_percent, since: time_at(since), over: gate.ramp_up }
 }
 
 /// The gate's Mitigation name for `policy`.

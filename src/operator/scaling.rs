@@ -127,7 +127,7 @@ impl Scaler {
             pager,
             aws: OnceCell::new(),
             started: tokio::time::Instant::now(),
-            epoch: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            epoch: crate::api::common::unix_now(),
             pause,
             claims,
         }

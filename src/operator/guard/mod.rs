@@ -26,6 +26,8 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::api::common::unix_now;
+
 use crate::{
     api::{
         Mitigation, MitigationSpec, Mode, OpenPage, TrafficGuard,
@@ -628,11 +630,6 @@ pub fn reports_router(hub: Arc<ReportHub>) -> axum::Router {
         )
         .layer(axum::extract::DefaultBodyLimit::max(crate::edge::report::MAX_REPORT_BYTES))
         .with_state(hub)
-}
-
-/// Seconds since the epoch, now: the clock daily shapes are kept by.
-fn unix_now() -> f64 {
-    Timestamp::now().as_millisecond() as f64 / 1000.0
 }
 
 fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
