@@ -81,11 +81,16 @@ pub struct UpstreamPool {
     /// `host:port` to connect to.
     addr: String,
     idle: Mutex<VecDeque<Idle>>,
+    idle_for: Duration,
 }
 
 impl UpstreamPool {
     pub fn new(addr: String) -> Arc<Self> {
-        Arc::new(Self { addr, idle: Mutex::new(VecDeque::new()) })
+        Self::with_idle_for(addr, IDLE_FOR)
+    }
+
+    fn with_idle_for(addr: String, idle_for: Duration) -> Arc<Self> {
+        Arc::new(Self { addr, idle: Mutex::new(VecDeque::new()), idle_for })
     }
 
     /// Sends `req` on an idle connection, or a new one.
@@ -123,7 +128,11 @@ impl UpstreamPool {
     /// The most recently used idle connection that is still open and free.
     async fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         loop {
-            let mut sender = self.lock().pop_back()?.sender;
+            let mut sender = {
+                let mut idle = self.lock();
+                self.close_stale(&mut idle, Instant::now());
+                idle.pop_back()?.sender
+            };
             if sender.is_closed() {
                 continue;
             }
@@ -160,11 +169,16 @@ impl UpstreamPool {
         }
         let now = Instant::now();
         let mut idle = self.lock();
-        while idle.front().is_some_and(|i| now - i.since > IDLE_FOR) {
-            idle.pop_front();
-        }
+        self.close_stale(&mut idle, now);
         if idle.len() < MAX_IDLE {
             idle.push_back(Idle { sender, since: now });
+        }
+    }
+
+    /// Closes the connections idle for longer than `idle_for` (the oldest are in front).
+    fn close_stale(&self, idle: &mut VecDeque<Idle>, now: Instant) {
+        while idle.front().is_some_and(|i| now - i.since > self.idle_for) {
+            idle.pop_front();
         }
     }
 
@@ -317,6 +331,19 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for five requests in turn");
         assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_closed_rather_than_used() {
+        let (addr, accepted) = upstream("ok", 100).await;
+        let pool = UpstreamPool::with_idle_for(addr, Duration::from_millis(100));
+        let mut reqs = requests(2).await.into_iter();
+        body_of(pool.send(reqs.next().unwrap()).await.unwrap()).await;
+        assert_eq!(pool.idle(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // No request came back in between: the next one closes it and opens another.
+        assert_eq!(body_of(pool.send(reqs.next().unwrap()).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
