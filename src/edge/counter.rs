@@ -172,18 +172,20 @@ struct DimensionCounter {
 }
 
 impl DimensionCounter {
-    /// Counts `key`; returns the key it displaced from the heavy hitters, if any, and whether
-    /// it was a heavy hitter already. `sampled` says whether this request is one of the
+    /// Counts `key`, whose [`hash_key`] is `hash` when the caller has made it already;
+    /// returns the key it displaced from the heavy hitters, if any, and whether it was a heavy
+    /// hitter already. `sampled` says whether this request is one of the
     /// one-in-[`SKETCH_SAMPLE`] that the sketch counts.
-    fn count(&mut self, key: u128, sampled: bool) -> (Option<u128>, bool) {
+    fn count(&mut self, key: u128, hash: Option<u64>, sampled: bool) -> (Option<u128>, bool) {
         if let Some(exact) = &mut self.exact
             && exact.count(key)
         {
             return (None, true);
         }
+        let hash = hash.unwrap_or_else(|| hash_key(key));
         // A heavy hitter's own count is the one reported: the sketch only decides who gets in,
         // so it is spared the cache misses for the keys already there.
-        if self.top.increment(key) {
+        if self.top.increment_hashed(key, hash) {
             return (None, true);
         }
         if !self.top.is_full() {
@@ -197,7 +199,7 @@ impl DimensionCounter {
         if !sampled {
             return (None, false);
         }
-        let estimate = self.sketch.add_weighted(hash_key(key), SKETCH_SAMPLE);
+        let estimate = self.sketch.add_weighted(hash, SKETCH_SAMPLE);
         // A key must be sampled twice in the interval before it may displace anyone: a
         // displacement costs a heap repair and two map updates, and without this bar every
         // sampled request of the long tail pays them, one light source displacing another
@@ -245,8 +247,6 @@ pub struct TrafficCounter {
     /// Sources each sampled one stands for.
     sample_weight: u64,
     top_keys: usize,
-    /// Whether API keys are one of the dimensions (hashing one is the costly part of its key).
-    counts_api_keys: bool,
     /// State of the generator that draws the sketches' sample (xorshift): random, not every
     /// n-th request, so that no rotation of sources can stay out of it.
     sample_state: u64,
@@ -304,7 +304,6 @@ impl TrafficCounter {
             sample_mask: !(u64::MAX >> sample_bits),
             sample_weight: 1 << sample_bits,
             top_keys: cfg.top_keys,
-            counts_api_keys: dimensions.contains(&Dimension::ApiKey),
             sample_state: 0x9e37_79b9_7f4a_7c15,
             requests: 0,
             new_source_requests: 0,
@@ -333,22 +332,30 @@ impl TrafficCounter {
                 }
             }
         }
-        // Every dimension's key, built once, in `Dimension` order (the API key hashed only
-        // when it is counted).
-        let keys = [
-            Some(ip),
-            Some(ip_key(src.prefix.network())),
-            src.asn.map(u128::from),
-            src.country.map(|c| u128::from(u16::from_be_bytes(c.bytes()))),
-            src.api_key.as_deref().filter(|_| self.counts_api_keys).map(|k| {
-                let lo = self.hasher.hash_one(k);
-                let hi = foldhash::fast::FixedState::with_seed(lo).hash_one(k);
-                (u128::from(hi) << 64) | u128::from(lo)
-            }),
-        ];
+        // The address's hash serves its heavy-hitter slot, its sketch and the filter.
+        let ip_hash = hash_key(ip);
         for d in &mut self.dims {
-            let Some(key) = keys[d.dimension as usize] else { continue };
-            let (evicted, tracked) = d.count(key, sampled);
+            let (key, hash) = match d.dimension {
+                Dimension::Ip => (ip, Some(ip_hash)),
+                Dimension::Prefix => (ip_key(src.prefix.network()), None),
+                Dimension::Asn => match src.asn {
+                    Some(asn) => (u128::from(asn), None),
+                    None => continue,
+                },
+                Dimension::Country => match src.country {
+                    Some(c) => (u128::from(u16::from_be_bytes(c.bytes())), None),
+                    None => continue,
+                },
+                Dimension::ApiKey => match src.api_key.as_deref() {
+                    Some(k) => {
+                        let lo = self.hasher.hash_one(k);
+                        let hi = foldhash::fast::FixedState::with_seed(lo).hash_one(k);
+                        ((u128::from(hi) << 64) | u128::from(lo), None)
+                    }
+                    None => continue,
+                },
+            };
+            let (evicted, tracked) = d.count(key, hash, sampled);
             ip_tracked |= tracked && d.dimension == Dimension::Ip;
             if d.dimension == Dimension::ApiKey {
                 if let Some(old) = evicted {
@@ -363,11 +370,8 @@ impl TrafficCounter {
             }
         }
         // A heavy hitter of this interval has been seen: skip the filter's cache misses for it.
-        if !ip_tracked {
-            let h = hash_key(ip);
-            if h & self.sample_mask == 0 && !self.seen.check_and_insert(h) {
-                self.new_source_requests += self.sample_weight;
-            }
+        if !ip_tracked && ip_hash & self.sample_mask == 0 && !self.seen.check_and_insert(ip_hash) {
+            self.new_source_requests += self.sample_weight;
         }
     }
 

@@ -130,10 +130,15 @@ impl HeavyHitters {
 
     /// The slot of `key` in `present`.
     fn slot(&self, key: u128) -> usize {
+        self.slot_of(hash_key(key))
+    }
+
+    /// The slot in `present` of the key [`hash_key`] hashes to `h`.
+    fn slot_of(&self, h: u64) -> usize {
         // From the sketch's hash (the map hashes with a seed of its own), above the bits that
         // pick the sketch's block, so that keys crowding one sketch block do not also crowd
         // one slot.
-        (hash_key(key) >> 40) as usize & (self.present.len() - 1)
+        (h >> 40) as usize & (self.present.len() - 1)
     }
 
     fn insert(&mut self, key: u128, count: u64) {
@@ -157,7 +162,12 @@ impl HeavyHitters {
 
     /// Counts one occurrence of `key` if it is tracked; false if it is not.
     pub fn increment(&mut self, key: u128) -> bool {
-        self.present[self.slot(key)] != 0 && self.counts.get_mut(&key).map(|c| *c += 1).is_some()
+        self.increment_hashed(key, hash_key(key))
+    }
+
+    /// [`HeavyHitters::increment`] for a key whose [`hash_key`] the caller has already made.
+    pub fn increment_hashed(&mut self, key: u128, h: u64) -> bool {
+        self.present[self.slot_of(h)] != 0 && self.counts.get_mut(&key).map(|c| *c += 1).is_some()
     }
 
     /// Counts one occurrence of `key`, whose count a sketch estimates at `estimate`. A key not
