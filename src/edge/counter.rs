@@ -236,7 +236,9 @@ fn ip_of(key: u128) -> IpAddr {
 
 /// Counts of one interval.
 pub struct TrafficCounter {
-    dims: Vec<DimensionCounter>,
+    /// Indexed by `Dimension as usize`; `None` for a dimension not counted. A fixed slot per
+    /// dimension lets a request's counting be straight-line code, without a loop and a match.
+    dims: [Option<DimensionCounter>; 5],
     seen: SeenFilter,
     hasher: foldhash::fast::FixedState,
     intervals: u32,
@@ -270,32 +272,23 @@ impl TrafficCounter {
     /// Counts the given dimensions (ApiKey only for requests that carry one).
     pub fn new(cfg: CounterConfig, dimensions: &[Dimension]) -> Self {
         let sample_bits = cfg.seen_sample.max(1).next_power_of_two().trailing_zeros().min(6);
-        let mut dims: Vec<Dimension> = dimensions.to_vec();
-        dims.sort();
-        dims.dedup();
+        let counter = |dimension: Dimension| DimensionCounter {
+            dimension,
+            // Aggregates have far fewer keys than IPs; a narrower sketch serves them. Two rows:
+            // the sketch only gates entry to the heavy-hitter list, whose counts are the ones
+            // reported.
+            sketch: CountMin::new(if dimension == Dimension::Ip { cfg.sketch_width } else { cfg.sketch_width / 8 }, 2),
+            top: HeavyHitters::new(cfg.top_keys),
+            exact: match dimension {
+                Dimension::Asn => Some(Exact::Asn(HashMap::with_hasher(foldhash::fast::FixedState::with_seed(3)))),
+                Dimension::Country => Some(Exact::Country(Box::new([0; 26 * 26]))),
+                _ => None,
+            },
+            names: HashMap::new(),
+        };
+        let all = [Dimension::Ip, Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::ApiKey];
         Self {
-            dims: dims
-                .into_iter()
-                .map(|dimension| DimensionCounter {
-                    dimension,
-                    // Aggregates have far fewer keys than IPs; a narrower sketch serves them.
-                    // Two rows: the sketch only gates entry to the heavy-hitter list, whose
-                    // counts are the ones reported. Aggregates have far fewer keys than IPs.
-                    sketch: CountMin::new(
-                        if dimension == Dimension::Ip { cfg.sketch_width } else { cfg.sketch_width / 8 },
-                        2,
-                    ),
-                    top: HeavyHitters::new(cfg.top_keys),
-                    exact: match dimension {
-                        Dimension::Asn => {
-                            Some(Exact::Asn(HashMap::with_hasher(foldhash::fast::FixedState::with_seed(3))))
-                        }
-                        Dimension::Country => Some(Exact::Country(Box::new([0; 26 * 26]))),
-                        _ => None,
-                    },
-                    names: HashMap::new(),
-                })
-                .collect(),
+            dims: all.map(|d| dimensions.contains(&d).then(|| counter(d))),
             seen: SeenFilter::new(cfg.seen_bits),
             hasher: foldhash::fast::FixedState::with_seed(0x6170_692d_6b65_7973),
             intervals: 0,
@@ -334,39 +327,28 @@ impl TrafficCounter {
         }
         // The address's hash serves its heavy-hitter slot, its sketch and the filter.
         let ip_hash = hash_key(ip);
-        for d in &mut self.dims {
-            let (key, hash) = match d.dimension {
-                Dimension::Ip => (ip, Some(ip_hash)),
-                Dimension::Prefix => (ip_key(src.prefix.network()), None),
-                Dimension::Asn => match src.asn {
-                    Some(asn) => (u128::from(asn), None),
-                    None => continue,
-                },
-                Dimension::Country => match src.country {
-                    Some(c) => (u128::from(u16::from_be_bytes(c.bytes())), None),
-                    None => continue,
-                },
-                Dimension::ApiKey => match src.api_key.as_deref() {
-                    Some(k) => {
-                        let lo = self.hasher.hash_one(k);
-                        let hi = foldhash::fast::FixedState::with_seed(lo).hash_one(k);
-                        ((u128::from(hi) << 64) | u128::from(lo), None)
-                    }
-                    None => continue,
-                },
-            };
-            let (evicted, tracked) = d.count(key, hash, sampled);
-            ip_tracked |= tracked && d.dimension == Dimension::Ip;
-            if d.dimension == Dimension::ApiKey {
-                if let Some(old) = evicted {
-                    d.names.remove(&old);
-                }
-                if let Some(k) = src.api_key.as_deref()
-                    && !d.names.contains_key(&key)
-                    && d.names.len() < self.top_keys
-                {
-                    d.names.insert(key, crate::text::truncate(k, 256).into());
-                }
+        let [by_ip, by_prefix, by_asn, by_country, by_api_key] = &mut self.dims;
+        if let Some(d) = by_ip {
+            ip_tracked = d.count(ip, Some(ip_hash), sampled).1;
+        }
+        if let Some(d) = by_prefix {
+            d.count(ip_key(src.prefix.network()), None, sampled);
+        }
+        if let (Some(d), Some(asn)) = (by_asn, src.asn) {
+            d.count(u128::from(asn), None, sampled);
+        }
+        if let (Some(d), Some(c)) = (by_country, src.country) {
+            d.count(u128::from(u16::from_be_bytes(c.bytes())), None, sampled);
+        }
+        if let (Some(d), Some(k)) = (by_api_key, src.api_key.as_deref()) {
+            let lo = self.hasher.hash_one(k);
+            let hi = foldhash::fast::FixedState::with_seed(lo).hash_one(k);
+            let key = (u128::from(hi) << 64) | u128::from(lo);
+            if let (Some(old), _) = d.count(key, None, sampled) {
+                d.names.remove(&old);
+            }
+            if !d.names.contains_key(&key) && d.names.len() < self.top_keys {
+                d.names.insert(key, crate::text::truncate(k, 256).into());
             }
         }
         // A heavy hitter of this interval has been seen: skip the filter's cache misses for it.
@@ -378,7 +360,7 @@ impl TrafficCounter {
     /// Returns the interval's counts and starts the next interval.
     pub fn take(&mut self) -> Counts {
         let mut top = BTreeMap::new();
-        for d in &mut self.dims {
+        for d in self.dims.iter_mut().flatten() {
             let mut keys = d.top.top(self.top_keys);
             if let Some(exact) = &mut d.exact {
                 keys.extend(exact.drain());
@@ -411,6 +393,7 @@ impl TrafficCounter {
             + self
                 .dims
                 .iter()
+                .flatten()
                 .map(|d| {
                     d.sketch.memory_bytes() + d.top.memory_bytes() + d.exact.as_ref().map_or(0, Exact::memory_bytes)
                 })
