@@ -234,10 +234,15 @@ fn ip_of(key: u128) -> IpAddr {
     std::net::Ipv6Addr::from(key).to_canonical()
 }
 
+/// Every dimension, in the order of [`TrafficCounter`]'s slots.
+const DIMENSIONS: [Dimension; 5] =
+    [Dimension::Ip, Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::ApiKey];
+
 /// Counts of one interval.
 pub struct TrafficCounter {
-    /// Indexed by `Dimension as usize`; `None` for a dimension not counted. A fixed slot per
-    /// dimension lets a request's counting be straight-line code, without a loop and a match.
+    /// One slot per dimension, in the order of [`DIMENSIONS`]; `None` for a dimension not
+    /// counted. A fixed slot per dimension lets a request's counting be straight-line code,
+    /// without a loop and a match.
     dims: [Option<DimensionCounter>; 5],
     seen: SeenFilter,
     hasher: foldhash::fast::FixedState,
@@ -286,9 +291,8 @@ impl TrafficCounter {
             },
             names: HashMap::new(),
         };
-        let all = [Dimension::Ip, Dimension::Prefix, Dimension::Asn, Dimension::Country, Dimension::ApiKey];
         Self {
-            dims: all.map(|d| dimensions.contains(&d).then(|| counter(d))),
+            dims: DIMENSIONS.map(|d| dimensions.contains(&d).then(|| counter(d))),
             seen: SeenFilter::new(cfg.seen_bits),
             hasher: foldhash::fast::FixedState::with_seed(0x6170_692d_6b65_7973),
             intervals: 0,
@@ -327,6 +331,7 @@ impl TrafficCounter {
         }
         // The address's hash serves its heavy-hitter slot, its sketch and the filter.
         let ip_hash = hash_key(ip);
+        // The slots, in the order of DIMENSIONS.
         let [by_ip, by_prefix, by_asn, by_country, by_api_key] = &mut self.dims;
         if let Some(d) = by_ip {
             ip_tracked = d.count(ip, Some(ip_hash), sampled).1;
