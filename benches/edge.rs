@@ -142,9 +142,10 @@ fn guard_per_request(c: &mut Criterion) {
         )
     });
 
-    // Per-request distribution. Read with the CPU's time-stamp counter (quanta): the system
-    // clock costs some 30 ns a reading here, more than a fifth of what it would time. What the
-    // reading itself costs is measured and reported alongside, not subtracted.
+    // Per-request distribution. Read with the CPU's time-stamp counter (quanta): a pair of
+    // system-clock readings (`Instant::now`, `elapsed`) costs some 30 ns here, more than a fifth
+    // of what it would time. What a pair of readings costs is measured and reported alongside,
+    // not subtracted.
     let clock = quanta::Clock::new();
     let mut g = Guard::new();
     let n: usize = 1_000_000;

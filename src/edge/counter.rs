@@ -312,7 +312,6 @@ impl TrafficCounter {
     pub fn count(&mut self, src: &Source, class: Option<&str>) {
         self.requests += 1;
         let ip = ip_key(src.ip);
-        let mut ip_tracked = false;
         let mut x = self.sample_state;
         x ^= x << 13;
         x ^= x >> 7;
@@ -333,9 +332,7 @@ impl TrafficCounter {
         let ip_hash = hash_key(ip);
         // The slots, in the order of DIMENSIONS.
         let [by_ip, by_prefix, by_asn, by_country, by_api_key] = &mut self.dims;
-        if let Some(d) = by_ip {
-            ip_tracked = d.count(ip, Some(ip_hash), sampled).1;
-        }
+        let ip_tracked = by_ip.as_mut().is_some_and(|d| d.count(ip, Some(ip_hash), sampled).1);
         if let Some(d) = by_prefix {
             d.count(ip_key(src.prefix.network()), None, sampled);
         }

@@ -439,7 +439,7 @@ mod tests {
         // Renewed 20 s into a 100 s ramp from 10%, at the 28% it then admitted.
         let ramp = AdmitRamp {
             from_percent: 10,
-            since: Time(Timestamp::from_millisecond(((NOW - 20.0) * 1000.0) as i64).unwrap()),
+            since: crate::api::common::time_at(NOW - 20.0),
             over: crate::api::Duration(std::time::Duration::from_secs(100)),
         };
         let ramping = MitigationSpec { admit_ramp: Some(ramp.clone()), ..gate(28) };

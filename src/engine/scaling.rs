@@ -177,10 +177,10 @@ impl Planner {
     /// Whether a planner for `other` forecasts the same series the same way: the same
     /// arrival-rate signals and forecast settings.
     pub fn same_forecast_as(&self, other: &ScalingPolicySpec) -> bool {
-        let arrivals = |s: &ScalingPolicySpec| {
-            s.signals.iter().filter(|x| x.role == SignalRole::ArrivalRate).cloned().collect::<Vec<_>>()
-        };
-        self.spec.forecast == other.forecast && arrivals(&self.spec) == arrivals(other)
+        fn arrivals(s: &ScalingPolicySpec) -> impl Iterator<Item = &crate::api::scaling_policy::Signal> {
+            s.signals.iter().filter(|x| x.role == SignalRole::ArrivalRate)
+        }
+        self.spec.forecast == other.forecast && arrivals(&self.spec).eq(arrivals(other))
     }
 
     /// Starts from a lead time learned before a restart (the policy's status keeps it).

@@ -223,8 +223,10 @@ impl Scaler {
         let generation = policy.metadata.generation.unwrap_or(0);
         // A new spec gets a new planner (bounds, capacity and forecast settings changed), as
         // does a policy this operator has not planned yet; either starts from history.
+        // (Compared only on a new generation: most ticks plan the spec they planned before.)
         let (known, same_forecast) = match self.lock_planners().get(&key) {
-            Some((g, _, p)) => (*g == generation, p.same_forecast_as(&policy.spec)),
+            Some((g, _, _)) if *g == generation => (true, false),
+            Some((_, _, p)) => (false, p.same_forecast_as(&policy.spec)),
             None => (false, false),
         };
         // A spec change that leaves the forecast alone keeps the forecaster (below), so it

@@ -26,11 +26,10 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::common::unix_now;
-
 use crate::{
     api::{
         Mitigation, MitigationSpec, Mode, OpenPage, TrafficGuard,
+        common::unix_now,
         mitigation::{Evidence, MatchSpec, MitigationAction, RateLimit},
         traffic_guard::{AggregationKey as Dimension, BaselineSource, GuardAction, PageWhen},
     },
