@@ -402,3 +402,41 @@ async fn a_cold_start_closes_the_edge_and_opens_it_gradually_once_the_fleet_is_u
     let lifted = notes("AdmissionGateLifted").await;
     assert!(lifted.len() == 1 && lifted[0].starts_with("admission gate lifted"), "{lifted:#?}");
 }
+
+#[tokio::test]
+async fn the_gate_opens_once_the_stages_clients_need_are_up_though_a_later_one_is_not() {
+    // A third stage of batch workers after the API, whose pods never become ready; the gate
+    // waits only for the API (and the database it depends on).
+    let gated = BOOTSTRAP.replace(
+        "      waveInterval: 1s\n",
+        "      waveInterval: 1s\n    - name: batch\n      dependsOn: [api]\n      targets: [{ kind: Deployment, name: batch, replicas: 2 }]\n  admissionGate: { opensAfter: [api], rampUp: 10m }\n",
+    );
+    let ns = TestNs::new("bootstrap-opens-after").await;
+    deployment(&ns, "batch", 2).await;
+    let (ns, _op) = cold_fleet_in(ns, &gated).await;
+    let gate = || async { ns.api::<Mitigation>().get_opt("registry-admission-gate").await.unwrap() };
+    let closed = eventually(Duration::from_secs(15), "the gate closed", gate, Option::is_some).await.unwrap();
+    assert_eq!((closed.spec.admit_percent, closed.spec.admit_ramp.is_some()), (Some(0), false));
+
+    let _db = kubelet(&ns, "pgbouncer");
+    let _api = kubelet(&ns, "api");
+    let opening = eventually(Duration::from_secs(30), "the gate ramping up", gate, |g| {
+        g.as_ref().is_some_and(|g| g.spec.admit_ramp.is_some())
+    })
+    .await
+    .unwrap();
+    assert_eq!(opening.spec.admit_percent, Some(10), "{:?}", opening.spec);
+    // The batch stage is being started and is not ready: the cold start goes on meanwhile.
+    let s = status(&ns).await;
+    assert!(bootstrapping(&s), "{s:?}");
+    assert!(s.message.as_deref().is_some_and(|m| m.contains("batch starting (0/2 ready)")), "{s:?}");
+    assert_eq!(replicas(&ns, "batch").await, 1, "its first wave");
+    let notes = |reason| common::event_notes(&ns, reason);
+    let closed = notes("AdmissionGateClosed").await;
+    assert!(closed.len() == 1 && closed[0].ends_with("until stage api is ready"), "{closed:#?}");
+    let opened = notes("AdmissionGateOpening").await;
+    assert!(
+        opened.len() == 1 && opened[0].starts_with("stage api is ready: edge pool public admits 10%"),
+        "{opened:#?}"
+    );
+}

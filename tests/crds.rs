@@ -204,6 +204,13 @@ const MALFORMED: &[(&str, &str, &str, &str, &str)] = &[
         "dependsOn: [db], wavePercent: 0,",
         "wavePercent must be in 1..100",
     ),
+    (
+        "gate opening after no stage",
+        BOOTSTRAP,
+        "replicas: 2 }] }\n",
+        "replicas: 2 }] }\n  admissionGate: { opensAfter: [api, frontend] }\n",
+        "spec.admissionGate.opensAfter must name stages",
+    ),
 ];
 
 #[tokio::test]

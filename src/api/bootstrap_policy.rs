@@ -25,6 +25,7 @@ use super::common::{Duration, Mode, OpenPage, SecretKeyRef, impl_policy_status};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.admissionGate) || !has(self.admissionGate.opensAfter) || self.admissionGate.opensAfter.all(n, self.stages.exists(s, s.name == n))").message("spec.admissionGate.opensAfter must name stages of this policy"))]
 pub struct BootstrapPolicySpec {
     /// Stages, each started once the stages it depends on are ready.
     #[schemars(length(min = 1, max = 16))]
@@ -33,9 +34,10 @@ pub struct BootstrapPolicySpec {
     pub stages: Vec<Stage>,
     /// Gate at the edge that admits clients gradually while the service warms up: a
     /// Mitigation (`match.all`, action `Admit`) the pool's edges enforce. During a cold start
-    /// it admits no one (503 at once, instead of a timeout); once every stage is ready it
-    /// admits `initialPercent` of clients, rising to all of them over `rampUp`, and is then
-    /// deleted. It lapses a minute after the operator last renewed it.
+    /// it admits no one (503 at once, instead of a timeout); once the stages clients need are
+    /// ready (`opensAfter`; every stage by default) it admits `initialPercent` of clients,
+    /// rising to all of them over `rampUp`, and is then deleted. It lapses a minute after the
+    /// operator last renewed it.
     #[serde(default)]
     pub admission_gate: AdmissionGate,
     /// Stop health checks from killing every instance when a shared dependency is slow.
@@ -127,7 +129,7 @@ pub struct AdmissionGate {
     /// Use the gate.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Percent of clients admitted once every stage is ready.
+    /// Percent of clients admitted once the stages of `opensAfter` are ready.
     #[serde(default = "default_initial_percent")]
     pub initial_percent: i32,
     /// Time to ramp from `initialPercent` to 100%.
@@ -138,6 +140,13 @@ pub struct AdmissionGate {
     #[serde(default = "default_edge_pool")]
     #[schemars(length(min = 1, max = 63))]
     pub edge_pool: String,
+    /// The stages clients need: the gate begins to open once these, and the stages they depend
+    /// on, are ready, while later stages (batch workers, say) may still be starting. Empty (the
+    /// default): every stage. Without it, one stage that never comes up keeps every client
+    /// out, however many instances could serve them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub opens_after: Vec<String>,
 }
 
 impl Default for AdmissionGate {
@@ -147,6 +156,7 @@ impl Default for AdmissionGate {
             initial_percent: default_initial_percent(),
             ramp_up: default_ramp(),
             edge_pool: default_edge_pool(),
+            opens_after: Vec::new(),
         }
     }
 }

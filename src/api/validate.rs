@@ -196,6 +196,14 @@ impl Validate for BootstrapPolicySpec {
                 }
             }
         }
+        for (j, n) in self.admission_gate.opens_after.iter().enumerate() {
+            if !index.contains_key(n.as_str()) {
+                errors.push(FieldError::new(
+                    format!("spec.admissionGate.opensAfter[{j}]"),
+                    format!("no stage named {n:?}"),
+                ));
+            }
+        }
         if let Some(cycle) =
             find_cycle(&self.stages.iter().map(|s| (s.name.as_str(), &s.depends_on)).collect::<Vec<_>>())
         {
@@ -354,11 +362,18 @@ stages:
   - { name: db, targets: [{ kind: StatefulSet, name: pg, replicas: 1 }], dependsOn: [workers] }
   - { name: api, targets: [{ kind: Deployment, name: api, replicas: 3 }], dependsOn: [db, cache] }
   - { name: workers, targets: [{ kind: Deployment, name: worker, replicas: 2 }], dependsOn: [api] }
+admissionGate: { opensAfter: [api, frontend] }
 "#,
         )
         .unwrap();
         let errors = spec.validate();
         assert!(errors.iter().any(|e| e.field == "spec.stages[1].dependsOn[1]"), "{errors:?}");
+        let gate = errors.iter().filter(|e| e.field.starts_with("spec.admissionGate")).collect::<Vec<_>>();
+        assert_eq!(gate.len(), 1, "{errors:?}");
+        assert_eq!(
+            (gate[0].field.as_str(), gate[0].message.as_str()),
+            ("spec.admissionGate.opensAfter[1]", "no stage named \"frontend\"")
+        );
         let cycle = errors.iter().find(|e| e.field == "spec.stages").expect("cycle reported");
         assert!(cycle.message.contains("db -> workers -> api -> db"), "{cycle}");
     }

@@ -121,7 +121,7 @@ pub fn plan(stages: &[Stage], sizes: &[Vec<Size>], progress: &Progress, now: f64
         plan.progress = Progress { phase: Phase::Bootstrapping, since: Some(now), stages: BTreeMap::new() };
     }
 
-    let ready = |i: usize| sizes[i].iter().zip(&stages[i].goals).all(|(s, &goal)| s.ready >= goal);
+    let ready = |i: usize| stage_ready(&stages[i], &sizes[i]);
     let ready_by_name: BTreeMap<&str, bool> =
         stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), ready(i))).collect();
     if ready_by_name.values().all(|&r| r) {
@@ -192,6 +192,31 @@ pub fn plan(stages: &[Stage], sizes: &[Vec<Size>], progress: &Progress, now: f64
     plan
 }
 
+/// Whether every target of `stage` (sized `sizes`) has its goal's replicas ready.
+fn stage_ready(stage: &Stage, sizes: &[Size]) -> bool {
+    sizes.iter().zip(&stage.goals).all(|(s, &goal)| s.ready >= goal)
+}
+
+/// Whether the stages clients need are ready: those named in `needed` (every stage when it is
+/// empty) and the stages they depend on, directly or not. A name that is no stage's names
+/// nothing (validation refuses it).
+pub fn needed_ready(stages: &[Stage], sizes: &[Vec<Size>], needed: &[String]) -> bool {
+    let index = |name: &str| stages.iter().position(|s| s.name == name);
+    let mut todo: Vec<usize> =
+        if needed.is_empty() { (0..stages.len()).collect() } else { needed.iter().filter_map(|n| index(n)).collect() };
+    let mut seen = vec![false; stages.len()];
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        if !stage_ready(&stages[i], &sizes[i]) {
+            return false;
+        }
+        todo.extend(stages[i].depends_on.iter().filter_map(|d| index(d)));
+    }
+    true
+}
+
 fn seconds(secs: f64) -> crate::api::Duration {
     crate::api::Duration::from_secs(secs.round().max(0.0) as u64)
 }
@@ -224,6 +249,24 @@ mod tests {
 
     fn size(desired: i64, ready: i64) -> Size {
         Size { desired, ready }
+    }
+
+    #[test]
+    fn the_stages_clients_need_are_the_named_ones_and_what_they_depend_on() {
+        let mut st = stages();
+        st.push(Stage { name: "workers".into(), depends_on: vec!["api".into()], goals: vec![8], ..st[0].clone() });
+        let needed = |names: &[&str], ready: [i64; 3]| {
+            let sizes = [vec![size(2, ready[0])], vec![size(12, ready[1])], vec![size(8, ready[2])]];
+            needed_ready(&st, &sizes, &names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+        };
+        // The database and the API up, the workers still starting.
+        assert!(needed(&["api"], [2, 12, 3]), "the API and the database it needs are up");
+        assert!(!needed(&[], [2, 12, 3]), "by default every stage, the workers too");
+        assert!(needed(&[], [2, 12, 8]));
+        // The API up but the database it depends on down again: clients would fail.
+        assert!(!needed(&["api"], [1, 12, 8]), "a stage the named one depends on counts");
+        assert!(!needed(&["api"], [2, 11, 8]), "all of a stage's replicas, not some");
+        assert!(needed(&["database"], [2, 0, 0]));
     }
 
     #[test]

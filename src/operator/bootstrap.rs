@@ -222,7 +222,9 @@ impl Bootstrapper {
         // Paused, the gate is not renewed, and lapses: levee paused lets every client in. In
         // Shadow mode it is a shadow Mitigation, which the edges only count.
         if held != Some("paused") {
-            match super::gate::tick(client, policy, bootstrapping, now).await {
+            let needed = &policy.spec.admission_gate.opens_after;
+            let closed = bootstrapping && !bootstrap::needed_ready(&stages, &sizes, needed);
+            match super::gate::tick(client, policy, closed, now).await {
                 Ok(Some((reason, note))) => {
                     info!(policy = %key, "{note}");
                     self.event(policy, EventType::Normal, reason, note).await;

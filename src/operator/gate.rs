@@ -1,9 +1,9 @@
 //! A BootstrapPolicy's admission gate, as a Mitigation the edges of its pool enforce like any
 //! other (`match.all`, action `Admit`): while a cold start is in progress it admits no one
-//! (no instance can serve; a 503 at once spares clients their timeouts), and once every stage
-//! is ready it admits `initialPercent` of clients, rising evenly to all of them over `rampUp`,
-//! and is then deleted, so the instances just started are not met by the whole backlog of
-//! traffic at once.
+//! (no instance can serve; a 503 at once spares clients their timeouts), and once the stages
+//! clients need are ready (`opensAfter`, every stage by default) it admits `initialPercent` of
+//! clients, rising evenly to all of them over `rampUp`, and is then deleted, so the instances
+//! just started are not met by the whole backlog of traffic at once.
 //!
 //! Each tick renews it for a minute: a gate whose operator stopped lapses and lets everyone
 //! in. When its ramp began is an annotation on the Mitigation, so a restarted operator carries
@@ -38,13 +38,23 @@ pub fn gate_name(policy: &str) -> String {
     format!("{policy}-admission-gate")
 }
 
-/// Puts the gate of `policy` where it should be at `now` (unix seconds); `cold`: a cold start
-/// is in progress. Returns the reason and note of an Event when the gate changed course:
-/// `AdmissionGateClosed`, `AdmissionGateOpening`, `AdmissionGateLifted`.
+/// What the gate waits for, as the subject of "... ready".
+fn awaited(policy: &BootstrapPolicy) -> String {
+    match policy.spec.admission_gate.opens_after.as_slice() {
+        [] => "every stage is".to_owned(),
+        [one] => format!("stage {one} is"),
+        many => format!("stages {} are", many.join(", ")),
+    }
+}
+
+/// Puts the gate of `policy` where it should be at `now` (unix seconds); `closed`: a cold start
+/// is in progress and the stages clients need are not all ready. Returns the reason and note
+/// of an Event when the gate changed course: `AdmissionGateClosed`, `AdmissionGateOpening`,
+/// `AdmissionGateLifted`.
 pub async fn tick(
     client: &Client,
     policy: &BootstrapPolicy,
-    cold: bool,
+    closed: bool,
     now: f64,
 ) -> Result<Option<(&'static str, String)>, kube::Error> {
     let gate = &policy.spec.admission_gate;
@@ -62,11 +72,11 @@ pub async fn tick(
         }
         return Ok(None);
     }
-    if cold {
+    if closed {
         apply(&api, policy, &name, 0, None, now).await?;
-        let closed = existing.is_none() || since.is_some();
-        let note = format!("no instance is ready: edge pool {pool} admits no client (503) until every stage is");
-        return Ok(closed.then_some(("AdmissionGateClosed", note)));
+        let changed = existing.is_none() || since.is_some();
+        let note = format!("cold start: edge pool {pool} admits no client (503) until {} ready", awaited(policy));
+        return Ok(changed.then_some(("AdmissionGateClosed", note)));
     }
     if existing.is_none() {
         return Ok(None);
@@ -77,7 +87,8 @@ pub async fn tick(
             apply(&api, policy, &name, percent, Some(begun), now).await?;
             Ok(since.is_none().then(|| {
                 let note = format!(
-                    "every stage is ready: edge pool {pool} admits {percent}% of clients, rising to all of them over {}",
+                    "{} ready: edge pool {pool} admits {percent}% of clients, rising to all of them over {}",
+                    awaited(policy),
                     gate.ramp_up
                 );
                 ("AdmissionGateOpening", note)
@@ -117,7 +128,7 @@ async fn apply(
 ) -> Result<(), kube::Error> {
     let expires = Timestamp::from_second(now as i64 + LAPSES_AFTER_SECS).unwrap_or_else(|_| Timestamp::now());
     let reason = match since {
-        None => format!("BootstrapPolicy {}: cold start, no instance is ready", policy.name_any()),
+        None => format!("BootstrapPolicy {}: cold start, closed until {} ready", policy.name_any(), awaited(policy)),
         Some(_) => format!("BootstrapPolicy {}: warming up, {percent}% of clients admitted", policy.name_any()),
     };
     let mut metadata = json!({
