@@ -568,22 +568,25 @@ spec:
     )
 }
 
+/// The forecast in the status of policy `api`, once there is one (within `within`).
+async fn forecast_in_status(ns: &TestNs, within: Duration) -> levee::api::scaling_policy::ForecastStatus {
+    let api: Api<ScalingPolicy> = ns.api();
+    let forecast = |p: &Result<ScalingPolicy, kube::Error>| {
+        p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.forecast.clone())
+    };
+    let p = eventually(within, "a forecast in status", || api.get("api"), |p| forecast(p).is_some()).await;
+    forecast(&p).unwrap()
+}
+
 #[tokio::test]
 async fn a_new_policy_forecasts_its_daily_cycle_from_prometheus_history_at_once() {
     // 100/s at midnight UTC, 500/s at noon, on any day: Prometheus computes the query's past
     // as readily as its present, so a week of history exists without a week of scraping.
     let query = "300 - 200 * cos(vector(2 * pi() * time() / 86400))";
     let (ns, op, _kubelet) = daily_api("scale-warm", &format!("{{ query: '{query}' }}")).await;
-    let api: Api<ScalingPolicy> = ns.api();
-    let forecast = |p: &Result<ScalingPolicy, kube::Error>| {
-        p.as_ref().ok().and_then(|p| p.status.as_ref()).and_then(|s| s.forecast.clone())
-    };
-    let p = eventually(Duration::from_secs(20), "a forecast in status", || api.get("api"), |p| forecast(p).is_some())
-        .await
-        .unwrap();
-    let f = forecast(&Ok(p)).unwrap();
-    // From the first decision: a cold planner would have no forecast for half an hour, and
-    // no seasonal one for a day.
+    let f = forecast_in_status(&ns, Duration::from_secs(20)).await;
+    // From the first tick after its history is read: a cold planner would have no seasonal
+    // forecast for a day.
     assert!(f.model != "trend", "a daily model serves at once: {f:?}");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let due = 300.0 - 200.0 * (std::f64::consts::TAU * (now + 1800.0) / 86_400.0).cos();
@@ -593,6 +596,62 @@ async fn a_new_policy_forecasts_its_daily_cycle_from_prometheus_history_at_once(
     let hours: Vec<f64> =
         notes.iter().filter_map(|n| n.strip_prefix("forecast warmed from ")?.split(' ').next()?.parse().ok()).collect();
     assert!(hours.iter().any(|h| (167.0..=168.0).contains(h)), "{notes:?}");
+    assert!(op.stop().await);
+}
+
+/// A Prometheus on loopback whose instant queries answer `rate` at once, and whose range
+/// queries (a new planner's history) answer `rate` at every step only after `delay`.
+async fn prometheus_slow_on_history(rate: f64, delay: Duration) -> String {
+    use axum::{Json, Router, extract::Query, routing::get};
+    use std::collections::HashMap;
+    let instant = move || async move {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        Json(json!({
+            "status": "success",
+            "data": { "resultType": "vector", "result": [{ "metric": {}, "value": [now, rate.to_string()] }] }
+        }))
+    };
+    let range = move |Query(q): Query<HashMap<String, String>>| async move {
+        tokio::time::sleep(delay).await;
+        let num = |k: &str| q[k].parse::<f64>().unwrap();
+        let (start, end, step) = (num("start"), num("end"), num("step"));
+        let values: Vec<serde_json::Value> = (0..)
+            .map(|i| start + f64::from(i) * step)
+            .take_while(|t| *t <= end)
+            .map(|t| json!([t, rate.to_string()]))
+            .collect();
+        Json(
+            json!({ "status": "success", "data": { "resultType": "matrix", "result": [{ "metric": {}, "values": values }] } }),
+        )
+    };
+    let app = Router::new().route("/api/v1/query", get(instant).post(instant)).route("/api/v1/query_range", get(range));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_slow_prometheus_history_does_not_hold_up_the_first_decisions() {
+    // 400/s now (8 replicas at 50/s each), and eight seconds to read each day of history.
+    let url = prometheus_slow_on_history(400.0, Duration::from_secs(8)).await;
+    let created = std::time::Instant::now();
+    let (ns, op, _kubelet) = daily_api("scale-slow-history", &format!("{{ query: 'load', url: '{url}' }}")).await;
+    eventually(Duration::from_secs(5), "scaled for the load now", || replicas(&ns, "api"), |r| *r == 8).await;
+    let first = created.elapsed();
+    assert!(first < Duration::from_secs(8), "the first decision waited for the history: {first:?}");
+    // The history is taken when it comes, and the forecast serves from then on.
+    let notes = eventually(
+        Duration::from_secs(30),
+        "a ForecastWarmed Event",
+        || common::event_notes(&ns, "ForecastWarmed"),
+        |n| !n.is_empty(),
+    )
+    .await;
+    assert!(["167", "168"].iter().any(|h| notes[0].starts_with(&format!("forecast warmed from {h}"))), "{notes:?}");
+    let f = forecast_in_status(&ns, Duration::from_secs(10)).await;
+    assert!((f.value - 400.0).abs() < 4.0, "{f:?}");
+    assert!(created.elapsed() >= Duration::from_secs(8), "the forecast came from the history");
     assert!(op.stop().await);
 }
 

@@ -174,6 +174,18 @@ impl Planner {
         taken
     }
 
+    /// Takes the forecaster of `warmed`, a planner for the same forecast warmed from history
+    /// while this one planned from live data alone: a week of history outweighs the few ticks
+    /// this one has seen. Everything else this one learned (lead time, recent
+    /// recommendations, reversals) stays. Returns whether it was taken.
+    pub fn adopt_forecaster(&mut self, warmed: &mut Planner) -> bool {
+        let same = self.same_forecast_as(&warmed.spec);
+        if same {
+            std::mem::swap(&mut self.forecaster, &mut warmed.forecaster);
+        }
+        same
+    }
+
     /// Whether a planner for `other` forecasts the same series the same way: the same
     /// arrival-rate signals and forecast settings.
     pub fn same_forecast_as(&self, other: &ScalingPolicySpec) -> bool {

@@ -17,7 +17,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, oneshot};
 use tracing::{info, warn};
 
 use super::{
@@ -71,6 +71,10 @@ pub struct Scaler {
     recorder: Recorder,
     /// Per policy: the generation planned for, when it last ticked, and its planner.
     planners: Mutex<HashMap<String, (i64, f64, Planner)>>,
+    /// Per policy whose planner is new: the planner being warmed from Prometheus history
+    /// meanwhile, whose forecaster the policy's planner then takes if the forecast's inputs
+    /// are still the same (`None` when there was no history to read).
+    warming: Mutex<HashMap<String, oneshot::Receiver<Option<Planner>>>>,
     /// Per policy that is falling short: when it last ticked, and its spell.
     spells: Mutex<HashMap<String, (f64, Option<Spell>)>>,
     pager: Pager,
@@ -123,6 +127,7 @@ impl Scaler {
             config,
             recorder: Recorder::new(client, reporter),
             planners: Mutex::new(HashMap::new()),
+            warming: Mutex::new(HashMap::new()),
             spells: Mutex::new(HashMap::new()),
             pager,
             aws: OnceCell::new(),
@@ -230,12 +235,17 @@ impl Scaler {
             None => (false, false),
         };
         // A spec change that leaves the forecast alone keeps the forecaster (below), so it
-        // reads no history.
+        // reads no history. Otherwise the history is read in the background: a slow
+        // Prometheus must not hold up decisions, which meanwhile use live data alone.
         let fresh = match (known, same_forecast) {
             (true, _) => None,
             (false, true) => Some(Planner::new(&policy.spec)),
-            (false, false) => Some(self.warm_planner(policy, &key, now).await),
+            (false, false) => {
+                self.start_warming(policy, &key, now);
+                Some(Planner::new(&policy.spec))
+            }
         };
+        let warmed = self.take_warmed(&key);
         let (decision, learned) = {
             let mut planners = self.lock_planners();
             // Planners of policies that stopped ticking (deleted, or invalid) are dropped.
@@ -261,6 +271,9 @@ impl Scaler {
             }
             let entry = planners.entry(key.clone()).or_insert_with(|| (generation, now, Planner::new(&policy.spec)));
             entry.1 = now;
+            if let Some(mut warmed) = warmed {
+                entry.2.adopt_forecaster(&mut warmed);
+            }
             let d = entry.2.plan(&Tick { now, current: size.desired, ready: size.ready, signals });
             (d, entry.2.learned_lead_time())
         };
@@ -292,45 +305,41 @@ impl Scaler {
         self.planners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A planner for `policy` whose forecaster has read the arrival rate's Prometheus history.
-    /// Without history (a queue's publish rate, Prometheus unreachable) it starts cold, and a
-    /// Warning Event says why and what that means; it never holds up the tick's decision.
-    async fn warm_planner(&self, policy: &ScalingPolicy, key: &str, now: f64) -> Planner {
-        let mut planner = Planner::new(&policy.spec);
-        let url = self.config.prometheus_url.as_deref();
-        let history = forecast_history::arrival_history(&policy.spec, url, now as i64, DEFAULT_STEP_SECS).await;
-        let (type_, reason, note) = match history {
-            Ok(h) if !h.is_empty() => {
-                let secs = planner.warm(&h);
-                info!(policy = %key, hours = secs / 3600.0, points = h.len(), "forecast warmed from Prometheus history");
-                let note =
-                    format!("forecast warmed from {:.1} h of the arrival rate's Prometheus history", secs / 3600.0);
-                (EventType::Normal, "ForecastWarmed", note)
-            }
-            Ok(_) => {
-                let note = "no Prometheus history of the arrival rate yet: forecasting from live data".to_owned();
-                (EventType::Normal, "ForecastCold", note)
-            }
-            // Nothing to forecast, or nothing to ask: as configured, not a fault.
-            Err(NoHistory::NoArrivalRate) => return planner,
-            Err(e @ NoHistory::NotPrometheus(_)) => {
-                (EventType::Normal, "ForecastCold", format!("{e}: forecasting from live data"))
-            }
-            Err(e) => {
-                warn!(policy = %key, error = %e, "forecast starts without history");
-                let note = format!(
-                    "cannot read the arrival rate's history ({e}): forecasting from live data, the trend after \
-                     30 minutes, daily seasons after a day"
-                );
-                (EventType::Warning, "ForecastCold", note)
-            }
+    /// Starts warming a planner for `policy` from the arrival rate's Prometheus history,
+    /// forgetting one started for an earlier spec.
+    fn start_warming(&self, policy: &ScalingPolicy, key: &str, now: f64) {
+        let (tx, rx) = oneshot::channel();
+        let mut warming = self.warming.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Policies that are gone leave nothing behind: this runs whenever a planner is new.
+        let planners = self.lock_planners();
+        warming.retain(|k, _| planners.contains_key(k));
+        drop(planners);
+        warming.insert(key.to_owned(), rx);
+        let task = warm_planner(
+            policy.spec.clone(),
+            self.config.prometheus_url.clone(),
+            self.recorder.clone(),
+            policy.object_ref(&()),
+            key.to_owned(),
+            now,
+        );
+        tokio::spawn(async move {
+            // The receiver is gone when the spec changed again meanwhile: nothing to hand over.
+            let _ = tx.send(task.await);
+        });
+    }
+
+    /// The planner warmed for policy `key`, once it is ready. (A spec edited meanwhile may
+    /// forecast differently; the planner taking it checks.)
+    fn take_warmed(&self, key: &str) -> Option<Planner> {
+        let mut warming = self.warming.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ready = match warming.get_mut(key)?.try_recv() {
+            Ok(p) => p,
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => None,
         };
-        let event =
-            Event { type_, reason: reason.into(), note: Some(note), action: "Forecast".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &policy.object_ref(&())).await {
-            warn!(policy = %key, error = %e, "cannot record event");
-        }
-        planner
+        warming.remove(key);
+        ready
     }
 
     /// Follows the policy's spell of falling short (`shortfall` is this tick's, none when it
@@ -590,4 +599,52 @@ fn demand_met(policy: &ScalingPolicy, d: Option<&Decision>, existing: &[Conditio
             message: c.message.clone(),
         }),
     }
+}
+
+/// A planner for `spec` whose forecaster has read the arrival rate's Prometheus history, ending
+/// at `now`. Without history (a queue's publish rate, Prometheus unreachable) `None`: the
+/// policy's planner forecasts from live data, and an Event on `object` says why and what that
+/// means.
+async fn warm_planner(
+    spec: crate::api::ScalingPolicySpec,
+    default_url: Option<String>,
+    recorder: Recorder,
+    object: k8s_openapi::api::core::v1::ObjectReference,
+    key: String,
+    now: f64,
+) -> Option<Planner> {
+    let mut planner = Planner::new(&spec);
+    let history = forecast_history::arrival_history(&spec, default_url.as_deref(), now as i64, DEFAULT_STEP_SECS).await;
+    let mut warmed = None;
+    let (type_, reason, note) = match history {
+        Ok(h) if !h.is_empty() => {
+            let secs = planner.warm(&h);
+            warmed = Some(planner);
+            info!(policy = %key, hours = secs / 3600.0, points = h.len(), "forecast warmed from Prometheus history");
+            let note = format!("forecast warmed from {:.1} h of the arrival rate's Prometheus history", secs / 3600.0);
+            (EventType::Normal, "ForecastWarmed", note)
+        }
+        Ok(_) => {
+            let note = "no Prometheus history of the arrival rate yet: forecasting from live data".to_owned();
+            (EventType::Normal, "ForecastCold", note)
+        }
+        // Nothing to forecast, or nothing to ask: as configured, not a fault.
+        Err(NoHistory::NoArrivalRate) => return None,
+        Err(e @ NoHistory::NotPrometheus(_)) => {
+            (EventType::Normal, "ForecastCold", format!("{e}: forecasting from live data"))
+        }
+        Err(e) => {
+            warn!(policy = %key, error = %e, "forecast starts without history");
+            let note = format!(
+                "cannot read the arrival rate's history ({e}): forecasting from live data, the trend after \
+                 30 minutes, daily seasons after a day"
+            );
+            (EventType::Warning, "ForecastCold", note)
+        }
+    };
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Forecast".into(), secondary: None };
+    if let Err(e) = recorder.publish(&event, &object).await {
+        warn!(policy = %key, error = %e, "cannot record event");
+    }
+    warmed
 }

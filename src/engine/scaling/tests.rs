@@ -115,6 +115,33 @@ fn a_planner_warmed_with_history_scales_for_the_daily_peak_from_its_first_tick()
 }
 
 #[test]
+fn a_planner_deciding_while_its_history_was_read_takes_the_warmed_forecast_and_keeps_the_rest() {
+    // Minutes of live ticks while a slow Prometheus is read: the planner scaled up to 20 for
+    // 200/s, then load fell to 50/s, and the scale-down waits out its stabilisation window.
+    let day = 86_400.0;
+    let now = 1_700_000_000.0 - (1_700_000_000.0 % day) + day / 4.0;
+    let daily = spec("forecast: { leadTime: 1800s, seasonality: Daily }");
+    let mut live = Planner::new(&daily);
+    assert_eq!(live.plan(&tick(now, 1, Some(200.0))).to, 20);
+    assert_eq!(live.plan(&tick(now + 10.0, 20, Some(50.0))).reason, Reason::StabilizationHold);
+    // Its history arrives: a flat 30/s for eight days.
+    let mut warmed = Planner::new(&daily);
+    let start = now - 8.0 * day;
+    warmed.warm(&(0..8 * 1440).map(|i| (start + 60.0 * f64::from(i), 30.0)).collect::<Vec<_>>());
+    assert!(live.adopt_forecaster(&mut warmed));
+    let d = live.plan(&tick(now + 20.0, 20, Some(50.0)));
+    let f = d.forecast.as_ref().expect("the history's forecast: a cold planner has none for minutes");
+    assert!((f.value - 30.0).abs() < 1.0, "{d:?}");
+    // The scale-down it was holding off still waits out the window the live planner began:
+    // taking the forecaster did not reset what the planner remembered of its own decisions.
+    assert_eq!((d.to, d.reason), (20, Reason::StabilizationHold), "{d:?}");
+    assert_eq!(live.plan(&tick(now + 61.0, 20, Some(50.0))).to, 5);
+    // A forecast warmed for other inputs is not taken.
+    let mut other = Planner::new(&spec("forecast: { leadTime: 600s, seasonality: Daily }"));
+    assert!(!live.adopt_forecaster(&mut other));
+}
+
+#[test]
 fn a_spec_change_keeps_what_the_planner_learned_that_still_holds() {
     let fed = || {
         let mut p = Planner::new(&spec(""));
