@@ -157,6 +157,29 @@ async fn a_stage_not_ready_within_its_time_is_reported() {
     assert!(notes[0].contains("stage database not ready") && notes[0].contains("past its readyWithin"), "{notes:#?}");
 }
 
+/// The Service `api`, an operator, and a BootstrapPolicy of one stage (Deployment `api` ×4)
+/// whose death-spiral protection routes that Service, with `extra` spec lines.
+async fn protected_api(ns: &TestNs, extra: &str) -> Operator {
+    ns.create_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: { name: api }\nspec: { selector: { app: api }, ports: [{ port: 80 }] }\n",
+    )
+    .await
+    .unwrap();
+    let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
+    let policy = format!(
+        r#"
+apiVersion: levee.dev/v1alpha1
+kind: BootstrapPolicy
+metadata: {{ name: registry }}
+spec:
+  stages: [{{ name: api, targets: [{{ kind: Deployment, name: api, replicas: 4 }}] }}]
+  deathSpiralProtection: {{ maxUnhealthyFraction: 0.5, services: [api] }}
+{extra}"#
+    );
+    ns.create_yaml(&policy).await.unwrap();
+    op
+}
+
 #[tokio::test]
 async fn instances_failing_together_keep_their_service_routing_to_all_of_them() {
     let ns = TestNs::new("spiral").await;
@@ -166,25 +189,7 @@ async fn instances_failing_together_keep_their_service_routing_to_all_of_them() 
     ns.create_yaml(&secret).await.unwrap();
     deployment(&ns, "api", 4).await;
     set_ready(&ns, "api", 4, 4).await;
-    ns.create_yaml(
-        "apiVersion: v1\nkind: Service\nmetadata: { name: api }\nspec: { selector: { app: api }, ports: [{ port: 80 }] }\n",
-    )
-    .await
-    .unwrap();
-    let op = Operator::start_with(&ns.name, &["--tick", "1s", "--control-namespace", &ns.name]).await;
-    ns.create_yaml(
-        r#"
-apiVersion: levee.dev/v1alpha1
-kind: BootstrapPolicy
-metadata: { name: registry }
-spec:
-  stages: [{ name: api, targets: [{ kind: Deployment, name: api, replicas: 4 }] }]
-  deathSpiralProtection: { maxUnhealthyFraction: 0.5, services: [api] }
-  page: { routeSecretRef: { name: pager, key: route } }
-"#,
-    )
-    .await
-    .unwrap();
+    let op = protected_api(&ns, "  page: { routeSecretRef: { name: pager, key: route } }\n").await;
     let no_spiral = |want: &'static str| {
         move |s: &BootstrapPolicyStatus| s.conditions.iter().any(|c| c.type_ == "NoDeathSpiral" && c.status == want)
     };
@@ -238,6 +243,90 @@ spec:
     assert_eq!((two.len(), two[1]["event"].as_str()), (2, Some("levee.resolve")), "{two:#?}");
     assert_eq!(two[1]["dedup_key"], first[0]["dedup_key"]);
     assert!(op.stop().await);
+}
+
+/// Plays the kubelet for pod `name` of Deployment `api`: running since `started` seconds ago,
+/// its readiness `ready` since `since` seconds ago. Creates the pod if it is not there.
+async fn api_pod(ns: &TestNs, name: &str, started: i64, ready: bool, since: i64) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: kube::Api<Pod> = ns.api();
+    if pods.get_opt(name).await.unwrap().is_none() {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, labels: {{ app: api }} }}\nspec: {{ containers: [{{ name: app, image: registry.example/app:1 }}] }}\n"
+        );
+        ns.create_yaml(&pod).await.unwrap();
+    }
+    let at = |ago: i64| {
+        let t = std::time::SystemTime::now() - Duration::from_secs(ago as u64);
+        k8s_openapi::jiff::Timestamp::try_from(t).unwrap().to_string()
+    };
+    let status = serde_json::json!({ "status": {
+        "phase": "Running",
+        "startTime": at(started),
+        "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": at(since) }],
+    }});
+    let pp = kube::api::PatchParams::default();
+    pods.patch_status(name, &pp, &kube::api::Patch::Merge(&status)).await.unwrap();
+}
+
+#[tokio::test]
+async fn pods_drained_away_are_no_spiral_and_pods_failing_together_are() {
+    let ns = TestNs::new("spiral-pods").await;
+    deployment(&ns, "api", 4).await;
+    set_ready(&ns, "api", 4, 4).await;
+    for i in 0..4 {
+        api_pod(&ns, &format!("api-{i}"), 3600, true, 3500).await;
+    }
+    let _op = protected_api(&ns, "").await;
+    let no_spiral = |want: &'static str| {
+        move |s: &BootstrapPolicyStatus| s.conditions.iter().any(|c| c.type_ == "NoDeathSpiral" && c.status == want)
+    };
+    eventually(Duration::from_secs(15), "NoDeathSpiral True", || status(&ns), no_spiral("True")).await;
+
+    // A node is drained: three pods are gone, their replacements are starting, one is ready.
+    // Judged on readyReplicas alone, that was a spiral.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    for i in 1..4 {
+        pods.delete(&format!("api-{i}"), &Default::default()).await.unwrap();
+        api_pod(&ns, &format!("api-new-{i}"), 2, false, 1).await;
+    }
+    set_ready(&ns, "api", 4, 1).await;
+    // The tick that saw one instance ready judged the spiral too, in the same status write.
+    let seen = |n: &'static str| move |s: &BootstrapPolicyStatus| s.message.as_deref() == Some(n);
+    let s = eventually(
+        Duration::from_secs(15),
+        "a tick after the drain",
+        || status(&ns),
+        seen("1 instance(s) ready: no cold start"),
+    )
+    .await;
+    assert!(no_spiral("True")(&s), "{:?}", s.conditions);
+    assert_eq!(routing(&ns, "api").await, (false, false));
+    assert!(common::event_notes(&ns, "DeathSpiralSuspected").await.is_empty());
+
+    // The replacements come up; then three of the four fail their checks together.
+    for i in 1..4 {
+        api_pod(&ns, &format!("api-new-{i}"), 60, true, 50).await;
+    }
+    set_ready(&ns, "api", 4, 4).await;
+    eventually(
+        Duration::from_secs(15),
+        "a tick with all four up",
+        || status(&ns),
+        seen("4 instance(s) ready: no cold start"),
+    )
+    .await;
+    for i in 1..4 {
+        api_pod(&ns, &format!("api-new-{i}"), 60, false, 0).await;
+    }
+    set_ready(&ns, "api", 4, 1).await;
+    eventually(Duration::from_secs(15), "the Service routes to all", || routing(&ns, "api"), |r| *r == (true, true))
+        .await;
+    let notes = common::event_notes(&ns, "DeathSpiralSuspected").await;
+    assert!(
+        notes.len() == 1 && notes[0].starts_with("Deployment api: ready fell from 4 to 1 within a minute"),
+        "{notes:#?}"
+    );
 }
 
 /// A cold fleet under [`BOOTSTRAP`] with a `page` to a webhook on loopback, and the first

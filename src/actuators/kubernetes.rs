@@ -1,13 +1,18 @@
 //! Deployments and StatefulSets, through the scale subresource.
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::Pod,
+};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
+    core::Selector,
 };
 use serde_json::json;
 
 use super::{ActuatorError, Size};
+use crate::engine::spiral::PodView;
 
 /// Which workload kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +78,33 @@ impl Workload {
         Ok(Size { desired: i64::from(desired), ready: i64::from(ready) })
     }
 
+    /// The workload's pods (those its selector matches), as the death-spiral watch needs them.
+    pub async fn pods(&self) -> Result<Vec<PodView>, ActuatorError> {
+        let target = self.label();
+        let selector = match self.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+                .get(&self.name)
+                .await
+                .map_err(|e| api_error(&target, e))?
+                .spec
+                .map(|s| s.selector),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(self.client.clone(), &self.namespace)
+                .get(&self.name)
+                .await
+                .map_err(|e| api_error(&target, e))?
+                .spec
+                .map(|s| s.selector),
+        };
+        let Some(selector) = selector else { return Ok(Vec::new()) };
+        let selector = Selector::try_from(selector)
+            .map_err(|e| ActuatorError::Api { target: target.clone(), detail: format!("its selector: {e}") })?;
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default().labels_from(&selector))
+            .await
+            .map_err(|e| api_error(&format!("the pods of {target}"), e))?;
+        Ok(pods.items.iter().map(pod_view).collect())
+    }
+
     /// Sets `spec.replicas` through the scale subresource (a merge patch of one field).
     pub async fn scale(&self, replicas: i64) -> Result<(), ActuatorError> {
         let target = self.label();
@@ -95,5 +127,19 @@ impl Workload {
             }
         };
         res.map(|_| ()).map_err(|e| api_error(&target, e))
+    }
+}
+
+/// What the death-spiral watch needs of `pod`.
+fn pod_view(pod: &Pod) -> PodView {
+    let secs = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| t.0.as_second() as f64;
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| Some((c.status == "True", secs(c.last_transition_time.as_ref()?))));
+    PodView {
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+        ready,
+        started_at: status.and_then(|s| s.start_time.as_ref()).map(secs),
     }
 }

@@ -4,12 +4,51 @@
 //! to the few still passing only makes them fail next.
 //!
 //! Judged on ready replicas against those ready shortly before, never against replicas asked
-//! for: a scale-up's new instances are not ready yet either, and that is no spiral.
+//! for: a scale-up's new instances are not ready yet either, and that is no spiral. Where the
+//! pods can be seen, only pods that turned not ready while they kept running count as lost
+//! ([`failing`]): a drained node's pods are gone and their replacements are starting, which
+//! no shared dependency explains and routing to every instance would not help.
 
 use std::collections::VecDeque;
 
 /// How far back "ready shortly before" looks.
 pub const WINDOW_SECS: f64 = 60.0;
+
+/// A pod turning not ready this long after it started had passed its checks before: a pod
+/// that has not passed them since it started is starting, not failing. (The kubelet writes
+/// its first not-ready condition within a second or two of the start.)
+pub const STARTING_GRACE_SECS: f64 = 10.0;
+
+/// What the watch needs of a pod (times in unix seconds).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PodView {
+    /// Being deleted: it is leaving, whatever its checks say.
+    pub deleting: bool,
+    /// Its `Ready` condition, and when that last changed.
+    pub ready: Option<(bool, f64)>,
+    /// When the pod started (`status.startTime`; not the container's, which a restart resets).
+    pub started_at: Option<f64>,
+}
+
+/// The pods failing their readiness checks after having passed them: not being deleted, not
+/// ready, and not ready since well after they started.
+pub fn failing(pods: &[PodView]) -> i64 {
+    let lost = |p: &&PodView| match (p.deleting, p.ready, p.started_at) {
+        (false, Some((false, since)), Some(start)) => since - start > STARTING_GRACE_SECS,
+        _ => false,
+    };
+    pods.iter().filter(lost).count() as i64
+}
+
+/// The ready replicas a workload is judged on: `ready` as its status says, or, when its pods
+/// can be seen, all it asks for (`desired`) but those [`failing`]. A pod gone or starting
+/// is then no loss, and a count never goes below what status says is ready.
+pub fn judged_ready(desired: i64, ready: i64, pods: Option<&[PodView]>) -> i64 {
+    match pods {
+        Some(pods) if !pods.is_empty() => (desired - failing(pods)).max(ready),
+        _ => ready,
+    }
+}
 
 /// What one look at a workload concluded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +129,28 @@ mod tests {
         assert_eq!(w.observe(205.0, 8, 6, 0.5), Judgement::Cleared { before: 8, ready: 6 });
         assert!(!w.is_suspected());
         assert_eq!(w.observe(210.0, 8, 8, 0.5), Judgement::Steady);
+    }
+
+    #[test]
+    fn only_pods_that_fail_after_passing_count_as_lost() {
+        let pod = |deleting, ready: Option<(bool, f64)>| PodView { deleting, ready, started_at: Some(1000.0) };
+        let serving = pod(false, Some((true, 1020.0)));
+        let failed = pod(false, Some((false, 1500.0)));
+        // Not ready since its start: still starting (its readiness probe may wait a while).
+        let starting = pod(false, Some((false, 1001.0)));
+        let leaving = pod(true, Some((false, 1500.0)));
+        let unknown = PodView { deleting: false, ready: Some((false, 1500.0)), started_at: None };
+        assert_eq!(failing(&[serving, failed, starting, leaving, unknown, failed]), 2);
+        // Four asked for, status says one ready. Three failing: judged one, a spiral's shape.
+        assert_eq!(judged_ready(4, 1, Some(&[serving, failed, failed, failed])), 1);
+        // Three pods drained away and their replacements starting: judged four, no loss.
+        assert_eq!(judged_ready(4, 1, Some(&[serving, starting, starting, starting])), 4);
+        assert_eq!(judged_ready(4, 1, Some(&[serving])), 4);
+        // No pods seen (none listed, or they cannot be): status alone.
+        assert_eq!(judged_ready(4, 1, Some(&[])), 1);
+        assert_eq!(judged_ready(4, 1, None), 1);
+        // Never below what status says.
+        assert_eq!(judged_ready(4, 3, Some(&[failed, failed, failed, serving])), 3);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A BootstrapPolicy's death-spiral protection: each tick, the stage targets' ready replicas
-//! are judged by [`crate::engine::spiral`]; while a spiral is suspected, the policy's
+//! (with their pods, where they can be listed) are judged by [`crate::engine::spiral`]; while
+//! a spiral is suspected, the policy's
 //! Services route to every instance (`publishNotReadyAddresses`), and are restored when it
 //! is over. A Service levee changed carries [`ANNOTATION`], so a restarted operator knows the
 //! protection is in force and restores only what it changed.
@@ -13,13 +14,13 @@ use kube::{
     runtime::events::EventType,
 };
 use serde_json::json;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::conditions::Wanted;
 use crate::{
     actuators::{Size, kubernetes::Workload},
     api::BootstrapPolicy,
-    engine::spiral::{Judgement, SpiralWatch},
+    engine::spiral::{Judgement, SpiralWatch, judged_ready},
 };
 
 /// Marks a Service whose `publishNotReadyAddresses` levee turned on; its value is when.
@@ -94,7 +95,10 @@ impl Spirals {
         // Not judged during a cold start: its instances are not ready because they are starting.
         for ((w, size), watch) in targets.iter().zip(&mut watches).filter(|_| !cold) {
             let name = format!("{:?} {}", w.kind, w.name);
-            match watch.observe(now, size.desired, size.ready, protection.max_unhealthy_fraction) {
+            // Pods that cannot be listed (no RBAC for them, say): judged on status alone.
+            let pods = w.pods().await.inspect_err(|e| debug!(policy = %key, error = %e, "judged without pods")).ok();
+            let ready = judged_ready(size.desired, size.ready, pods.as_deref());
+            match watch.observe(now, size.desired, ready, protection.max_unhealthy_fraction) {
                 Judgement::Suspected { before, ready } => {
                     suspected.push(format!("{name}: ready fell from {before} to {ready} within a minute"));
                 }
