@@ -1,8 +1,11 @@
 //! Deployments and StatefulSets, through the scale subresource.
 
-use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    core::v1::Pod,
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::Pod,
+    },
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use kube::{
     Api, Client,
@@ -56,45 +59,42 @@ impl Workload {
         label(self.kind, &self.namespace, &self.name)
     }
 
-    /// Desired replicas (spec) and ready replicas (status).
-    pub async fn size(&self) -> Result<Size, ActuatorError> {
+    /// The workload as read now: desired replicas (spec), ready replicas (status) and its
+    /// pod selector.
+    async fn read(&self) -> Result<(i32, i32, Option<LabelSelector>), ActuatorError> {
         let target = self.label();
-        let (desired, ready) = match self.kind {
+        Ok(match self.kind {
             WorkloadKind::Deployment => {
                 let d = Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
                     .get(&self.name)
                     .await
                     .map_err(|e| api_error(&target, e))?;
-                (d.spec.and_then(|s| s.replicas).unwrap_or(1), d.status.and_then(|s| s.ready_replicas).unwrap_or(0))
+                let (spec, status) = (d.spec, d.status);
+                let replicas = spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                (replicas, status.and_then(|s| s.ready_replicas).unwrap_or(0), spec.map(|s| s.selector))
             }
             WorkloadKind::StatefulSet => {
                 let s = Api::<StatefulSet>::namespaced(self.client.clone(), &self.namespace)
                     .get(&self.name)
                     .await
                     .map_err(|e| api_error(&target, e))?;
-                (s.spec.and_then(|s| s.replicas).unwrap_or(1), s.status.and_then(|s| s.ready_replicas).unwrap_or(0))
+                let (spec, status) = (s.spec, s.status);
+                let replicas = spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                (replicas, status.and_then(|s| s.ready_replicas).unwrap_or(0), spec.map(|s| s.selector))
             }
-        };
+        })
+    }
+
+    /// Desired replicas (spec) and ready replicas (status).
+    pub async fn size(&self) -> Result<Size, ActuatorError> {
+        let (desired, ready, _) = self.read().await?;
         Ok(Size { desired: i64::from(desired), ready: i64::from(ready) })
     }
 
     /// The workload's pods (those its selector matches), as the death-spiral watch needs them.
     pub async fn pods(&self) -> Result<Vec<PodView>, ActuatorError> {
         let target = self.label();
-        let selector = match self.kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
-                .get(&self.name)
-                .await
-                .map_err(|e| api_error(&target, e))?
-                .spec
-                .map(|s| s.selector),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(self.client.clone(), &self.namespace)
-                .get(&self.name)
-                .await
-                .map_err(|e| api_error(&target, e))?
-                .spec
-                .map(|s| s.selector),
-        };
+        let (_, _, selector) = self.read().await?;
         let Some(selector) = selector else { return Ok(Vec::new()) };
         let selector = Selector::try_from(selector)
             .map_err(|e| ActuatorError::Api { target: target.clone(), detail: format!("its selector: {e}") })?;
