@@ -55,6 +55,9 @@ pub const TARGET_REACHABLE: &str = "TargetReachable";
 /// Condition saying whether demand, when last seen, fit within `bounds.maxReplicas`.
 pub const DEMAND_MET: &str = "DemandMet";
 
+/// A planner being warmed from history in the background; `None` when there was none to read.
+type Warming = oneshot::Receiver<Option<Planner>>;
+
 /// Settings of the scaler.
 #[derive(Clone, Debug)]
 pub struct ScalerConfig {
@@ -71,10 +74,10 @@ pub struct Scaler {
     recorder: Recorder,
     /// Per policy: the generation planned for, when it last ticked, and its planner.
     planners: Mutex<HashMap<String, (i64, f64, Planner)>>,
-    /// Per policy whose planner is new: the planner being warmed from Prometheus history
-    /// meanwhile, whose forecaster the policy's planner then takes if the forecast's inputs
-    /// are still the same (`None` when there was no history to read).
-    warming: Mutex<HashMap<String, oneshot::Receiver<Option<Planner>>>>,
+    /// Per policy whose planner is new: when its warming began, and the planner being warmed
+    /// from Prometheus history meanwhile, whose forecaster the policy's planner then takes if
+    /// the forecast's inputs are still the same (`None` when there was no history to read).
+    warming: Mutex<HashMap<String, (f64, Warming)>>,
     /// Per policy that is falling short: when it last ticked, and its spell.
     spells: Mutex<HashMap<String, (f64, Option<Spell>)>>,
     pager: Pager,
@@ -311,10 +314,13 @@ impl Scaler {
         let (tx, rx) = oneshot::channel();
         let mut warming = self.warming.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Policies that are gone leave nothing behind: this runs whenever a planner is new.
+        // A warming just begun is kept though its planner is not in yet: another policy's tick
+        // on another thread may run between the two.
+        let stale = FORGET_AFTER_TICKS * self.config.tick.as_secs_f64();
         let planners = self.lock_planners();
-        warming.retain(|k, _| planners.contains_key(k));
+        warming.retain(|k, (since, _)| planners.contains_key(k) || now - *since < stale);
         drop(planners);
-        warming.insert(key.to_owned(), rx);
+        warming.insert(key.to_owned(), (now, rx));
         let task = warm_planner(
             policy.spec.clone(),
             self.config.prometheus_url.clone(),
@@ -333,7 +339,7 @@ impl Scaler {
     /// forecast differently; the planner taking it checks.)
     fn take_warmed(&self, key: &str) -> Option<Planner> {
         let mut warming = self.warming.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ready = match warming.get_mut(key)?.try_recv() {
+        let ready = match warming.get_mut(key)?.1.try_recv() {
             Ok(p) => p,
             Err(oneshot::error::TryRecvError::Empty) => return None,
             Err(oneshot::error::TryRecvError::Closed) => None,
