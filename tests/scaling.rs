@@ -641,13 +641,7 @@ async fn a_slow_prometheus_history_does_not_hold_up_the_first_decisions() {
     let first = created.elapsed();
     assert!(first < Duration::from_secs(8), "the first decision waited for the history: {first:?}");
     // The history is taken when it comes, and the forecast serves from then on.
-    let notes = eventually(
-        Duration::from_secs(30),
-        "a ForecastWarmed Event",
-        || common::event_notes(&ns, "ForecastWarmed"),
-        |n| !n.is_empty(),
-    )
-    .await;
+    let notes = common::notes_within(&ns, "ForecastWarmed", Duration::from_secs(30)).await;
     assert!(["167", "168"].iter().any(|h| notes[0].starts_with(&format!("forecast warmed from {h}"))), "{notes:?}");
     let f = forecast_in_status(&ns, Duration::from_secs(10)).await;
     assert!((f.value - 400.0).abs() < 4.0, "{f:?}");
@@ -659,13 +653,7 @@ async fn a_slow_prometheus_history_does_not_hold_up_the_first_decisions() {
 async fn a_policy_whose_history_cannot_be_read_says_why() {
     // The signal's Prometheus is down: no history, and the planner starts cold.
     let (ns, op, _kubelet) = daily_api("scale-cold", "{ query: 'vector(400)', url: 'http://127.0.0.1:1' }").await;
-    let notes = eventually(
-        Duration::from_secs(20),
-        "a ForecastCold Event",
-        || common::event_notes(&ns, "ForecastCold"),
-        |n| !n.is_empty(),
-    )
-    .await;
+    let notes = common::notes_within(&ns, "ForecastCold", Duration::from_secs(20)).await;
     assert!(
         notes[0].contains("cannot read the arrival rate's history") && notes[0].contains("127.0.0.1:1"),
         "{notes:?}"

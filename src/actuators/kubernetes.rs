@@ -17,6 +17,13 @@ use serde_json::json;
 use super::{ActuatorError, Size};
 use crate::engine::spiral::PodView;
 
+/// A workload as read at one moment.
+pub struct Observed {
+    pub size: Size,
+    /// Its pod selector (none only on an object without a spec).
+    pub selector: Option<LabelSelector>,
+}
+
 /// Which workload kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadKind {
@@ -59,11 +66,10 @@ impl Workload {
         label(self.kind, &self.namespace, &self.name)
     }
 
-    /// The workload as read now: desired replicas (spec), ready replicas (status) and its
-    /// pod selector.
-    async fn read(&self) -> Result<(i32, i32, Option<LabelSelector>), ActuatorError> {
+    /// The workload as read now: its size and its pod selector.
+    pub async fn observe(&self) -> Result<Observed, ActuatorError> {
         let target = self.label();
-        Ok(match self.kind {
+        let (desired, ready, selector) = match self.kind {
             WorkloadKind::Deployment => {
                 let d = Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
                     .get(&self.name)
@@ -82,21 +88,20 @@ impl Workload {
                 let replicas = spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                 (replicas, status.and_then(|s| s.ready_replicas).unwrap_or(0), spec.map(|s| s.selector))
             }
-        })
+        };
+        Ok(Observed { size: Size { desired: i64::from(desired), ready: i64::from(ready) }, selector })
     }
 
     /// Desired replicas (spec) and ready replicas (status).
     pub async fn size(&self) -> Result<Size, ActuatorError> {
-        let (desired, ready, _) = self.read().await?;
-        Ok(Size { desired: i64::from(desired), ready: i64::from(ready) })
+        Ok(self.observe().await?.size)
     }
 
-    /// The workload's pods (those its selector matches), as the death-spiral watch needs them.
-    pub async fn pods(&self) -> Result<Vec<PodView>, ActuatorError> {
+    /// The pods `selector` (the workload's, as [`Workload::observe`] read it) matches, as the
+    /// death-spiral watch needs them.
+    pub async fn pods(&self, selector: &LabelSelector) -> Result<Vec<PodView>, ActuatorError> {
         let target = self.label();
-        let (_, _, selector) = self.read().await?;
-        let Some(selector) = selector else { return Ok(Vec::new()) };
-        let selector = Selector::try_from(selector)
+        let selector = Selector::try_from(selector.clone())
             .map_err(|e| ActuatorError::Api { target: target.clone(), detail: format!("its selector: {e}") })?;
         let pods = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
             .list(&ListParams::default().labels_from(&selector))

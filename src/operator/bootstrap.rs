@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     actuators::{
-        ActuatorError,
+        ActuatorError, Size,
         kubernetes::{Workload, WorkloadKind},
     },
     api::{
@@ -120,17 +120,19 @@ impl Bootstrapper {
             .map(|s| s.targets.iter().map(|t| Workload::new(client.clone(), kind(t.kind), &ns, &t.name)).collect())
             .collect();
         let before = self.progress_of(&key, policy);
-        let mut sizes = Vec::new();
+        // Each target read once: its size for the plan, its selector for the spiral watch.
+        let mut observed = Vec::new();
         for stage in &workloads {
-            let mut stage_sizes = Vec::new();
+            let mut stage_observed = Vec::new();
             for w in stage {
-                match w.size().await {
-                    Ok(s) => stage_sizes.push(s),
+                match w.observe().await {
+                    Ok(o) => stage_observed.push(o),
                     Err(e) => return Err(self.failed(client, policy, &before, e).await),
                 }
             }
-            sizes.push(stage_sizes);
+            observed.push(stage_observed);
         }
+        let sizes: Vec<Vec<Size>> = observed.iter().map(|stage| stage.iter().map(|o| o.size).collect()).collect();
         let stages: Vec<Stage> = policy
             .spec
             .stages
@@ -214,7 +216,7 @@ impl Bootstrapper {
             reason: if late.is_empty() { "OnSchedule".into() } else { "Late".into() },
             message: late.join("; "),
         };
-        let targets: Vec<_> = workloads.iter().flatten().zip(sizes.iter().flatten().copied()).collect();
+        let targets: Vec<_> = workloads.iter().flatten().zip(observed.iter().flatten()).collect();
         let spiral = self.spirals.tick(client, policy, &targets, bootstrapping, held, now).await;
         for (type_, reason, note) in spiral.events {
             self.event(policy, type_, reason, note).await;

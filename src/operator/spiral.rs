@@ -18,7 +18,10 @@ use tracing::{debug, warn};
 
 use super::conditions::Wanted;
 use crate::{
-    actuators::{Size, kubernetes::Workload},
+    actuators::{
+        Size,
+        kubernetes::{Observed, Workload},
+    },
     api::BootstrapPolicy,
     engine::spiral::{Judgement, SpiralWatch, judged_ready},
 };
@@ -55,7 +58,7 @@ impl Spirals {
         &self,
         client: &Client,
         policy: &BootstrapPolicy,
-        targets: &[(&Workload, Size)],
+        targets: &[(&Workload, &Observed)],
         cold: bool,
         held: Option<&str>,
         now: f64,
@@ -87,16 +90,24 @@ impl Spirals {
             // means a spiral was suspected when the last operator stopped.
             let in_force = marked(&services, &protection.services).await;
             let fresh =
-                |size: &Size| if in_force { SpiralWatch::suspected(size.desired) } else { SpiralWatch::default() };
-            watches = Some(targets.iter().map(|(_, size)| fresh(size)).collect());
+                |size: Size| if in_force { SpiralWatch::suspected(size.desired) } else { SpiralWatch::default() };
+            watches = Some(targets.iter().map(|(_, o)| fresh(o.size)).collect());
         }
         let mut watches = watches.unwrap_or_default();
         let (mut suspected, mut cleared) = (Vec::new(), Vec::new());
         // Not judged during a cold start: its instances are not ready because they are starting.
-        for ((w, size), watch) in targets.iter().zip(&mut watches).filter(|_| !cold) {
+        for ((w, Observed { size, selector }), watch) in targets.iter().zip(&mut watches).filter(|_| !cold) {
             let name = format!("{:?} {}", w.kind, w.name);
-            // Pods that cannot be listed (no RBAC for them, say): judged on status alone.
-            let pods = w.pods().await.inspect_err(|e| debug!(policy = %key, error = %e, "judged without pods")).ok();
+            // Pods matter only to a target short of ready ones. Pods that cannot be listed (no
+            // RBAC for them, say): judged on status alone.
+            let pods = match selector {
+                Some(selector) if size.ready < size.desired => w
+                    .pods(selector)
+                    .await
+                    .inspect_err(|e| debug!(policy = %key, error = %e, "judged without pods"))
+                    .ok(),
+                _ => None,
+            };
             let ready = judged_ready(size.desired, size.ready, pods.as_deref());
             match watch.observe(now, size.desired, ready, protection.max_unhealthy_fraction) {
                 Judgement::Suspected { before, ready } => {

@@ -219,6 +219,11 @@ pub async fn event_notes(ns: &TestNs, reason: &str) -> Vec<String> {
     events.items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).filter_map(|e| e.note).collect()
 }
 
+/// The notes of the Events with `reason` in `ns`, once there is one (within `within`).
+pub async fn notes_within(ns: &TestNs, reason: &str, within: Duration) -> Vec<String> {
+    eventually(within, &format!("a {reason} Event"), || event_notes(ns, reason), |n| !n.is_empty()).await
+}
+
 pub fn condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
