@@ -13,3 +13,4 @@ pub mod settings;
 pub mod sketch;
 pub mod source;
 pub mod upstream;
+pub mod wire;

@@ -17,7 +17,7 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -37,10 +37,45 @@ use super::{
     rules::{Outcome, RuleSet},
     settings::GuardSettings,
     source::{PrefixTable, Source, client_ip, prefix_of},
-    upstream::UpstreamPool,
+    upstream::{PooledBody, UpstreamError, UpstreamPool},
 };
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// A response's body: the edge's own answer, or the upstream's read as the client takes it.
+/// An enum rather than a boxed body: no allocation per response.
+#[derive(Debug)]
+pub enum Body {
+    Local(Full<Bytes>),
+    Upstream(PooledBody),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            Self::Local(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            Self::Upstream(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Local(b) => b.is_end_stream(),
+            Self::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Local(b) => b.size_hint(),
+            Self::Upstream(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Settings of the proxy itself (the command line of `levee edge`).
 #[derive(Clone, Debug)]
@@ -257,7 +292,7 @@ fn come_back_later(
 }
 
 fn local(status: StatusCode, headers: &[(header::HeaderName, &str)], body: String) -> Response<Body> {
-    let mut res = Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed());
+    let mut res = Response::new(Body::Local(Full::new(Bytes::from(body))));
     *res.status_mut() = status;
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     for (k, v) in headers {
@@ -412,16 +447,6 @@ pub async fn handle(
     }
 
     let (mut parts, body) = req.into_parts();
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(state.upstream_authority.clone());
-    target.path_and_query =
-        Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    parts.uri = match http::Uri::from_parts(target) {
-        Ok(u) => u,
-        Err(_) => return Ok(local(StatusCode::BAD_REQUEST, &[], "bad request target\n".to_owned())),
-    };
-    parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = forwarded_for(parts.headers.get_all(X_FORWARDED_FOR), peer) {
         parts.headers.insert(X_FORWARDED_FOR, v);
@@ -435,7 +460,7 @@ pub async fn handle(
             let failed = res.status().is_server_error();
             strip_hop_by_hop(res.headers_mut());
             state.metrics.forwarded.inc();
-            (res.map(BodyExt::boxed), failed)
+            (res.map(Body::Upstream), failed)
         }
         Ok(Err(e)) => {
             debug!(error = %e, "upstream request failed");
