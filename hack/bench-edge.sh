@@ -3,8 +3,8 @@
 #   1. the upstream directly (nginx returning a fixed 200),
 #   2. nginx `proxy_pass` with `limit_req` to that upstream,
 #   3. `levee edge` (release build, standalone) to the same upstream.
-# Each wrk run is bounded (BENCH_SECS, default 10 s). Prints wrk's figures and a summary, with
-# the CPU time each proxy (and the upstream) used per request.
+# Each wrk run is bounded (BENCH_SECS, default 10 s, after a warm-up of WARMUP_SECS). Prints
+# wrk's figures and a summary, with the CPU time each proxy (and the upstream) used per request.
 # Usage: hack/bench-edge.sh [wrk threads] [connections]
 # BENCH_PROFILE=release measures a plain release build (minutes to build, not a quarter hour)
 # when comparing changes; the figures to report come from the default, production.
@@ -102,6 +102,15 @@ run() {
   wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:$port/" | tee "$dir/$name.txt"
   echo $(($(ticks "$@") - before)) >"$dir/$name.cpu"
 }
+# Each server first gets an unmeasured run of WARMUP_SECS (default 5): a process just started
+# (allocator, connection pools, the scheduler's view of its threads) is not what serves
+# traffic for long, and in several runs here levee's first 5 to 10 s under load cost up to a
+# fifth more CPU per request than its later ones.
+warm() {
+  log "warm-up: wrk -t$THREADS -c$CONNS -d${WARMUP_SECS:-5}s against $1 (not measured)"
+  wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP_SECS:-5}s" "http://127.0.0.1:$2/" >/dev/null
+}
+warm upstream "$UP"; warm nginx "$NGX"; warm levee "$EDGE"
 # shellcheck disable=SC2046 # one argument per worker pid
 run upstream "$UP" $(workers upstream)
 # shellcheck disable=SC2046
