@@ -15,6 +15,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::ServiceAccount,
+    rbac::v1::{ClusterRole, PolicyRule},
 };
 use kube::{Api, api::PostParams, config::Kubeconfig};
 
@@ -162,6 +163,24 @@ spec:
     common::set_ready(&ns, "web", 4, 1).await;
     let routing = || common::routing(&ns, "web");
     eventually(Duration::from_secs(10), "the Service routes to all", routing, |r| *r == (true, true)).await;
+    // Without leave to list pods (a chart from before it asked, say), the judgement falls back
+    // to ready replicas, with which a drain can pass for a spiral: status says so.
+    let roles: Api<ClusterRole> = Api::all(common::client().await);
+    let mut role = roles.get(&ns.name).await.unwrap();
+    let lists_pods = |r: &PolicyRule| r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == "pods"));
+    role.rules.as_mut().unwrap().retain(|r| !lists_pods(r));
+    roles.replace(&ns.name, &PostParams::default(), &role).await.unwrap();
+    let conds = eventually(
+        Duration::from_secs(10),
+        "NoDeathSpiral says pods cannot be listed",
+        || common::conditions::<levee::api::BootstrapPolicy>(&ns, "web"),
+        |c| common::condition(c, "NoDeathSpiral").is_some_and(|s| s.message.contains("ready replicas alone")),
+    )
+    .await;
+    let spiral = common::condition(&conds, "NoDeathSpiral").expect("waited for above");
+    assert!(spiral.message.contains("Deployment web judged on ready replicas alone"), "{}", spiral.message);
+    assert!(spiral.message.contains("forbidden") && spiral.message.contains("(403)"), "{}", spiral.message);
+    assert_eq!(spiral.status, "False", "still judged a spiral on ready replicas: {}", spiral.message);
     assert!(op.stop().await);
     std::fs::remove_file(kubeconfig).ok();
 

@@ -471,4 +471,48 @@ mod tests {
         assert_eq!(d.decode(&mut BytesMut::from("\r\n0\r\n\r\n")), Ok(Decoded::End));
         assert!(Decoder::UntilClose.ends_at_close() && !Decoder::Length(1).ends_at_close());
     }
+
+    proptest::proptest! {
+        /// However a body is cut into chunks (with or without extensions and trailers), and
+        /// however the bytes arrive, the decoder gives back the body and stops at its end.
+        #[test]
+        fn any_chunked_body_decodes_to_itself(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            cuts in proptest::collection::vec(1usize..200, 1..8),
+            step in 1usize..64,
+            extension: bool,
+            trailer: bool,
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cut.next().unwrap()).min(rest.len());
+                let size = if extension { format!("{n:X};name=\"v\"\r\n") } else { format!("{n:x}\r\n") };
+                wire.extend_from_slice(size.as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            wire.extend_from_slice(if trailer { b"0\r\nx-sum: 1\r\n\r\n" } else { b"0\r\n\r\n" });
+            wire.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let (decoded, _) = decode_in_steps(Decoder::Chunked(Chunk::Size), &wire, step).unwrap();
+            proptest::prop_assert_eq!(decoded, body);
+        }
+
+        /// Whatever bytes an upstream sends, reading them is an answer or an error, never a
+        /// panic.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse_head(&mut BytesMut::from(&bytes[..]), &Method::GET);
+            let mut prefixed = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+            prefixed.extend_from_slice(&bytes);
+            let _ = parse_head(&mut prefixed, &Method::GET);
+            for start in [Decoder::Chunked(Chunk::Size), Decoder::Chunked(Chunk::Trailers), Decoder::Length(7)] {
+                let mut d = start;
+                let mut buf = BytesMut::from(&bytes[..]);
+                while let Ok(Decoded::Data(_)) = d.decode(&mut buf) {}
+            }
+        }
+    }
 }

@@ -94,18 +94,22 @@ impl Spirals {
             watches = Some(targets.iter().map(|(_, o)| fresh(o.size)).collect());
         }
         let mut watches = watches.unwrap_or_default();
-        let (mut suspected, mut cleared) = (Vec::new(), Vec::new());
+        let (mut suspected, mut cleared, mut blind) = (Vec::new(), Vec::new(), Vec::new());
         // Not judged during a cold start: its instances are not ready because they are starting.
         for ((w, Observed { size, selector }), watch) in targets.iter().zip(&mut watches).filter(|_| !cold) {
             let name = format!("{:?} {}", w.kind, w.name);
             // Pods matter only to a target short of ready ones. Pods that cannot be listed (no
-            // RBAC for them, say): judged on status alone.
+            // RBAC for them, say): judged on status alone, and status says so, since a drain
+            // may then pass for a spiral.
             let pods = match selector {
-                Some(selector) if size.ready < size.desired => w
-                    .pods(selector)
-                    .await
-                    .inspect_err(|e| debug!(policy = %key, error = %e, "judged without pods"))
-                    .ok(),
+                Some(selector) if size.ready < size.desired => match w.pods(selector).await {
+                    Ok(pods) => Some(pods),
+                    Err(e) => {
+                        debug!(policy = %key, error = %e, "judged without pods");
+                        blind.push(format!("{name} judged on ready replicas alone: {e}"));
+                        None
+                    }
+                },
                 _ => None,
             };
             let ready = judged_ready(size.desired, size.ready, pods.as_deref());
@@ -160,6 +164,7 @@ impl Spirals {
             (false, true) => String::new(),
             (false, false) => failures.join("; "),
         };
+        let message = [message, blind.join("; ")].into_iter().filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; ");
         let reason = if in_spiral { "SharedFailure" } else { "Healthy" };
         Findings { events, condition: condition(!in_spiral, reason, &message) }
     }
