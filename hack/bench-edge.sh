@@ -104,8 +104,8 @@ run() {
 }
 # Each server first gets an unmeasured run of WARMUP_SECS (default 5): a process just started
 # (allocator, connection pools, the scheduler's view of its threads) is not what serves
-# traffic for long, and in several runs here levee's first 5 to 10 s under load cost up to a
-# fifth more CPU per request than its later ones.
+# traffic for long, and in several runs here levee's first 5 to 10 s under load cost a seventh
+# to a third more CPU per request than its later ones.
 warm() {
   log "warm-up: wrk -t$THREADS -c$CONNS -d${WARMUP_SECS:-5}s against $1 (not measured)"
   wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP_SECS:-5}s" "http://127.0.0.1:$2/" >/dev/null

@@ -149,9 +149,9 @@ pub struct EdgeState {
     stats: Mutex<Refusals>,
     pub metrics: EdgeMetrics,
     epoch: Instant,
-    /// The upstream's host and port: each request's target keeps its path and query and gets
-    /// this authority, without formatting and re-parsing a URI.
-    upstream_authority: http::uri::Authority,
+    /// The upstream's `host:port`: where each worker's pool connects, and the `Host` of
+    /// requests that came without one.
+    upstream_addr: String,
 }
 
 impl EdgeState {
@@ -163,7 +163,7 @@ impl EdgeState {
         let Some(authority) = cfg.upstream.authority() else {
             anyhow::bail!("--upstream {}: needs a host, as in http://127.0.0.1:8080", cfg.upstream);
         };
-        let upstream_authority = authority.clone();
+        let upstream_addr = authority.to_string();
         let settings = GuardSettings::default();
         Ok(Self {
             counter: Mutex::new(TrafficCounter::new(cfg.counter, &settings.dimensions)),
@@ -174,7 +174,7 @@ impl EdgeState {
             table,
             metrics,
             epoch: Instant::now(),
-            upstream_authority,
+            upstream_addr,
             cfg,
         })
     }
@@ -531,7 +531,7 @@ pub async fn serve(listeners: Vec<std::net::TcpListener>, state: Arc<EdgeState>,
 }
 
 async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
-    let upstream = UpstreamPool::new(state.upstream_authority.to_string());
+    let upstream = UpstreamPool::new(state.upstream_addr.clone());
     let slots = Arc::new(Semaphore::new(state.cfg.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();

@@ -125,15 +125,15 @@ impl Conn {
             let mut probe = [0u8; 1];
             let sent = tokio::select! {
                 biased;
-                r = send_body(&self.stream, body, chunked) => r,
-                _ = self.stream.peek(&mut probe) => Ok(false),
+                r = send_body(&self.stream, body, chunked) => Some(r),
+                _ = self.stream.peek(&mut probe) => None,
             };
             match sent {
-                Ok(true) => {}
-                Ok(false) => self.spent = true,
-                Err(BodyError::Client(e)) => return Err((UpstreamError::ClientBody(e), Reached::Answer)),
+                Some(Ok(())) => {}
+                None => self.spent = true,
+                Some(Err(BodyError::Client(e))) => return Err((UpstreamError::ClientBody(e), Reached::Answer)),
                 // Writing failed: the upstream may have answered and closed; read what it said.
-                Err(BodyError::Upstream(e)) => {
+                Some(Err(BodyError::Upstream(e))) => {
                     debug!(error = %e, "writing the request body upstream failed; reading the response");
                     self.spent = true;
                 }
@@ -165,8 +165,7 @@ enum BodyError {
 }
 
 /// Streams the client's body upstream: as it comes, or chunked when its length is unknown.
-/// True once all is sent.
-async fn send_body(stream: &TcpStream, mut body: Incoming, chunked: bool) -> Result<bool, BodyError> {
+async fn send_body(stream: &TcpStream, mut body: Incoming, chunked: bool) -> Result<(), BodyError> {
     let mut framed = Vec::new();
     while let Some(frame) = body.frame().await {
         // Trailers are not forwarded.
@@ -186,10 +185,12 @@ async fn send_body(stream: &TcpStream, mut body: Incoming, chunked: bool) -> Res
     if chunked {
         write_all(stream, wire::LAST_CHUNK).await.map_err(BodyError::Upstream)?;
     }
-    Ok(true)
+    Ok(())
 }
 
-/// Writes all of `buf`, waiting for room when the socket has none.
+/// Writes all of `buf`, waiting for room when the socket has none. Through a shared reference,
+/// unlike `AsyncWriteExt::write_all`: the body is written while the same socket is peeked for
+/// an early answer.
 async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         match stream.try_write(buf) {

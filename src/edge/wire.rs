@@ -234,9 +234,9 @@ impl Decoder {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    *self = Self::Length(left - n as u64);
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    let (data, left) = take_up_to(buf, left);
+                    *self = Self::Length(left);
+                    return Ok(Decoded::Data(data));
                 }
                 Self::UntilClose => {
                     if buf.is_empty() {
@@ -256,10 +256,9 @@ impl Decoder {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let left = left - n as u64;
+                    let (data, left) = take_up_to(buf, left);
                     *self = Self::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 Self::Chunked(Chunk::DataEnd) => match buf.get(..2) {
                     None if buf.first().is_none_or(|&b| b == b'\r') => return Ok(Decoded::NeedMore),
@@ -308,6 +307,12 @@ impl Decoder {
             _ => None,
         }
     }
+}
+
+/// Up to `left` bytes from the front of `buf`, and how many of `left` remain after them.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+    (buf.split_to(n).freeze(), left - n as u64)
 }
 
 #[cfg(test)]
