@@ -319,6 +319,9 @@ fn main() -> ExitCode {
             Command::Crd { dir, .. } => levee::cli::write_crds(&dir),
         }
     });
+    // Tasks still running (a report in flight, a DNS lookup on the blocking pool) must not
+    // hold the exit the signal asked for: dropping the runtime would wait for blocking ones.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

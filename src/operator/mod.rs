@@ -93,7 +93,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     tokio::select! {
         () = wait_for_crds(client.clone()) => {}
-        () = shutdown.cancelled() => return finish(server).await,
+        () = shutdown.cancelled() => return within_grace(finish(server), &shutdown, SHUTDOWN_GRACE).await,
     }
     let claims = Arc::new(bootstrap::Claims::default());
     let bootstrapper = bootstrap::Bootstrapper::new(client.clone(), pager.clone(), pause.clone(), claims.clone());
@@ -106,15 +106,49 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         "watching ScalingPolicy, TrafficGuard, Mitigation, BootstrapPolicy"
     );
     let ns = config.namespace.as_deref();
-    tokio::join!(
-        controller::run(guarded_api::<ScalingPolicy>(&client, ns), scaling_cache, ctx.clone(), shutdown.clone()),
-        controller::run(guarded_api::<TrafficGuard>(&client, ns), guard_cache, ctx.clone(), shutdown.clone()),
-        controller::run(guarded_api::<Mitigation>(&client, ns), mitigation_cache, ctx.clone(), shutdown.clone()),
-        controller::run(guarded_api::<BootstrapPolicy>(&client, ns), bootstrap_cache, ctx.clone(), shutdown.clone()),
-    );
-    health.set_ready(false);
-    pause_watch.abort();
-    finish(server).await
+    let work = async {
+        tokio::join!(
+            controller::run(guarded_api::<ScalingPolicy>(&client, ns), scaling_cache, ctx.clone(), shutdown.clone()),
+            controller::run(guarded_api::<TrafficGuard>(&client, ns), guard_cache, ctx.clone(), shutdown.clone()),
+            controller::run(guarded_api::<Mitigation>(&client, ns), mitigation_cache, ctx.clone(), shutdown.clone()),
+            controller::run(
+                guarded_api::<BootstrapPolicy>(&client, ns),
+                bootstrap_cache,
+                ctx.clone(),
+                shutdown.clone()
+            ),
+        );
+        health.set_ready(false);
+        pause_watch.abort();
+        finish(server).await
+    };
+    within_grace(work, &shutdown, SHUTDOWN_GRACE).await
+}
+
+/// How long reconciles in flight and open HTTP connections get to finish after SIGTERM.
+/// Well inside Kubernetes' default 30 s termination grace, so the operator exits by itself
+/// and is not killed: every step it takes can be cut between any two calls (a restart picks
+/// up where it was), so nothing is lost by not waiting longer.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs `work` to its end, or until `grace` after `shutdown` is cancelled, whichever is first;
+/// in the second case it says so and returns Ok: the signal asked for an exit, and got one.
+async fn within_grace(
+    work: impl Future<Output = anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let expired = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = work => result,
+        () = expired => {
+            warn!(grace = ?grace, "work still in flight after the shutdown grace (a reconcile or an HTTP connection); exiting without it");
+            Ok(())
+        }
+    }
 }
 
 async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
@@ -177,4 +211,42 @@ pub async fn cancel_on_signal(token: CancellationToken) {
         _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn work_stuck_after_the_signal_is_left_after_the_grace() {
+        let shutdown = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            signal.cancel();
+        });
+        let stuck = std::future::pending::<anyhow::Result<()>>();
+        within_grace(stuck, &shutdown, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(started.elapsed().as_secs(), 8, "the grace counts from the signal, not from the start");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_ends_within_the_grace_gives_its_own_result() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let slow_failure = async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Err(anyhow::anyhow!("server failed"))
+        };
+        let err = within_grace(slow_failure, &shutdown, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err.to_string(), "server failed");
+        // Without a signal there is no deadline at all.
+        let quiet = CancellationToken::new();
+        let long = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        };
+        within_grace(long, &quiet, Duration::from_secs(5)).await.unwrap();
+    }
 }
