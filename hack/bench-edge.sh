@@ -3,8 +3,11 @@
 #   1. the upstream directly (nginx returning a fixed 200),
 #   2. nginx `proxy_pass` with `limit_req` to that upstream,
 #   3. `levee edge` (release build, standalone) to the same upstream.
-# Each wrk run is bounded (BENCH_SECS, default 10 s, after a warm-up of WARMUP_SECS). Prints
-# wrk's figures and a summary, with the CPU time each proxy (and the upstream) used per request.
+# Each wrk run is bounded (BENCH_SECS, default 10 s, after a warm-up of WARMUP_SECS). nginx and
+# levee are measured in ROUNDS (default 5) alternating rounds: on a shared machine the speed of
+# the moment moves by a fifth within a minute, and alternating puts both servers through the
+# same moments. Prints each round, the medians, how many rounds levee was ahead in, and the CPU
+# time each proxy (and the upstream) used per request.
 # Usage: hack/bench-edge.sh [wrk threads] [connections]
 # BENCH_PROFILE=release measures a plain release build (minutes to build, not a quarter hour)
 # when comparing changes; the figures to report come from the default, production.
@@ -93,14 +96,27 @@ ticks() {
   done
   echo "$t"
 }
+rate() { awk '/Requests\/sec/{print $2}' "$dir/$1.txt"; }
+cpu_per_request() {
+  awk -v t="$(cat "$dir/$1.cpu")" -v hz="$(getconf CLK_TCK)" '/requests in/{n=$1} END{if (n > 0) printf "%.2f\n", t * 1e6 / hz / n}' "$dir/$1.txt"
+}
+summary() {
+  local cpu=""
+  [ -f "$dir/$1.cpu" ] && cpu="   CPU $(cpu_per_request "$1") us/request"
+  printf '%-9s %12s req/s   p50 %8s   p99 %8s   non-2xx %s%s\n' "$1" "$(rate "$1")" \
+    "$(awk '$1=="50%"{print $2}' "$dir/$1.txt")" \
+    "$(awk '$1=="99%"{print $2}' "$dir/$1.txt")" \
+    "$(awk '/Non-2xx/{n=$5} END{print n+0}' "$dir/$1.txt")" \
+    "$cpu"
+}
 workers() { pgrep -P "$(cat "$dir/$1/nginx.pid")" | tr '\n' ' '; }
 run() {
   local name=$1 port=$2 before
   shift 2
-  log "wrk -t$THREADS -c$CONNS -d${SECS}s against $name"
   before=$(ticks "$@")
-  wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:$port/" | tee "$dir/$name.txt"
+  wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:$port/" >"$dir/$name.txt"
   echo $(($(ticks "$@") - before)) >"$dir/$name.cpu"
+  summary "$name"
 }
 # Each server first gets an unmeasured run of WARMUP_SECS (default 5): a process just started
 # (allocator, connection pools, the scheduler's view of its threads) is not what serves
@@ -111,11 +127,15 @@ warm() {
   wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP_SECS:-5}s" "http://127.0.0.1:$2/" >/dev/null
 }
 warm upstream "$UP"; warm nginx "$NGX"; warm levee "$EDGE"
+ROUNDS=${ROUNDS:-5}
+log "wrk -t$THREADS -c$CONNS -d${SECS}s: the upstream alone, then $ROUNDS rounds of nginx and levee"
 # shellcheck disable=SC2046 # one argument per worker pid
 run upstream "$UP" $(workers upstream)
-# shellcheck disable=SC2046
-run nginx "$NGX" $(workers proxy)
-run levee "$EDGE" "$edge_pid"
+for r in $(seq "$ROUNDS"); do
+  # shellcheck disable=SC2046
+  run "nginx-$r" "$NGX" $(workers proxy)
+  run "levee-$r" "$EDGE" "$edge_pid"
+done
 # Added latency without queueing: one connection, one request at a time.
 latency() {
   local name=$1 port=$2
@@ -124,21 +144,20 @@ latency() {
 log "wrk -t1 -c1 -d${SECS}s against each (latency without queueing)"
 latency upstream "$UP"; latency nginx "$NGX"; latency levee "$EDGE"
 
-summary() {
-  local f="$dir/$1.txt" cpu=""
-  if [ -f "$dir/$1.cpu" ]; then
-    cpu=$(awk -v t="$(cat "$dir/$1.cpu")" -v hz="$(getconf CLK_TCK)" '/requests in/{n=$1} END{if (n > 0) printf "   CPU %5.1f us/request", t * 1e6 / hz / n}' "$f")
-  fi
-  printf '%-9s %12s req/s   p50 %8s   p99 %8s   non-2xx %s%s\n' "$1" \
-    "$(awk '/Requests\/sec/{print $2}' "$f")" \
-    "$(awk '$1=="50%"{print $2}' "$f")" \
-    "$(awk '$1=="99%"{print $2}' "$f")" \
-    "$(awk '/Non-2xx/{n=$5} END{print n+0}' "$f")" \
-    "$cpu"
-}
+# The median of a column over the rounds of one server.
+median() { sort -g | awk '{v[NR]=$1} END{print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+ahead=0
+for r in $(seq "$ROUNDS"); do
+  awk -v l="$(rate "levee-$r")" -v n="$(rate "nginx-$r")" 'BEGIN{exit !(l > n)}' && ahead=$((ahead + 1))
+done
 echo
-echo "summary (wrk -t$THREADS -c$CONNS -d${SECS}s, $(nproc) cores shared by wrk, nginx and levee):"
-for n in upstream nginx levee; do summary $n; done
+echo "over $ROUNDS alternating rounds (wrk -t$THREADS -c$CONNS -d${SECS}s, $(nproc) cores shared by wrk, nginx and levee):"
+for n in nginx levee; do
+  printf '%-9s median %10s req/s   median CPU %6s us/request\n' "$n" \
+    "$(for r in $(seq "$ROUNDS"); do rate "$n-$r"; done | median)" \
+    "$(for r in $(seq "$ROUNDS"); do cpu_per_request "$n-$r"; done | median)"
+done
+echo "levee served more requests/s than nginx in $ahead of $ROUNDS rounds"
 echo
 echo "one connection at a time (wrk -t1 -c1 -d${SECS}s):"
 for n in upstream nginx levee; do summary $n-c1; done

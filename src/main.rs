@@ -205,7 +205,8 @@ struct EdgeArgs {
     /// A client must send its request head within this time, or is disconnected.
     #[arg(long, default_value = "10s")]
     header_timeout: levee::api::Duration,
-    /// An upstream response slower than this gets 504.
+    /// An upstream response whose head is slower than this gets 504; one whose body then
+    /// sends nothing for this long is cut off (the client's connection ends early).
     #[arg(long, default_value = "30s")]
     upstream_timeout: levee::api::Duration,
     /// Connections served at once; more wait to be accepted.

@@ -88,6 +88,7 @@ pub struct ProxyConfig {
     pub trusted_hops: usize,
     pub max_header_bytes: usize,
     pub header_timeout: Duration,
+    /// For the response head, and then between reads of its body.
     pub upstream_timeout: Duration,
     pub max_connections: usize,
     pub counter: CounterConfig,
@@ -530,8 +531,29 @@ pub async fn serve(listeners: Vec<std::net::TcpListener>, state: Arc<EdgeState>,
     }
 }
 
+/// How often each worker's heartbeat timer fires; see [`heartbeat`].
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Keeps the worker's time driver from being woken through its eventfd by every request.
+///
+/// Each request sets timers: hyper's head-read timeout and the upstream timeout. Tokio wakes
+/// a parked time driver whenever a timer is set to fire before the moment the driver is
+/// parked toward, and under load the driver often parks with only the far upstream timeouts
+/// (or nothing) pending, so a new 10 s head timeout is earlier. On a worker's own thread that
+/// wake is a wasted `write` to the eventfd and an extra trip through `epoll_wait`, measured at
+/// about one in five requests. A timer that never lies more than `HEARTBEAT` ahead keeps the
+/// driver's next wake sooner than any request timer, at the cost of two wake-ups a second.
+async fn heartbeat() {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
-    let upstream = UpstreamPool::new(state.upstream_addr.clone());
+    let heartbeat = tokio::spawn(heartbeat());
+    let upstream = UpstreamPool::new(state.upstream_addr.clone(), state.cfg.upstream_timeout);
     let slots = Arc::new(Semaphore::new(state.cfg.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -576,6 +598,7 @@ async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: Ca
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         warn!("open requests did not finish within 10s");
     }
+    heartbeat.abort();
 }
 
 #[cfg(test)]

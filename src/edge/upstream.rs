@@ -18,7 +18,7 @@ use std::{
     io,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll, Waker, ready},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -53,6 +53,8 @@ pub enum UpstreamError {
     Closed,
     #[error("the upstream closed the connection before the end of the body")]
     BodyCut,
+    #[error("the upstream sent nothing of the body for {0:?}")]
+    BodyStalled(Duration),
     #[error("the upstream's response is not HTTP/1.1 as expected: {0}")]
     Malformed(#[from] Malformed),
     #[error("reading the client's request body failed: {0}")]
@@ -216,15 +218,18 @@ pub struct UpstreamPool {
     addr: String,
     idle: Mutex<VecDeque<Idle>>,
     idle_for: Duration,
+    /// A response body that gets no byte for this long is cut (nginx's `proxy_read_timeout`).
+    stall: Duration,
 }
 
 impl UpstreamPool {
-    pub fn new(addr: String) -> Arc<Self> {
-        Self::with_idle_for(addr, IDLE_FOR)
+    /// A pool for `addr` whose response bodies are cut after `stall` without a byte.
+    pub fn new(addr: String, stall: Duration) -> Arc<Self> {
+        Self::with_idle_for(addr, IDLE_FOR, stall)
     }
 
-    fn with_idle_for(addr: String, idle_for: Duration) -> Arc<Self> {
-        Arc::new(Self { addr, idle: Mutex::new(VecDeque::new()), idle_for })
+    fn with_idle_for(addr: String, idle_for: Duration, stall: Duration) -> Arc<Self> {
+        Arc::new(Self { addr, idle: Mutex::new(VecDeque::new()), idle_for, stall })
     }
 
     /// Sends `req` on an idle connection, or a new one.
@@ -270,6 +275,8 @@ impl UpstreamPool {
             first: None,
             reusable,
             pool: self.clone(),
+            stall_timer: None,
+            waiting: false,
         });
         *res.status_mut() = head.status;
         *res.headers_mut() = head.headers;
@@ -341,6 +348,11 @@ pub struct PooledBody {
     /// Whether the connection may carry another request after this body.
     reusable: bool,
     pool: Arc<UpstreamPool>,
+    /// Fires when a read has waited the pool's `stall`. Made the first time a read must wait,
+    /// so that a body that comes with its head, or keeps flowing, costs no timer.
+    stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A read is waiting, and `stall_timer` counts from when it began.
+    waiting: bool,
 }
 
 impl PooledBody {
@@ -365,6 +377,24 @@ impl PooledBody {
         // Bytes after the response are an answer to no request: the connection is not reused.
         if ended && self.reusable && conn.buf.is_empty() {
             self.pool.checkin(conn);
+        }
+    }
+
+    /// A read must wait: starts the stall clock if this wait is new, and ends the body when
+    /// the wait has lasted the pool's `stall`.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let stall = self.pool.stall;
+        if !self.waiting {
+            let deadline = tokio::time::Instant::now() + stall;
+            match &mut self.stall_timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.stall_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.waiting = true;
+        }
+        match self.stall_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => self.fail(UpstreamError::BodyStalled(stall)),
+            _ => Poll::Pending,
         }
     }
 
@@ -398,15 +428,16 @@ impl Body for PooledBody {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Ok(Decoded::NeedMore) => match ready!(conn.poll_fill(cx)) {
-                    Ok(0) if this.decoder.ends_at_close() => {
+                Ok(Decoded::NeedMore) => match conn.poll_fill(cx) {
+                    Poll::Pending => return this.poll_stall(cx),
+                    Poll::Ready(Ok(0)) if this.decoder.ends_at_close() => {
                         this.decoder = Decoder::Done;
                         this.conn = None;
                         return Poll::Ready(None);
                     }
-                    Ok(0) => return this.fail(UpstreamError::BodyCut),
-                    Ok(_) => {}
-                    Err(e) => return this.fail(e.into()),
+                    Poll::Ready(Ok(0)) => return this.fail(UpstreamError::BodyCut),
+                    Poll::Ready(Ok(_)) => this.waiting = false,
+                    Poll::Ready(Err(e)) => return this.fail(e.into()),
                 },
             }
         }
@@ -449,6 +480,9 @@ mod tests {
         /// Send each response's body this long after its head.
         body_after: Duration,
     }
+
+    /// Longer than any test waits for a body that keeps coming.
+    const STALL: Duration = Duration::from_secs(30);
 
     const PLAIN: Script = Script { body: "ok", per_connection: 100, drop_next: false, body_after: Duration::ZERO };
 
@@ -603,7 +637,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (addr, accepted) = upstream(PLAIN).await;
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         for req in requests(5).await {
             let res = pool.send(req).await.unwrap();
             assert_eq!(res.status(), 200);
@@ -616,7 +650,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_idle_too_long_is_closed_rather_than_used() {
         let (addr, accepted) = upstream(PLAIN).await;
-        let pool = UpstreamPool::with_idle_for(addr, Duration::from_millis(100));
+        let pool = UpstreamPool::with_idle_for(addr, Duration::from_millis(100), STALL);
         let mut reqs = requests(2).await.into_iter();
         body_of(pool.send(reqs.next().unwrap()).await.unwrap()).await;
         assert_eq!(pool.idle(), 1);
@@ -629,7 +663,7 @@ mod tests {
     #[tokio::test]
     async fn a_response_that_came_whole_gives_its_connection_back_before_its_body_is_read() {
         let (addr, _) = upstream(PLAIN).await;
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         let res = pool.send(requests(1).await.pop().unwrap()).await.unwrap();
         assert_eq!(pool.idle(), 1, "head and body arrived together: nothing more to read");
         assert_eq!(res.body().size_hint().exact(), Some(2));
@@ -640,7 +674,7 @@ mod tests {
     async fn a_connection_whose_body_was_not_read_is_not_reused() {
         let late = Script { body: "a body sent after its head", body_after: Duration::from_millis(50), ..PLAIN };
         let (addr, accepted) = upstream(late).await;
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         let mut reqs = requests(2).await.into_iter();
         let first = pool.send(reqs.next().unwrap()).await.unwrap();
         drop(first);
@@ -657,7 +691,7 @@ mod tests {
         // Every connection is closed after one response, with nothing said: each next request
         // finds its kept connection closed (or closing) and goes on a new one.
         let (addr, accepted) = upstream(Script { per_connection: 1, ..PLAIN }).await;
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         for (i, req) in requests(6).await.into_iter().enumerate() {
             let res = pool.send(req).await.expect("a closed kept connection is not the client's error");
             assert_eq!(body_of(res).await, "ok");
@@ -678,7 +712,7 @@ mod tests {
         // Each connection answers one request, then takes the next and closes without a word.
         let script = Script { per_connection: 1, drop_next: true, ..PLAIN };
         let (addr, accepted) = upstream(script).await;
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         let mut gets = requests(2).await.into_iter();
         body_of(pool.send(gets.next().unwrap()).await.unwrap()).await;
         let again = pool.send(gets.next().unwrap()).await.expect("a GET is sent again");
@@ -687,7 +721,7 @@ mod tests {
 
         let mut posts =
             requests_of("POST /order HTTP/1.1\r\nhost: shop\r\ncontent-length: 0\r\n\r\n", 2).await.into_iter();
-        let pool = UpstreamPool::new(pool.addr.clone());
+        let pool = UpstreamPool::new(pool.addr.clone(), STALL);
         body_of(pool.send(posts.next().unwrap()).await.unwrap()).await;
         let err = pool.send(posts.next().unwrap()).await.expect_err("a POST the upstream may have acted on");
         assert!(matches!(err, UpstreamError::Closed), "{err:?}");
@@ -696,7 +730,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_bodies_go_upstream_whole_and_chunked_responses_come_back_whole() {
-        let pool = UpstreamPool::new(echo_upstream().await);
+        let pool = UpstreamPool::new(echo_upstream().await, STALL);
         let wire = "PUT /sized HTTP/1.1\r\nhost: shop\r\ncontent-length: 11\r\n\r\nhello there\
                     POST /chunked HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: chunked\r\n\r\n\
                     3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n\
@@ -719,7 +753,7 @@ mod tests {
         let mut wire = format!("POST /upload HTTP/1.1\r\nhost: shop\r\ncontent-length: {size}\r\n\r\n").into_bytes();
         wire.resize(wire.len() + size, b'x');
         let req = requests_from(wire).await.recv().await.unwrap();
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         let res = tokio::time::timeout(Duration::from_secs(5), pool.send(req)).await.expect("not stuck on the body");
         let res = res.unwrap();
         assert_eq!(res.status(), 413);
@@ -730,17 +764,61 @@ mod tests {
     #[tokio::test]
     async fn a_body_cut_short_by_the_upstream_is_an_error_not_a_short_body() {
         let addr = answering_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part", Duration::ZERO).await;
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         let res = pool.send(requests(1).await.pop().unwrap()).await.unwrap();
         let err = res.into_body().collect().await.unwrap_err();
         assert!(matches!(err, UpstreamError::BodyCut), "{err:?}");
+    }
+
+    /// An upstream that answers one request with a head declaring `length` body bytes, then
+    /// writes `pieces` with `gap` before each, then holds the connection open.
+    async fn trickling(length: usize, pieces: &'static [&'static str], gap: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_head(&mut s, &mut Vec::new()).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            for piece in pieces {
+                tokio::time::sleep(gap).await;
+                if s.write_all(piece.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_is_cut_after_the_stall_time() {
+        let addr = trickling(100, &["the start"], Duration::ZERO).await;
+        let pool = UpstreamPool::new(addr, Duration::from_millis(300));
+        let res = pool.send(requests(1).await.pop().unwrap()).await.unwrap();
+        let began = Instant::now();
+        let err = res.into_body().collect().await.unwrap_err();
+        assert!(matches!(err, UpstreamError::BodyStalled(_)), "{err:?}");
+        let waited = began.elapsed();
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "{waited:?}");
+        assert_eq!(pool.idle(), 0, "a cut body's connection is not reused");
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_that_keeps_coming_is_not_cut() {
+        // Six pieces 150 ms apart: 900 ms in all, three times the stall time, never a gap of it.
+        let pieces: &[&str] = &["a", "b", "c", "d", "e", "f"];
+        let addr = trickling(pieces.len(), pieces, Duration::from_millis(150)).await;
+        let pool = UpstreamPool::new(addr, Duration::from_millis(300));
+        let res = pool.send(requests(1).await.pop().unwrap()).await.unwrap();
+        assert_eq!(body_of(res).await, "abcdef");
     }
 
     #[tokio::test]
     async fn garbage_from_the_upstream_is_an_error_that_says_so() {
         let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n";
         let addr = answering_once(tls_hello, Duration::from_secs(5)).await;
-        let pool = UpstreamPool::new(addr);
+        let pool = UpstreamPool::new(addr, STALL);
         let err = pool.send(requests(1).await.pop().unwrap()).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Malformed(_)), "{err:?}");
         assert!(err.to_string().contains("not HTTP/1.1"), "{err}");
@@ -751,7 +829,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let pool = UpstreamPool::new(addr.clone());
+        let pool = UpstreamPool::new(addr.clone(), STALL);
         let err = pool.send(requests(1).await.pop().unwrap()).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
         assert!(err.to_string().contains(&addr), "{err}");
