@@ -516,9 +516,15 @@ async fn the_gate_opens_once_the_stages_clients_need_are_up_though_a_later_one_i
     .unwrap();
     assert_eq!(opening.spec.admit_percent, Some(10), "{:?}", opening.spec);
     // The batch stage is being started and is not ready: the cold start goes on meanwhile.
-    let s = status(&ns).await;
+    // (The tick that opens the gate writes the Mitigation before its status: wait for both.)
+    let s = eventually(
+        Duration::from_secs(10),
+        "status: batch starting",
+        || status(&ns),
+        |s| s.message.as_deref().is_some_and(|m| m.contains("batch starting (0/2 ready)")),
+    )
+    .await;
     assert!(bootstrapping(&s), "{s:?}");
-    assert!(s.message.as_deref().is_some_and(|m| m.contains("batch starting (0/2 ready)")), "{s:?}");
     assert_eq!(replicas(&ns, "batch").await, 1, "its first wave");
     let notes = |reason| common::event_notes(&ns, reason);
     let closed = notes("AdmissionGateClosed").await;

@@ -100,6 +100,73 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
 }
 
 #[tokio::test]
+async fn a_policy_scales_a_real_statefulset() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let ns = TestNs::new("scale-sts").await;
+    ns.create_yaml(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: { name: readers }
+spec:
+  replicas: 1
+  serviceName: readers
+  selector: { matchLabels: { app: readers } }
+  template:
+    metadata: { labels: { app: readers } }
+    spec: { containers: [{ name: db, image: registry.example/db:1 }] }
+"#,
+    )
+    .await
+    .unwrap();
+    let sets: Api<StatefulSet> = ns.api();
+    let size = || async { sets.get("readers").await.unwrap().spec.and_then(|s| s.replicas).unwrap_or(0) };
+    // The test plays the StatefulSet controller and the kubelet: every replica asked for is ready.
+    let kubelet = {
+        let sets = sets.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(s) = sets.get("readers").await {
+                    let want = s.spec.and_then(|s| s.replicas).unwrap_or(0);
+                    let status =
+                        json!({"status": {"replicas": want, "readyReplicas": want, "availableReplicas": want}});
+                    let _ = sets.patch_status("readers", &PatchParams::default(), &Patch::Merge(&status)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let op = Operator::start_with(&ns.name, TICK).await;
+    ns.create_yaml(&policy(
+        "readers",
+        "{ statefulSet: { name: readers } }",
+        &prom_signal("vector(150)"),
+        "{ unitsPerReplica: 50, targetUtilization: 1.0 }",
+        "{ minReplicas: 1, maxReplicas: 10, scaleDownStabilization: 0s }",
+        "",
+    ))
+    .await
+    .unwrap();
+    // 150/s at 50 per replica is 3.
+    eventually(Duration::from_secs(15), "3 replicas", size, |r| *r == 3).await;
+    let policies: Api<ScalingPolicy> = ns.api();
+    let status = eventually(
+        Duration::from_secs(10),
+        "status: 3 desired, 3 ready",
+        || async { policies.get("readers").await.ok().and_then(|p| p.status) },
+        |s| s.as_ref().is_some_and(|s| s.desired_replicas == Some(3) && s.current_replicas == Some(3)),
+    )
+    .await
+    .unwrap();
+    let last = status.last_decision.expect("a decision");
+    assert_eq!((last.from, last.to), (1, 3), "{last:?}");
+    set_query(&ns, "readers", "vector(50)").await;
+    eventually(Duration::from_secs(15), "1 replica", size, |r| *r == 1).await;
+    kubelet.abort();
+    assert!(op.stop().await);
+}
+
+#[tokio::test]
 async fn shadow_mode_records_without_acting() {
     // 400/s needs 8, above the bound of 5: an Enforce policy would page after 1s.
     let (ns, pager, op, _kubelet) = capped_at_five_paging("scale-shadow", "vector(400)", "1s", "  mode: Shadow").await;

@@ -24,6 +24,31 @@ pub struct Observed {
     pub selector: Option<LabelSelector>,
 }
 
+/// What [`Workload::observe`] reads of a Deployment or a StatefulSet: the same three fields,
+/// which their two types each declare.
+trait Replicated:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+{
+    /// `spec.replicas`, `status.readyReplicas` and `spec.selector`.
+    fn observed(self) -> (Option<i32>, Option<i32>, Option<LabelSelector>);
+}
+
+// The two types declare the same fields separately: one body serves both.
+macro_rules! replicated {
+    ($($kind:ty),*) => {$(
+        impl Replicated for $kind {
+            fn observed(self) -> (Option<i32>, Option<i32>, Option<LabelSelector>) {
+                let (spec, status) = (self.spec, self.status);
+                (spec.as_ref().and_then(|s| s.replicas), status.and_then(|s| s.ready_replicas), spec.map(|s| s.selector))
+            }
+        }
+    )*};
+}
+replicated!(Deployment, StatefulSet);
+
 /// Which workload kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadKind {
@@ -68,28 +93,21 @@ impl Workload {
 
     /// The workload as read now: its size and its pod selector.
     pub async fn observe(&self) -> Result<Observed, ActuatorError> {
-        let target = self.label();
-        let (desired, ready, selector) = match self.kind {
-            WorkloadKind::Deployment => {
-                let d = Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
-                    .get(&self.name)
-                    .await
-                    .map_err(|e| api_error(&target, e))?;
-                let (spec, status) = (d.spec, d.status);
-                let replicas = spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                (replicas, status.and_then(|s| s.ready_replicas).unwrap_or(0), spec.map(|s| s.selector))
-            }
-            WorkloadKind::StatefulSet => {
-                let s = Api::<StatefulSet>::namespaced(self.client.clone(), &self.namespace)
-                    .get(&self.name)
-                    .await
-                    .map_err(|e| api_error(&target, e))?;
-                let (spec, status) = (s.spec, s.status);
-                let replicas = spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                (replicas, status.and_then(|s| s.ready_replicas).unwrap_or(0), spec.map(|s| s.selector))
-            }
-        };
-        Ok(Observed { size: Size { desired: i64::from(desired), ready: i64::from(ready) }, selector })
+        match self.kind {
+            WorkloadKind::Deployment => self.read::<Deployment>().await,
+            WorkloadKind::StatefulSet => self.read::<StatefulSet>().await,
+        }
+    }
+
+    async fn read<K: Replicated>(&self) -> Result<Observed, ActuatorError> {
+        let object = Api::<K>::namespaced(self.client.clone(), &self.namespace)
+            .get(&self.name)
+            .await
+            .map_err(|e| api_error(&self.label(), e))?;
+        let (replicas, ready, selector) = object.observed();
+        // An unset spec.replicas means one, as the apiserver defaults it.
+        let desired = replicas.unwrap_or(1);
+        Ok(Observed { size: Size { desired: i64::from(desired), ready: i64::from(ready.unwrap_or(0)) }, selector })
     }
 
     /// Desired replicas (spec) and ready replicas (status).
