@@ -74,21 +74,7 @@ async fn the_charts_rbac_is_enough_to_run_the_operator() {
     // Run the operator as the chart's ServiceAccount.
     let kubeconfig = kubeconfig_of_service_account(&ns, &ns.name).await;
 
-    ns.create_yaml(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: api }
-spec:
-  replicas: 1
-  selector: { matchLabels: { app: api } }
-  template:
-    metadata: { labels: { app: api } }
-    spec: { containers: [{ name: app, image: registry.example/app:1 }] }
-"#,
-    )
-    .await
-    .unwrap();
+    common::deployment(&ns, "api", 1).await;
     ns.create_yaml("apiVersion: v1\nkind: Secret\nmetadata: { name: rmq }\nstringData: { auth: 'guest:guest' }\n")
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::{process::Stdio, time::Duration};
 
 use common::{
     Operator, TestNs, aws, create_db_instance, deployment, edge::PageReceiver, env, eventually, free_port, kubelet,
-    policy, prom_signal, replicas,
+    kubelet_of, policy, prom_signal, replicas, workload,
 };
 use k8s_openapi::{api::core::v1::Event, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
@@ -103,39 +103,10 @@ async fn a_policy_scales_a_real_deployment_up_and_down() {
 async fn a_policy_scales_a_real_statefulset() {
     use k8s_openapi::api::apps::v1::StatefulSet;
     let ns = TestNs::new("scale-sts").await;
-    ns.create_yaml(
-        r#"
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: { name: readers }
-spec:
-  replicas: 1
-  serviceName: readers
-  selector: { matchLabels: { app: readers } }
-  template:
-    metadata: { labels: { app: readers } }
-    spec: { containers: [{ name: db, image: registry.example/db:1 }] }
-"#,
-    )
-    .await
-    .unwrap();
+    workload(&ns, "StatefulSet", "readers", 1).await;
     let sets: Api<StatefulSet> = ns.api();
     let size = || async { sets.get("readers").await.unwrap().spec.and_then(|s| s.replicas).unwrap_or(0) };
-    // The test plays the StatefulSet controller and the kubelet: every replica asked for is ready.
-    let kubelet = {
-        let sets = sets.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(s) = sets.get("readers").await {
-                    let want = s.spec.and_then(|s| s.replicas).unwrap_or(0);
-                    let status =
-                        json!({"status": {"replicas": want, "readyReplicas": want, "availableReplicas": want}});
-                    let _ = sets.patch_status("readers", &PatchParams::default(), &Patch::Merge(&status)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let kubelet = kubelet_of(&ns, "StatefulSet", "readers");
     let op = Operator::start_with(&ns.name, TICK).await;
     ns.create_yaml(&policy(
         "readers",

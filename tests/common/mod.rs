@@ -301,13 +301,19 @@ pub mod edge;
 
 /// A Deployment `name` asking for `replicas`, none of them ready (no kubelet runs here).
 pub async fn deployment(ns: &TestNs, name: &str, replicas: i32) {
+    workload(ns, "Deployment", name, replicas).await;
+}
+
+/// A Deployment or StatefulSet (`kind`) `name` asking for `replicas`, none of them ready.
+pub async fn workload(ns: &TestNs, kind: &str, name: &str, replicas: i32) {
+    let service = if kind == "StatefulSet" { format!("\n  serviceName: {name}") } else { String::new() };
     ns.create_yaml(&format!(
         r#"
 apiVersion: apps/v1
-kind: Deployment
+kind: {kind}
 metadata: {{ name: {name} }}
 spec:
-  replicas: {replicas}
+  replicas: {replicas}{service}
   selector: {{ matchLabels: {{ app: {name} }} }}
   template:
     metadata: {{ labels: {{ app: {name} }} }}
@@ -315,17 +321,23 @@ spec:
 "#
     ))
     .await
-    .expect("create Deployment");
+    .unwrap_or_else(|e| panic!("create {kind} {name}: {e}"));
 }
 
 /// Plays the kubelet and the Deployment controller: every pod asked for is ready at once.
 pub fn kubelet(ns: &TestNs, name: &str) -> tokio::task::JoinHandle<()> {
-    let api: Api<Deployment> = ns.api();
+    kubelet_of(ns, "Deployment", name)
+}
+
+/// [`kubelet`] for a Deployment or StatefulSet (`kind`).
+pub fn kubelet_of(ns: &TestNs, kind: &str, name: &str) -> tokio::task::JoinHandle<()> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &resource);
     let name = name.to_owned();
     tokio::spawn(async move {
         loop {
-            if let Ok(d) = api.get(&name).await {
-                let want = d.spec.and_then(|s| s.replicas).unwrap_or(0);
+            if let Ok(o) = api.get(&name).await {
+                let want = o.data["spec"]["replicas"].as_i64().unwrap_or(0);
                 let status = json!({"status": {"replicas": want, "readyReplicas": want, "availableReplicas": want}});
                 let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
             }
