@@ -123,7 +123,7 @@ async fn a_policy_scales_a_real_statefulset() {
     let policies: Api<ScalingPolicy> = ns.api();
     let status = eventually(
         Duration::from_secs(10),
-        "status: 3 desired, 3 ready",
+        "status: 3 desired, 3 current",
         || async { policies.get("readers").await.ok().and_then(|p| p.status) },
         |s| s.as_ref().is_some_and(|s| s.desired_replicas == Some(3) && s.current_replicas == Some(3)),
     )

@@ -552,7 +552,8 @@ async fn heartbeat() {
 }
 
 async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: CancellationToken) {
-    let heartbeat = tokio::spawn(heartbeat());
+    // Ends with the worker's runtime, when this function returns.
+    tokio::spawn(heartbeat());
     let upstream = UpstreamPool::new(state.upstream_addr.clone(), state.cfg.upstream_timeout);
     let slots = Arc::new(Semaphore::new(state.cfg.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -598,7 +599,6 @@ async fn serve_worker(listener: TcpListener, state: Arc<EdgeState>, shutdown: Ca
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         warn!("open requests did not finish within 10s");
     }
-    heartbeat.abort();
 }
 
 #[cfg(test)]

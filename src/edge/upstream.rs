@@ -543,12 +543,28 @@ mod tests {
     /// An upstream that takes one connection, reads one request head (none of its body), and
     /// writes `answer`, then holds the connection open for `hold`.
     async fn answering_once(answer: &'static [u8], hold: Duration) -> String {
+        answering_in_pieces(answer.to_vec(), &[], Duration::ZERO, hold).await
+    }
+
+    /// [`answering_once`] that then writes `pieces`, with `gap` before each, before holding.
+    async fn answering_in_pieces(
+        answer: Vec<u8>,
+        pieces: &'static [&'static str],
+        gap: Duration,
+        hold: Duration,
+    ) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             read_head(&mut s, &mut Vec::new()).await;
-            s.write_all(answer).await.unwrap();
+            s.write_all(&answer).await.unwrap();
+            for piece in pieces {
+                tokio::time::sleep(gap).await;
+                if s.write_all(piece.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
             tokio::time::sleep(hold).await;
         });
         addr
@@ -773,22 +789,8 @@ mod tests {
     /// An upstream that answers one request with a head declaring `length` body bytes, then
     /// writes `pieces` with `gap` before each, then holds the connection open.
     async fn trickling(length: usize, pieces: &'static [&'static str], gap: Duration) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            read_head(&mut s, &mut Vec::new()).await;
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
-            s.write_all(head.as_bytes()).await.unwrap();
-            for piece in pieces {
-                tokio::time::sleep(gap).await;
-                if s.write_all(piece.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
-        addr
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+        answering_in_pieces(head.into_bytes(), pieces, gap, Duration::from_secs(30)).await
     }
 
     #[tokio::test]
